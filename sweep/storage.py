@@ -1,0 +1,42 @@
+"""Optuna storage from one URL, and the pruning reporter a trial process uses to reach its study.
+
+    sweep.storage=null                              -> journal file under outputs/<experiment>/
+    sweep.storage=postgresql://user@host:5432/db    -> RDB storage shared by workers on many machines
+
+A journal file lets several processes on one host share a study; PostgreSQL (RDB) lets many
+machines share it. SQLite is for a single process and is accepted for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+
+def default_url(output_dir: str, experiment: str) -> str:
+    return f"journal:///{Path(output_dir, experiment, 'optuna.journal').resolve()}"
+
+
+def open_storage(url: str) -> BaseStorage:
+    """`journal:///abs/path` or any SQLAlchemy URL (postgresql://, sqlite:///)."""
+    if url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+
+def pruning_reporter(url: str, study_name: str, trial_id: int) -> Callable[[int, float], bool]:
+    """(step, value) -> should_prune, reporting into the parent's running trial."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    trial = optuna.trial.Trial(study, trial_id)
+
+    def report(step: int, value: float) -> bool:
+        trial.report(value, step)
+        return trial.should_prune()
+
+    return report

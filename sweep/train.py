@@ -1,0 +1,121 @@
+"""Training with transformers' Trainer, measured by a callback.
+
+    python -m sweep trial method=lora train.steps=60
+
+The callback times every optimizer step (device synchronized), counts non-padding tokens,
+records the per-step loss, shows a progress bar, stops on divergence (NaN or loss above
+diverge_factor x the first loss) and on an external stop request (the pruner). Train time and
+tokens/s exclude the first `measure_warmup_steps` steps and any periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from sweep import methods
+from sweep.config import MethodConfig, TrainConfig
+from sweep.measure import sync
+
+# Called every eval.every steps with the step number; returns True to stop training (pruned).
+StepHook = Callable[[int], bool]
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    tokens_seen: int = 0
+    measured_steps: int = 0
+    measured_tokens: int = 0
+    measured_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+    diverged: bool = False
+    pruned: bool = False
+
+    def metrics(self) -> dict[str, Any]:
+        n = self.measured_steps
+        return {"steps": self.steps, "tokens_seen": self.tokens_seen, "train_s": self.measured_s,
+                "s_per_step": self.measured_s / n if n else math.nan,
+                "train_tokens_per_s": self.measured_tokens / self.measured_s if self.measured_s else math.nan,
+                "first_loss": self.losses[0] if self.losses else math.nan,
+                "final_loss": self.losses[-1] if self.losses else math.nan}  # fmt: skip
+
+
+class MeasureCallback(TrainerCallback):
+    def __init__(self, cfg: TrainConfig, hook: StepHook | None, every: int) -> None:
+        self.cfg, self.hook, self.every = cfg, hook, every
+        self.stats = TrainStats()
+        self._mark = 0.0
+        self._tokens_at_mark = 0
+        self._bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+        self._bar = tqdm(total=self.cfg.steps, desc="train", unit="step", dynamic_ncols=True,
+                         leave=False)  # fmt: skip
+        sync()
+        self._mark = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        sync()
+        now = time.perf_counter()
+        s = self.stats
+        tokens = int(state.num_input_tokens_seen)
+        s.steps = state.global_step
+        step_s, step_tokens = now - self._mark, tokens - self._tokens_at_mark
+        s.step_s.append(step_s)
+        if s.steps > self.cfg.measure_warmup_steps:
+            s.measured_steps += 1
+            s.measured_s += step_s
+            s.measured_tokens += step_tokens
+        s.tokens_seen = tokens
+        self._bar.update(1)
+        if self.hook is not None and self.every and s.steps % self.every == 0 and self.hook(s.steps):
+            s.pruned = True
+            control.should_training_stop = True
+        sync()
+        self._mark, self._tokens_at_mark = time.perf_counter(), tokens
+
+    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        s = self.stats
+        s.losses.append(float(loss))
+        if math.isnan(loss) or math.isinf(loss) or loss > self.cfg.diverge_factor * s.losses[0]:
+            s.diverged = True
+            control.should_training_stop = True
+        rate = s.measured_tokens / s.measured_s if s.measured_s else 0.0
+        self._bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}")
+
+    def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
+        if self._bar is not None:
+            self._bar.close()
+
+
+def train(model: Any, tok: Any, rows: list[dict[str, list[int]]], collate_fn: Any,
+          method: MethodConfig, cfg: TrainConfig, out_dir: str, hook: StepHook | None = None,
+          every: int = 0) -> TrainStats:  # fmt: skip
+    """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats."""
+    args = TrainingArguments(
+        output_dir=out_dir, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=method.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="linear", optim=methods.optimizer_name(method), seed=cfg.seed,
+        data_seed=cfg.seed, logging_steps=1, save_strategy="no", report_to="none",
+        disable_tqdm=True, include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        **methods.trainer_flags(cfg.precision))  # fmt: skip
+    callback = MeasureCallback(cfg, hook, every)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate_fn,
+                      processing_class=tok, callbacks=[callback])  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # the callback's progress bar replaces its prints
+    trainer.train()
+    return callback.stats
