@@ -77,8 +77,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished trials are recorded; run the same command to resume",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "interrupted: finished trials are recorded; run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -32,8 +32,13 @@ PRECISIONS = ("fp32", "bf16", "bf16-mixed", "fp16-mixed")
 QUANT_TYPES = ("nf4", "fp4")
 SWEEP_KINDS = ("grid", "search")
 PRUNERS = ("none", "median")
-OBJECTIVES = {"accuracy": "maximize", "eval_loss": "minimize", "peak_memory_gib": "minimize",
-              "train_s": "minimize", "train_tokens_per_s": "maximize"}  # fmt: skip
+OBJECTIVES = {
+    "accuracy": "maximize",
+    "eval_loss": "minimize",
+    "peak_memory_gib": "minimize",
+    "train_s": "minimize",
+    "train_tokens_per_s": "maximize",
+}
 
 
 class ConfigError(ValueError):
@@ -134,6 +139,19 @@ class SweepConfig:
 
 
 @dataclass
+class GpuClass:
+    name: str = "?"
+    memory_gib: float = 0.0
+    usd_per_hour: float = 0.0
+
+
+@dataclass
+class ReportConfig:
+    dir: str = "reports"
+    gpus: list[GpuClass] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -141,6 +159,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     experiment: str = "default"
     output_dir: str = "outputs"
     cache_dir: str = ".cache"
@@ -225,9 +244,18 @@ def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
 def validate(cfg: Config) -> None:
     """Range and consistency checks; raises ConfigError with one line on the first problem."""
     m, d, t, e, s = cfg.method, cfg.dataset, cfg.train, cfg.eval, cfg.sweep
-    _require(cfg.model.source in MODEL_SOURCES, "model.source", f"one of {MODEL_SOURCES}", cfg.model.source)
-    _require(cfg.model.source == "tiny" or bool(cfg.model.name_or_path), "model.name_or_path",
-             "a hub id or local path", cfg.model.name_or_path)  # fmt: skip
+    _require(
+        cfg.model.source in MODEL_SOURCES,
+        "model.source",
+        f"one of {MODEL_SOURCES}",
+        cfg.model.source,
+    )
+    _require(
+        cfg.model.source == "tiny" or bool(cfg.model.name_or_path),
+        "model.name_or_path",
+        "a hub id or local path",
+        cfg.model.name_or_path,
+    )
     _require(m.name in METHODS, "method.name", f"one of {METHODS}", m.name)
     _require(m.lr > 0 and m.lr < 1, "method.lr", "0 < lr < 1", m.lr)
     if m.name != "full":
@@ -238,15 +266,25 @@ def validate(cfg: Config) -> None:
         _require(m.quant is not None, "method.quant", "a quant block for qlora", m.quant)
     if m.quant is not None:
         _require(m.quant.bits == 4, "method.quant.bits", "4", m.quant.bits)
-        _require(m.quant.type in QUANT_TYPES, "method.quant.type", f"one of {QUANT_TYPES}", m.quant.type)
+        _require(
+            m.quant.type in QUANT_TYPES, "method.quant.type", f"one of {QUANT_TYPES}", m.quant.type
+        )
     _require(d.source in DATASET_SOURCES, "dataset.source", f"one of {DATASET_SOURCES}", d.source)
     if d.source == "reasoning_gym":
         _check_reasoning_gym_task(d.task)
     if d.source == "file":
-        _require(bool(d.path) and Path(str(d.path)).is_file(), "dataset.path",
-                 "an existing .jsonl or .csv file", d.path)  # fmt: skip
-        _require(Path(str(d.path)).suffix in (".jsonl", ".csv"), "dataset.path",
-                 "a file ending in .jsonl or .csv", d.path)  # fmt: skip
+        _require(
+            bool(d.path) and Path(str(d.path)).is_file(),
+            "dataset.path",
+            "an existing .jsonl or .csv file",
+            d.path,
+        )
+        _require(
+            Path(str(d.path)).suffix in (".jsonl", ".csv"),
+            "dataset.path",
+            "a file ending in .jsonl or .csv",
+            d.path,
+        )
     if d.source == "hub":
         _require(bool(d.path), "dataset.path", "a hub dataset id", d.path)
     _require(t.steps >= 1, "train.steps", "an integer >= 1", t.steps)
@@ -254,8 +292,12 @@ def validate(cfg: Config) -> None:
     _require(8 <= t.max_seq_len <= 32768, "train.max_seq_len", "8..32768", t.max_seq_len)
     _require(t.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", t.precision)
     _require(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
-    _require(0 <= t.measure_warmup_steps < t.steps, "train.measure_warmup_steps",
-             f"0 <= n < train.steps ({t.steps})", t.measure_warmup_steps)  # fmt: skip
+    _require(
+        0 <= t.measure_warmup_steps < t.steps,
+        "train.measure_warmup_steps",
+        f"0 <= n < train.steps ({t.steps})",
+        t.measure_warmup_steps,
+    )
     _require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
     _require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
     _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
@@ -268,8 +310,12 @@ def validate(cfg: Config) -> None:
         _require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)
     for approach in s.grid:
         _require(approach in METHODS, "sweep.grid", f"approaches from {METHODS}", approach)
-    _require(bool(re.fullmatch(r"[\w.-]+", cfg.experiment)), "experiment",
-             "letters, digits, '.', '-' and '_' (no path characters)", cfg.experiment)  # fmt: skip
+    _require(
+        bool(re.fullmatch(r"[\w.-]+", cfg.experiment)),
+        "experiment",
+        "letters, digits, '.', '-' and '_' (no path characters)",
+        cfg.experiment,
+    )
 
 
 def _check_reasoning_gym_task(task: str | None) -> None:
@@ -278,15 +324,23 @@ def _check_reasoning_gym_task(task: str | None) -> None:
     _require(task in DATASETS, "dataset.task", "a reasoning-gym task (e.g. chain_sum)", task)
 
 
+def redact(url: str) -> str:
+    """The URL with any password replaced, for printing, records and tracking."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
 def as_dict(cfg: Config) -> dict[str, Any]:
-    """Plain, JSON-ready dict of the whole resolved config."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    """Plain, JSON-ready dict of the whole resolved config (passwords in URLs redacted)."""
+    d: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
+    if d["sweep"].get("storage"):
+        d["sweep"]["storage"] = redact(d["sweep"]["storage"])
+    return d
 
 
 def config_hash(cfg: Config) -> str:
     """Short stable hash of everything that determines a trial's outcome (not sweep bookkeeping)."""
     d = as_dict(cfg)
     d.pop("sweep", None)
-    for k in ("experiment", "output_dir", "cache_dir"):
+    for k in ("experiment", "output_dir", "cache_dir", "report"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

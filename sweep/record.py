@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sweep.config import Config, as_dict, config_hash
+
 STATUSES = ("ok", "oom", "diverged", "pruned", "failed")
 
 # Direction of every headline metric: the report's Pareto pairs and Optuna objectives use it.
@@ -37,8 +39,18 @@ HIGHER_IS_BETTER = {
     "trainable_params": False,
 }
 
-PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna", "mlflow",
-            "hydra-core", "reasoning-gym", "nvidia-ml-py")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "optuna",
+    "mlflow",
+    "hydra-core",
+    "reasoning-gym",
+    "nvidia-ml-py",
+)
 
 
 @dataclass
@@ -71,20 +83,55 @@ def save(result: TrialResult, path: str | Path) -> Path:
 
 def load(path: str | Path) -> TrialResult:
     data = json.loads(Path(path).read_text())
-    return TrialResult(run=data.get("run", {}), train=data.get("train", {}), meta=data.get("meta", {}))
+    return TrialResult(
+        run=data.get("run", {}), train=data.get("train", {}), meta=data.get("meta", {})
+    )
+
+
+def label(cfg: Config) -> str:
+    """Short human name of the approach: 'full', 'lora r=16', 'qlora r=16'."""
+    m = cfg.method
+    return m.name if m.name == "full" else f"{m.name} r={m.r}"
+
+
+def run_info(cfg: Config) -> dict[str, Any]:
+    m = cfg.method
+    return {
+        "label": label(cfg),
+        "experiment": cfg.experiment,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "method": m.name,
+        "rank": None if m.name == "full" else m.r,
+        "alpha": None if m.name == "full" else m.lora_alpha,
+        "lr": m.lr,
+        "quant": f"{m.quant.type}-{m.quant.bits}bit" if m.quant else None,
+        "precision": cfg.train.precision,
+        "seed": cfg.train.seed,
+        "config_hash": config_hash(cfg),
+        "config": as_dict(cfg),
+    }
 
 
 def failed(run: dict[str, Any], status: str, error: str, **metrics: Any) -> TrialResult:
     """A record for a trial that did not finish normally (the sweep records it and goes on)."""
     assert status in STATUSES, status
-    return TrialResult(run=run, train={"status": status, "error": error, "metrics": dict(metrics)},
-                       meta=environment())  # fmt: skip
+    return TrialResult(
+        run=run,
+        train={"status": status, "error": error, "metrics": dict(metrics)},
+        meta=environment(),
+    )
 
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None

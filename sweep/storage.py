@@ -16,6 +16,8 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from sweep.config import redact  # noqa: F401  (re-exported for callers printing URLs)
+
 
 def default_url(output_dir: str, experiment: str) -> str:
     return f"journal:///{Path(output_dir, experiment, 'optuna.journal').resolve()}"

@@ -43,11 +43,17 @@ class TrainStats:
 
     def metrics(self) -> dict[str, Any]:
         n = self.measured_steps
-        return {"steps": self.steps, "tokens_seen": self.tokens_seen, "train_s": self.measured_s,
-                "s_per_step": self.measured_s / n if n else math.nan,
-                "train_tokens_per_s": self.measured_tokens / self.measured_s if self.measured_s else math.nan,
-                "first_loss": self.losses[0] if self.losses else math.nan,
-                "final_loss": self.losses[-1] if self.losses else math.nan}  # fmt: skip
+        return {
+            "steps": self.steps,
+            "tokens_seen": self.tokens_seen,
+            "train_s": self.measured_s,
+            "s_per_step": self.measured_s / n if n else math.nan,
+            "train_tokens_per_s": self.measured_tokens / self.measured_s
+            if self.measured_s
+            else math.nan,
+            "first_loss": self.losses[0] if self.losses else math.nan,
+            "final_loss": self.losses[-1] if self.losses else math.nan,
+        }
 
 
 class MeasureCallback(TrainerCallback):
@@ -59,8 +65,9 @@ class MeasureCallback(TrainerCallback):
         self._bar: Any = None
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-        self._bar = tqdm(total=self.cfg.steps, desc="train", unit="step", dynamic_ncols=True,
-                         leave=False)  # fmt: skip
+        self._bar = tqdm(
+            total=self.cfg.steps, desc="train", unit="step", dynamic_ncols=True, leave=False
+        )
         sync()
         self._mark = time.perf_counter()
 
@@ -78,7 +85,12 @@ class MeasureCallback(TrainerCallback):
             s.measured_tokens += step_tokens
         s.tokens_seen = tokens
         self._bar.update(1)
-        if self.hook is not None and self.every and s.steps % self.every == 0 and self.hook(s.steps):
+        if (
+            self.hook is not None
+            and self.every
+            and s.steps % self.every == 0
+            and self.hook(s.steps)
+        ):
             s.pruned = True
             control.should_training_stop = True
         sync()
@@ -101,21 +113,48 @@ class MeasureCallback(TrainerCallback):
             self._bar.close()
 
 
-def train(model: Any, tok: Any, rows: list[dict[str, list[int]]], collate_fn: Any,
-          method: MethodConfig, cfg: TrainConfig, out_dir: str, hook: StepHook | None = None,
-          every: int = 0) -> TrainStats:  # fmt: skip
+def train(
+    model: Any,
+    tok: Any,
+    rows: list[dict[str, list[int]]],
+    collate_fn: Any,
+    method: MethodConfig,
+    cfg: TrainConfig,
+    out_dir: str,
+    hook: StepHook | None = None,
+    every: int = 0,
+) -> TrainStats:
     """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats."""
     args = TrainingArguments(
-        output_dir=out_dir, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=method.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="linear", optim=methods.optimizer_name(method), seed=cfg.seed,
-        data_seed=cfg.seed, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        **methods.trainer_flags(cfg.precision))  # fmt: skip
+        output_dir=out_dir,
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=method.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="linear",
+        optim=methods.optimizer_name(method),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        **methods.trainer_flags(cfg.precision),
+    )
     callback = MeasureCallback(cfg, hook, every)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate_fn,
-                      processing_class=tok, callbacks=[callback])  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=collate_fn,
+        processing_class=tok,
+        callbacks=[callback],
+    )
     trainer.remove_callback(PrinterCallback)  # the callback's progress bar replaces its prints
     trainer.train()
     return callback.stats

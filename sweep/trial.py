@@ -16,42 +16,31 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
 from sweep import data, evaluate, methods, models, record
-from sweep.config import Config, ConfigError, as_dict, config_hash, to_config
-from sweep.measure import GIB, Meter
-from sweep.record import TrialResult
+from sweep.config import Config, ConfigError, as_dict, to_config
+from sweep.measure import Meter
+from sweep.record import TrialResult, run_info
 from sweep.train import train
 
 # Called with (step, eval loss) during training; returns True to stop (the pruner's verdict).
 Reporter = Callable[[int, float], bool]
 
 
-def label(cfg: Config) -> str:
-    """Short human name of the approach: 'full', 'lora r=16', 'qlora r=16'."""
-    m = cfg.method
-    return m.name if m.name == "full" else f"{m.name} r={m.r}"
-
-
-def run_info(cfg: Config) -> dict[str, Any]:
-    m = cfg.method
-    return {"label": label(cfg), "experiment": cfg.experiment, "model": cfg.model.name,
-            "dataset": cfg.dataset.name, "method": m.name, "rank": None if m.name == "full" else m.r,
-            "alpha": None if m.name == "full" else m.lora_alpha, "lr": m.lr,
-            "quant": f"{m.quant.type}-{m.quant.bits}bit" if m.quant else None,
-            "precision": cfg.train.precision, "seed": cfg.train.seed,
-            "config_hash": config_hash(cfg), "config": as_dict(cfg)}  # fmt: skip
-
-
 def _base_cache_file(cfg: Config, model_path: str) -> Path:
-    key = {"model": model_path, "precision": cfg.train.precision, "dataset": as_dict(cfg)["dataset"],
-           "quant": as_dict(cfg)["method"]["quant"], "eval": as_dict(cfg)["eval"]}  # fmt: skip
+    key = {
+        "model": model_path,
+        "precision": cfg.train.precision,
+        "dataset": as_dict(cfg)["dataset"],
+        "quant": as_dict(cfg)["method"]["quant"],
+        "eval": as_dict(cfg)["eval"],
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "base_accuracy" / f"{digest}.json"
 
@@ -62,7 +51,9 @@ def base_accuracy(cfg: Config, model: Any, tok: Any, task: data.Task, model_path
     if cache.exists():
         return float(json.loads(cache.read_text())["accuracy"])
     e = cfg.eval
-    acc = evaluate.accuracy(model, tok, task, e.max_new_tokens, e.batch_size, cfg.dataset.system_prompt)
+    acc = evaluate.accuracy(
+        model, tok, task, e.max_new_tokens, e.batch_size, cfg.dataset.system_prompt
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"accuracy": acc["accuracy"], "samples": acc["samples"]}))
     return float(acc["accuracy"])
@@ -70,9 +61,12 @@ def base_accuracy(cfg: Config, model: Any, tok: Any, task: data.Task, model_path
 
 def _ledger(model: torch.nn.Module) -> dict[str, Any]:
     trainable, total = methods.count_params(model)
-    return {"trainable_params": trainable, "total_params": total,
-            "trainable_pct": 100.0 * trainable / total if total else 0.0,
-            "base_4bit": methods.is_4bit(model)}  # fmt: skip
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100.0 * trainable / total if total else 0.0,
+        "base_4bit": methods.is_4bit(model),
+    }
 
 
 def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None) -> TrialResult:
@@ -91,9 +85,12 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
         with meter.phase("load"):
             path = models.resolve(cfg.model, cfg.cache_dir)
             tok = models.load_tokenizer(path, cfg.model.trust_remote_code)
-            model = models.load_model(path, methods.dtype_for(t.precision),
-                                      cfg.model.trust_remote_code,
-                                      **methods.load_kwargs(cfg.method, t.precision))  # fmt: skip
+            model = models.load_model(
+                path,
+                methods.dtype_for(t.precision),
+                cfg.model.trust_remote_code,
+                **methods.load_kwargs(cfg.method, t.precision),
+            )
         with meter.phase("data"):
             task = data.load_task(cfg.dataset, t.steps * t.batch_size, e.size)
             rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
@@ -111,18 +108,31 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
             return reporter(step, loss) if reporter is not None else False
 
         with meter.phase("train"):
-            stats = train(model, tok, rows, data.collate(tok.pad_token_id), cfg.method, t,
-                          str(out / "trainer"), hook, e.every)  # fmt: skip
+            stats = train(
+                model,
+                tok,
+                rows,
+                data.collate(tok.pad_token_id),
+                cfg.method,
+                t,
+                str(out / "trainer"),
+                hook,
+                e.every,
+            )
         metrics.update(stats.metrics())
         result.train["loss_curve"] = stats.losses
         if stats.diverged:
-            result.train.update(status="diverged", error=f"loss {stats.losses[-1]:.4g} at step "
-                                f"{stats.steps} (first loss {stats.losses[0]:.4g})")  # fmt: skip
+            result.train.update(
+                status="diverged",
+                error=f"loss {stats.losses[-1]:.4g} at step "
+                f"{stats.steps} (first loss {stats.losses[0]:.4g})",
+            )
         else:
             with meter.phase("eval"):
                 acc = evaluate.accuracy(model, tok, task, e.max_new_tokens, e.batch_size, sp)
-                metrics["eval_loss"] = evaluate.eval_loss(model, tok, task.eval, t.max_seq_len,
-                                                          e.batch_size, sp)  # fmt: skip
+                metrics["eval_loss"] = evaluate.eval_loss(
+                    model, tok, task.eval, t.max_seq_len, e.batch_size, sp
+                )
             metrics.update({k: acc[k] for k in ("accuracy", "n_eval", "generated_tokens")})
             result.train["samples"] = acc["samples"]
             with meter.phase("save"):
@@ -133,8 +143,11 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
     except ConfigError as exc:
         result.train.update(status="failed", error=str(exc))
     except Exception as exc:  # any other crash is this trial's result, not the sweep's end
-        result.train.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                            traceback=traceback.format_exc()[-4000:])  # fmt: skip
+        result.train.update(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            traceback=traceback.format_exc()[-4000:],
+        )
     metrics.update(meter.summary())
     if stats is not None:
         metrics["train_s"] = stats.measured_s  # warm-up excluded; train_phase_s has it all
@@ -161,8 +174,11 @@ def summary(result: TrialResult) -> str:
         f"loss       {f('first_loss', '{:.3f}')} -> {f('final_loss', '{:.3f}')} over {f('steps', '{}')} steps",
         f"speed      {f('s_per_step', '{:.2f}')} s/step, {f('train_tokens_per_s', '{:.0f}')} tokens/s",
         f"memory     peak host RSS {f('peak_host_rss_gib', '{:.2f}')} GiB"
-        + (f", peak VRAM {f('peak_vram_gib', '{:.2f}')} GiB (allocator {f('peak_alloc_gib', '{:.2f}')})"
-           if m.get("peak_vram_gib") else ""),  # fmt: skip
+        + (
+            f", peak VRAM {f('peak_vram_gib', '{:.2f}')} GiB (allocator {f('peak_alloc_gib', '{:.2f}')})"
+            if m.get("peak_vram_gib")
+            else ""
+        ),
         f"time       load {f('load_s', '{:.1f}')} s, train {f('train_phase_s', '{:.1f}')} s, "
         f"eval {f('eval_s', '{:.1f}')} s, total {f('total_s', '{:.1f}')} s",
         f"params     {f('trainable_params', '{:,}')} trainable of {f('total_params', '{:,}')} "
@@ -178,10 +194,10 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0])
     cfg = to_config(json.loads((out / "config.json").read_text()))
     reporter = None
-    if len(argv) > 1:  # optuna pruning: <storage url> <study name> <trial id>
+    if len(argv) > 1:  # optuna pruning: <study name> <trial id>; storage URL in the environment
         from sweep.storage import pruning_reporter
 
-        reporter = pruning_reporter(argv[1], argv[2], int(argv[3]))
+        reporter = pruning_reporter(os.environ["SWEEP_OPTUNA_STORAGE"], argv[1], int(argv[2]))
     result = run_trial(cfg, out, reporter)
     print(summary(result), flush=True)
     return 0

@@ -1,0 +1,322 @@
+"""The sweep: an Optuna study whose trials run one after another in fresh child processes.
+
+    python -m sweep run sweep=default                 # make sweep
+    python -m sweep run sweep=rank_grid model=tiny_llama
+
+Grid sweeps: `GridSampler` over the sweep's points (an approach and its own axes, so full FT runs
+once and is not multiplied by ranks). Search sweeps: one TPE study per point over `sweep.search`,
+with an optional median pruner fed by periodic eval loss. Every point's config is composed and
+validated before the first trial starts. Each trial runs as `python -m sweep.trial <dir>` and
+always leaves a result record; the study reads it, logs it to MLflow, tells Optuna and goes on.
+Re-running a finished sweep runs nothing new; trials already finished are never re-run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sweep import record, storage, tracking
+from sweep.config import OBJECTIVES, Config, ConfigError, as_dict, compose
+from sweep.record import TrialResult
+
+
+class TrialFailed(Exception):
+    """A trial ended as oom or failed: Optuna records it as FAIL and the sweep goes on."""
+
+
+@dataclass
+class Point:
+    label: str  # 'lora r=16'
+    overrides: list[str]  # ['method=lora', 'method.r=16']
+    search: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # {'method.lr': {low, high, log}}
+
+
+def _is_dist(value: Any) -> bool:
+    return isinstance(value, dict) and {"low", "high"} <= set(value)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'method': {'r': [4, 16]}} -> {'method.r': [4, 16]}; leaves are lists or dists."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and not _is_dist(value):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def grid_points(grid: dict[str, Any]) -> list[Point]:
+    """Expand {approach: {axes}} into points; each approach crosses only its own axes.
+
+    A list is a grid axis; a {low, high, log} mapping is a search range for that approach's trials.
+    """
+    points = []
+    for approach, axes in grid.items():
+        leaves = _flatten(axes or {})
+        search = {k: v for k, v in leaves.items() if _is_dist(v)}
+        flat = {k: v if isinstance(v, list) else [v] for k, v in leaves.items() if k not in search}
+        keys = sorted(flat)
+        for combo in itertools.product(*(flat[k] for k in keys)):
+            parts = [f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in zip(keys, combo, strict=True)]
+            overrides = [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+            points.append(
+                Point(" ".join([approach, *parts]), [f"method={approach}", *overrides], search)
+            )
+    labels = [p.label for p in points]
+    dupes = {x for x in labels if labels.count(x) > 1}
+    if dupes:
+        raise ConfigError(f"sweep.grid: points {sorted(dupes)} appear twice")
+    if not points:
+        raise ConfigError("sweep.grid: no points; give at least one approach (full, lora, qlora)")
+    return points
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Concatenate override lists; a later override of the same key replaces an earlier one."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for o in group:
+            merged[o.split("=", 1)[0].lstrip("+~")] = o
+    return list(merged.values())
+
+
+def trial_overrides(cfg: Config, user: list[str], extra: list[str]) -> list[str]:
+    """Sweep-wide overrides first, then the user's, then the point's (and sampled values)."""
+    return merge_overrides(list(cfg.sweep.overrides), user, extra)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_")
+
+
+def _directions(cfg: Config) -> list[str]:
+    return [OBJECTIVES[o] for o in cfg.sweep.objectives]
+
+
+def _objective_values(cfg: Config, result: TrialResult) -> list[float]:
+    values = [result.metrics.get(o) for o in cfg.sweep.objectives]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        raise TrialFailed(f"objective missing in record: {cfg.sweep.objectives}")
+    return [float(v) for v in values]  # type: ignore[arg-type]
+
+
+def launch(
+    trial_cfg: Config, trial_dir: Path, timeout_s: int, pruning: tuple[str, str, int] | None = None
+) -> TrialResult:
+    """Run one trial in a fresh process and return its record (a failed one if it left none)."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "config.json").write_text(json.dumps(as_dict(trial_cfg), indent=2))
+    result_file = trial_dir / "result.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "sweep.trial", str(trial_dir)]
+    env = dict(os.environ)
+    if pruning is not None:
+        env["SWEEP_OPTUNA_STORAGE"] = pruning[0]  # not on the command line: it may hold a password
+        cmd += [pruning[1], str(pruning[2])]
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout_s or None, check=False)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        code = None
+    if result_file.exists():
+        return record.load(result_file)
+    if code is None:
+        error, status = f"timed out after {timeout_s} s (sweep.timeout_s)", "failed"
+    elif code == -9:
+        error, status = "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
+    else:
+        error, status = f"trial process exited with code {code} and left no record", "failed"
+    result = record.failed(record.run_info(trial_cfg), status, error)
+    record.save(result, result_file)
+    return result
+
+
+def _line(i: int, n: int | str, result: TrialResult) -> str:
+    m = result.metrics
+    acc = f"acc {m['accuracy']:.1%}" if m.get("accuracy") is not None else "acc -"
+    mem = m.get("peak_memory_gib")
+    mem_s = (
+        f"peak {mem:.2f} GiB {'VRAM' if m.get('memory_kind') == 'vram' else 'host'}"
+        if mem
+        else "peak -"
+    )
+    t = m.get("total_s")
+    took = f"time {t:.0f} s" if t else ""
+    extra = f"  ({result.train.get('error')})" if result.train.get("error") else ""
+    return (
+        f"[trial {i}/{n}] {result.run.get('label')}: {result.status}  {acc}  {mem_s}  {took}{extra}"
+    )
+
+
+class Sweep:
+    """Holds what every trial of one sweep shares: config, storage, MLflow parent run."""
+
+    def __init__(self, user_overrides: list[str]) -> None:
+        self.user = user_overrides
+        self.cfg = compose(user_overrides)
+        s = self.cfg.sweep
+        self.points = grid_points(s.grid)
+        self.search = _flatten(s.search)
+        for key, dist in self.search.items():
+            if not _is_dist(dist):
+                raise ConfigError(f"sweep.search.{key}: expected {{low: .., high: .., log: bool}}")
+        for p in self.points:
+            p.search = {**self.search, **p.search}
+            for key, dist in p.search.items():
+                if not 0 < float(dist["low"]) < float(dist["high"]):
+                    raise ConfigError(
+                        f"search range {key} for {p.label}: need 0 < low < high, got {dist}"
+                    )
+        if s.kind == "grid" and any(p.search for p in self.points):
+            raise ConfigError(
+                "sweep.kind=grid has search ranges; set sweep.kind=search to sample them"
+            )
+        # Fail now, not three trials in: every point must compose and validate.
+        self.point_cfgs = {
+            p.label: compose(trial_overrides(self.cfg, self.user, p.overrides)) for p in self.points
+        }
+        if s.pruner != "none" and not any(c.eval.every for c in self.point_cfgs.values()):
+            raise ConfigError("sweep.pruner=median needs eval.every > 0 (intermediate eval loss)")
+        self.root = Path(self.cfg.output_dir, self.cfg.experiment)
+        self.storage_url = s.storage or storage.default_url(
+            self.cfg.output_dir, self.cfg.experiment
+        )
+        self.storage = storage.open_storage(self.storage_url)
+        self.parent = tracking.parent_run(self.cfg.experiment, as_dict(self.cfg), self.user)
+        self.count = 0
+        self.total = len(self.points) * (s.n_trials if s.kind == "search" else 1)
+
+    def run_point(self, trial: optuna.Trial, point: Point, study_name: str) -> list[float]:
+        """Optuna objective body: sample, compose, launch, record, log, return the objectives."""
+        sampled = []
+        for key, dist in point.search.items():
+            value = trial.suggest_float(
+                key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log", False))
+            )
+            sampled.append(f"{key}={value}")
+        cfg = compose(trial_overrides(self.cfg, self.user, point.overrides + sampled))
+        trial_dir = self.root / "trials" / f"{trial.number:04d}-{slug(point.label)}"
+        self.count += 1
+        print(
+            f"[trial {self.count}/{self.total}] {point.label}{' ' + ' '.join(sampled) if sampled else ''}"
+            f": start ({trial_dir})",
+            flush=True,
+        )
+        prune = (
+            (self.storage_url, study_name, trial._trial_id)
+            if self.cfg.sweep.pruner != "none"
+            else None
+        )
+        result = launch(cfg, trial_dir, self.cfg.sweep.timeout_s, prune)
+        result.run.update(point=point.label, optuna_trial=trial.number, study=study_name)
+        record.save(result, trial_dir / "result.json")
+        tracking.log_trial(self.parent, result, trial_dir)
+        print(_line(self.count, self.total, result), flush=True)
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("trial_dir", str(trial_dir))
+        if result.status in ("pruned", "diverged"):
+            raise optuna.TrialPruned(result.train.get("error") or result.status)
+        if result.status != "ok":
+            raise TrialFailed(result.train.get("error") or result.status)
+        return _objective_values(self.cfg, result)
+
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        if self.cfg.sweep.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.NopPruner()
+
+    def run_grid(self) -> None:
+        labels = [p.label for p in self.points]
+        by_label = {p.label: p for p in self.points}
+        sampler = optuna.samplers.GridSampler({"point": labels}, seed=self.cfg.train.seed)
+        study = optuna.create_study(
+            study_name=self.cfg.experiment,
+            storage=self.storage,
+            sampler=sampler,
+            directions=_directions(self.cfg),
+            load_if_exists=True,
+        )
+        remaining = self._unfinished(study, labels)
+        if not remaining:
+            print(f"[sweep] all {len(labels)} points already finished; nothing to run", flush=True)
+            return
+        self.count = len(labels) - len(remaining)
+        study.optimize(
+            lambda t: self.run_point(
+                t, by_label[t.suggest_categorical("point", labels)], study.study_name
+            ),
+            n_trials=len(remaining),
+            catch=(TrialFailed,),
+        )
+
+    @staticmethod
+    def _unfinished(study: optuna.Study, labels: list[str]) -> list[str]:
+        done = {
+            t.params.get("point") for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+        }
+        return [x for x in labels if x not in done]
+
+    def run_search(self) -> None:
+        for point in self.points:
+            name = f"{self.cfg.experiment}:{point.label}"
+            study = optuna.create_study(
+                study_name=name,
+                storage=self.storage,
+                sampler=optuna.samplers.TPESampler(seed=self.cfg.train.seed),
+                pruner=self._pruner(),
+                directions=_directions(self.cfg),
+                load_if_exists=True,
+            )
+            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            todo = self.cfg.sweep.n_trials - finished
+            self.count += finished
+            if todo > 0:
+                study.optimize(
+                    lambda t, p=point, n=name: self.run_point(t, p, n),
+                    n_trials=todo,
+                    catch=(TrialFailed,),
+                )
+
+
+def run_sweep(user_overrides: list[str]) -> int:
+    """Run (or resume) the sweep, then write its report. Returns a process exit code."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start = time.time()
+    sweep = Sweep(user_overrides)
+    cfg = sweep.cfg
+    print(
+        f"[sweep] {cfg.experiment}: {sweep.total} trial(s) over {len(sweep.points)} point(s) "
+        f"[{', '.join(p.label for p in sweep.points)}]\n[sweep] storage {storage.redact(sweep.storage_url)}, "
+        f"tracking {tracking.uri()}",
+        flush=True,
+    )
+    if cfg.sweep.kind == "grid":
+        sweep.run_grid()
+    else:
+        sweep.run_search()
+    from sweep.report import rebuild
+
+    path = rebuild(cfg.experiment, user_overrides)
+    tracking.finish_parent(sweep.parent, time.time() - start)
+    print(f"[sweep] done in {time.time() - start:.0f} s; report: {path}", flush=True)
+    return 0

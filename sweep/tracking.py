@@ -1,0 +1,163 @@
+"""MLflow tracking: one parent run per sweep, one nested run per trial, the report as artifacts.
+
+    make ui      # mlflow ui on 127.0.0.1 over $MLFLOW_TRACKING_URI (default sqlite:///mlflow.db)
+
+A trial's nested run is created after its process has ended, from its result record, so a killed
+trial never leaves a run stuck in RUNNING. The parent run is found again by its tag on a re-run,
+so a resumed sweep keeps one parent. Nothing secret is logged: URLs are redacted in the config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from sweep.record import TrialResult
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "sweep.parent"
+PARAM_KEYS = (
+    "label",
+    "model",
+    "dataset",
+    "method",
+    "rank",
+    "alpha",
+    "lr",
+    "quant",
+    "precision",
+    "seed",
+    "config_hash",
+    "point",
+)
+
+
+def uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def client() -> MlflowClient:
+    mlflow.set_tracking_uri(uri())
+    return MlflowClient(uri())
+
+
+def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | None:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name) if create else None
+
+
+def find_parent(experiment: str) -> str | None:
+    """Run id of the sweep's parent run, or None."""
+    c = client()
+    exp_id = _experiment_id(c, experiment, create=False)
+    if exp_id is None:
+        return None
+    runs = c.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{PARENT_TAG}` = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def parent_run(experiment: str, cfg: dict[str, Any], overrides: list[str]) -> str:
+    """The sweep's parent run (created on the first run, reused when the sweep is resumed)."""
+    c = client()
+    run_id = find_parent(experiment)
+    if run_id is None:
+        exp_id = _experiment_id(c, experiment)
+        run = c.create_run(exp_id, run_name=f"sweep {experiment}", tags={PARENT_TAG: "true"})
+        run_id = run.info.run_id
+        c.log_dict(run_id, cfg, "sweep_config.json")
+        c.log_param(run_id, "overrides", " ".join(overrides)[:6000] or "(none)")
+    else:
+        c.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    return run_id
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if not math.isnan(v):
+            out[k] = float(v)
+    return out
+
+
+def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
+    """A finished nested run for one trial: params, metrics, loss curve, record and adapter."""
+    c = client()
+    parent = c.get_run(parent_id)
+    run = c.create_run(
+        parent.info.experiment_id,
+        run_name=result.run.get("label"),
+        tags={
+            "mlflow.parentRunId": parent_id,
+            "status": result.status,
+            "error": str(result.train.get("error") or "")[:4000],
+        },
+    )
+    rid = run.info.run_id
+    params = {k: str(result.run.get(k)) for k in PARAM_KEYS if k in result.run}
+    c.log_batch(rid, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    now = int(1000 * time.time())
+    metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in _numeric(result.metrics).items()]
+    metrics += [
+        mlflow.entities.Metric("train_loss", float(v), now, i + 1)
+        for i, v in enumerate(result.train.get("loss_curve", []))
+        if not math.isnan(v)
+    ]
+    for i in range(0, len(metrics), 900):
+        c.log_batch(rid, metrics=metrics[i : i + 900])
+    c.log_artifact(rid, str(trial_dir / "result.json"))
+    adapter = trial_dir / "adapter"
+    if adapter.is_dir() and result.run.get("method") != "full":  # full checkpoints stay on disk
+        c.log_artifacts(rid, str(adapter), "adapter")
+    c.set_terminated(rid, "FINISHED" if result.status in ("ok", "pruned") else "FAILED")
+    return rid
+
+
+def trial_records(experiment: str) -> list[dict[str, Any]]:
+    """Every trial record logged under the sweep's parent run, oldest first."""
+    c = client()
+    parent = find_parent(experiment)
+    if parent is None:
+        return []
+    exp_id = c.get_run(parent).info.experiment_id
+    runs = c.search_runs(
+        [exp_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=5000,
+    )
+    records = []
+    for run in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = c.download_artifacts(run.info.run_id, "result.json", tmp)
+            records.append(json.loads(Path(path).read_text()))
+    return records
+
+
+def log_report(experiment: str, report_dir: Path) -> None:
+    parent = find_parent(experiment)
+    if parent is not None:
+        client().log_artifacts(parent, str(report_dir), "report")
+
+
+def finish_parent(parent_id: str, seconds: float) -> None:
+    c = client()
+    c.log_metric(parent_id, "sweep_wall_s", seconds)
+    c.set_terminated(parent_id, "FINISHED")

@@ -1,0 +1,87 @@
+import pytest
+
+from sweep import data, models
+from sweep.config import ConfigError, compose
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.char_tokenizer()
+
+
+def test_loss_only_on_answer_tokens(tok):
+    ex = data.Example("2 + 3 =", "5")
+    row = data.encode(tok, ex, 512, None)
+    prompt = data.prompt_ids(tok, ex.prompt, None)
+    assert row["input_ids"][: len(prompt)] == prompt
+    assert all(label == data.IGNORE for label in row["labels"][: len(prompt)])
+    answer = [i for i, lab in zip(row["input_ids"], row["labels"]) if lab != data.IGNORE]
+    assert tok.decode(answer, skip_special_tokens=True).strip() == "5"
+
+
+def test_truncation_keeps_the_answer(tok):
+    ex = data.Example("x" * 200, "42")
+    row = data.encode(tok, ex, 32, None)
+    assert len(row["input_ids"]) == 32
+    kept = [i for i, lab in zip(row["input_ids"], row["labels"]) if lab != data.IGNORE]
+    assert tok.decode(kept, skip_special_tokens=True).strip() == "42"
+
+
+def test_collate_pads_right_and_masks_padding(tok):
+    rows = [
+        data.encode(tok, data.Example("1+1", "2"), 64, None),
+        data.encode(tok, data.Example("10+10", "20"), 64, None),
+    ]
+    batch = data.collate(tok.pad_token_id)(rows)
+    n0 = len(rows[0]["input_ids"])
+    assert batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows)
+    assert batch["attention_mask"][0, n0:].sum() == 0
+    assert (batch["labels"][0, n0:] == data.IGNORE).all()
+
+
+def test_reasoning_gym_task_is_deterministic_and_eval_is_held_out():
+    cfg = compose([]).dataset
+    a, b = data.load_task(cfg, 64, 16), data.load_task(cfg, 64, 16)
+    assert [e.prompt for e in a.train] == [e.prompt for e in b.train]
+    assert len(a.eval) == 16
+    assert not {e.prompt for e in a.eval} & {e.prompt for e in a.train}
+    ex = a.eval[0]
+    assert a.score(ex.answer, ex) == 1.0
+    assert a.score("not a number", ex) == 0.0
+
+
+def _file_cfg(path):
+    return compose(["dataset=file", f"dataset.path={path}"]).dataset
+
+
+def test_jsonl_and_csv_files_load(tmp_path):
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(10)]
+    jl = tmp_path / "d.jsonl"
+    jl.write_text("\n".join(__import__("json").dumps(r) for r in rows))
+    cs = tmp_path / "d.csv"
+    cs.write_text("prompt,answer\n" + "\n".join(f"{r['prompt']},{r['answer']}" for r in rows))
+    for path in (jl, cs):
+        task = data.load_task(_file_cfg(path), 100, 4)
+        assert len(task.eval) == 2 and len(task.train) == 8  # eval takes at most a fifth
+        assert task.score(" A0. ", data.Example("q0", "a0")) == 1.0
+
+
+def test_malformed_json_line_is_named(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c", answer: d}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: not valid JSON"):
+        data.load_task(_file_cfg(p), 10, 2)
+
+
+def test_missing_field_is_named(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: missing or empty field 'prompt'"):
+        data.load_task(_file_cfg(p), 10, 2)
+
+
+def test_empty_file_is_rejected(tmp_path):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n")
+    with pytest.raises(ConfigError, match="the file has no rows"):
+        data.load_task(_file_cfg(p), 10, 2)

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from sweep import methods, models
+from sweep.config import compose
+
+from .conftest import CACHE
+
+
+@pytest.fixture(scope="module")
+def tiny_path():
+    return models.resolve(compose(["model=tiny_llama"]).model, CACHE)
+
+
+def _load(path, cfg):
+    return models.load_model(path, torch.float32, **methods.load_kwargs(cfg.method, "fp32"))
+
+
+def test_full_trains_every_parameter(tiny_path):
+    cfg = compose(["model=tiny_llama", "method=full"])
+    model = methods.apply(_load(tiny_path, cfg), cfg.method, cfg.train)
+    trainable, total = methods.count_params(model)
+    assert trainable == total > 0
+
+
+@pytest.mark.parametrize("r", [1, 4, 16])
+def test_lora_trainable_params_match_the_formula(tiny_path, r):
+    cfg = compose(["model=tiny_llama", "method=lora", f"method.r={r}"])
+    base = _load(tiny_path, cfg)
+    targets = [
+        m
+        for name, m in base.named_modules()
+        if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head")
+    ]
+    expected = sum(r * (m.in_features + m.out_features) for m in targets)
+    _, base_total = methods.count_params(base)
+    model = methods.apply(base, cfg.method, cfg.train)
+    trainable, total = methods.count_params(model)
+    assert trainable == expected
+    assert total == base_total + expected
+
+
+def test_lora_respects_target_modules(tiny_path):
+    cfg = compose(
+        ["model=tiny_llama", "method=lora", "method.r=2", "method.target_modules=[q_proj,v_proj]"]
+    )
+    model = methods.apply(_load(tiny_path, cfg), cfg.method, cfg.train)
+    hidden = 64
+    layers = 2
+    assert methods.count_params(model)[0] == layers * 2 * 2 * (hidden + hidden)
+
+
+def test_qlora_base_weights_are_4bit(tiny_path):
+    import bitsandbytes as bnb
+
+    cfg = compose(["model=tiny_llama", "method=qlora", "method.r=4"])
+    base = _load(tiny_path, cfg)
+    assert methods.is_4bit(base)
+    linear4 = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linear4 and all(m.weight.dtype == torch.uint8 for m in linear4)
+    assert all(m.weight.quant_state.quant_type == "nf4" for m in linear4)
+    # packed storage: half a byte per weight, but logical counts match the unquantized model
+    full_total = methods.count_params(
+        _load(tiny_path, compose(["model=tiny_llama", "method=lora"]))
+    )[1]
+    assert methods.count_params(base)[1] == full_total
+    model = methods.apply(base, cfg.method, cfg.train)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_precision_is_one_key_for_every_method():
+    assert methods.dtype_for("bf16") == torch.bfloat16
+    assert methods.dtype_for("bf16-mixed") == torch.float32
+    assert methods.trainer_flags("bf16-mixed") == {"bf16": True, "fp16": False}
+    q = methods.load_kwargs(compose(["method=qlora"]).method, "bf16")["quantization_config"]
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_use_double_quant
+    assert methods.load_kwargs(compose(["method=lora"]).method, "bf16") == {}
+
+
+def test_optimizer_is_adamw_on_cpu_and_paged_8bit_for_qlora_on_cuda():
+    qlora = compose(["method=qlora"]).method
+    expected = "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
+    assert methods.optimizer_name(qlora) == expected
+    assert methods.optimizer_name(compose(["method=lora"]).method) == "adamw_torch"

@@ -1,0 +1,127 @@
+import math
+
+import pandas as pd
+import pytest
+
+from sweep import report
+from sweep.config import GpuClass, compose
+
+
+def rec(label, method, rank, acc, mem, train_s, status="ok", quant=None, error=None, seed=0):
+    metrics = {
+        "accuracy": acc,
+        "base_accuracy": 0.05,
+        "peak_memory_gib": mem,
+        "memory_kind": "vram",
+        "train_s": train_s,
+        "total_s": (train_s or 0) + 10,
+        "train_tokens_per_s": 1000.0,
+        "trainable_params": 100,
+        "trainable_pct": 1.0,
+        "adapter_bytes": 2048,
+    }
+    if status != "ok":
+        metrics = {"peak_memory_gib": mem, "memory_kind": "vram"} if mem else {}
+    return {
+        "run": {
+            "label": label,
+            "method": method,
+            "rank": rank,
+            "quant": quant,
+            "precision": "bf16",
+            "seed": seed,
+            "model": "m",
+            "dataset": "d",
+        },
+        "train": {"status": status, "error": error, "metrics": metrics},
+        "meta": {"device": "cuda", "device_name": "X", "versions": {"torch": "2"}},
+    }
+
+
+GPUS = [
+    GpuClass(**g)
+    for g in (
+        {"name": "T4", "memory_gib": 16, "usd_per_hour": 0.36},
+        {"name": "L4", "memory_gib": 24, "usd_per_hour": 0.72},
+        {"name": "A100-80", "memory_gib": 80, "usd_per_hour": 3.6},
+    )
+]
+RECORDS = [
+    rec("full", "full", None, 0.60, 40.0, 100.0),
+    rec("lora r=4", "lora", 4, 0.50, 14.0, 60.0),
+    rec("lora r=16", "lora", 16, 0.55, 15.0, 62.0),
+    rec("qlora r=16", "qlora", 16, 0.52, 7.0, 90.0, quant="nf4-4bit"),
+    rec("lora r=64", "lora", 64, 0.45, 18.0, 70.0),  # dominated: worse and bigger than r=16
+    rec("full bs=64", "full", None, None, 95.0, None, status="oom", error="CUDA out of memory"),
+    rec("lora r=128", "lora", 128, None, None, None, status="failed", error="boom"),
+]
+
+
+def test_headline_has_one_row_per_successful_approach_with_deltas():
+    table = report.headline(report.to_frame(RECORDS), GPUS).set_index("label")
+    assert list(table.index) == ["full", "lora r=4", "lora r=16", "qlora r=16", "lora r=64"]
+    assert table.loc["full", "delta_vs_full_pts"] == pytest.approx(0.0)
+    assert table.loc["lora r=16", "delta_vs_full_pts"] == pytest.approx(-5.0)
+    assert table.loc["qlora r=16", "delta_vs_full_pts"] == pytest.approx(-8.0)
+
+
+def test_gpu_class_is_the_smallest_that_fits_and_cost_uses_its_price():
+    table = report.headline(report.to_frame(RECORDS), GPUS).set_index("label")
+    assert table.loc["qlora r=16", "gpu"] == "T4"
+    assert table.loc["lora r=16", "gpu"] == "T4"
+    assert table.loc["lora r=64", "gpu"] == "L4"
+    assert table.loc["full", "gpu"] == "A100-80"
+    assert table.loc["full", "cost_usd"] == pytest.approx(110 / 3600 * 3.6)
+    assert report.gpu_fit(200.0, GPUS) is None
+    assert report.gpu_fit(16.0, GPUS).name == "T4"
+
+
+def test_pareto_membership():
+    table = report.headline(report.to_frame(RECORDS), GPUS).set_index("label")
+    mem = table["pareto_memory"].to_dict()
+    assert mem == {
+        "full": True,
+        "lora r=4": False,
+        "lora r=16": True,
+        "qlora r=16": True,
+        "lora r=64": False,
+    }
+    time = table["pareto_time"].to_dict()
+    assert time["lora r=4"] and time["lora r=16"] and time["full"]
+    assert not time["qlora r=16"] and not time["lora r=64"]
+
+
+def test_repeated_seeds_are_averaged():
+    records = RECORDS[:1] + [
+        rec("lora r=16", "lora", 16, a, 15.0, 60.0, seed=s) for s, a in enumerate([0.5, 0.6])
+    ]
+    table = report.headline(report.to_frame(records), GPUS).set_index("label")
+    assert table.loc["lora r=16", "accuracy"] == pytest.approx(0.55)
+    assert table.loc["lora r=16", "runs"] == 2
+
+
+def test_written_report_matches_records(tmp_path):
+    path = report.write(RECORDS, tmp_path, "exp", GPUS)
+    text = path.read_text()
+    assert "| full" in text and "| qlora r=16*" in text
+    assert "55.0%" in text and "-5.0" in text  # lora r=16 accuracy and delta
+    assert "CUDA out of memory" in text and "boom" in text  # failures with reasons
+    assert "lora r=16 reached 92% of full FT accuracy (-5.0 pts) at 38% of its peak memory" in text
+    assert (tmp_path / "accuracy_vs_peak_memory_gib.png").stat().st_size > 1000
+    assert (tmp_path / "accuracy_vs_train_s.png").is_file()
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert len(csv) == len(RECORDS)
+    assert set(csv.status) == {"ok", "oom", "failed"}
+
+
+def test_report_without_full_baseline_says_so(tmp_path):
+    text = report.write(RECORDS[1:3], tmp_path, "exp", GPUS).read_text()
+    assert "No full fine-tuning trial succeeded" in text
+    table = report.headline(report.to_frame(RECORDS[1:3]), GPUS)
+    assert table.delta_vs_full_pts.isna().all()
+
+
+def test_shipped_gpu_classes_are_sorted_and_priced():
+    gpus = compose([]).report.gpus
+    assert [g.memory_gib for g in gpus] == sorted(g.memory_gib for g in gpus)
+    assert all(g.usd_per_hour > 0 and not math.isnan(g.usd_per_hour) for g in gpus)

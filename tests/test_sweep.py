@@ -1,0 +1,92 @@
+import pandas as pd
+import pytest
+
+from sweep import tracking
+from sweep.config import ConfigError, compose
+from sweep.record import load
+from sweep.study import grid_points, merge_overrides, run_sweep
+
+
+def test_grid_points_do_not_multiply_full_ft_by_ranks():
+    grid = compose([]).sweep.grid
+    labels = [p.label for p in grid_points(grid)]
+    assert labels == ["full", "lora r=4", "lora r=16", "lora r=64", "qlora r=16"]
+    assert grid_points(grid)[1].overrides == ["method=lora", "method.r=4"]
+
+
+def test_grid_axes_cross_within_an_approach():
+    pts = grid_points({"lora": {"method": {"r": [4, 8]}, "train": {"seed": [0, 1]}}, "full": {}})
+    assert [p.label for p in pts] == [
+        "lora r=4 seed=0",
+        "lora r=4 seed=1",
+        "lora r=8 seed=0",
+        "lora r=8 seed=1",
+        "full",
+    ]
+
+
+def test_rank_grid_override_from_the_command_line():
+    cfg = compose(["sweep=rank_grid", "sweep.grid.lora.method.r=[2,8]"])
+    assert [p.label for p in grid_points(cfg.sweep.grid)] == ["full", "lora r=2", "lora r=8"]
+
+
+def test_later_overrides_win():
+    assert merge_overrides(
+        ["model=tiny_llama", "train.steps=6"], ["train.steps=9"], ["method=lora"]
+    ) == ["model=tiny_llama", "train.steps=9", "method=lora"]
+
+
+def test_a_bad_point_fails_before_any_trial(tmp_path):
+    with pytest.raises(ConfigError, match="method.r=0 is not allowed"):
+        run_sweep(["sweep=smoke", "sweep.grid.lora.method.r=[0]"])
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end_and_rerun_runs_nothing_new(tmp_path, capsys):
+    assert run_sweep(["sweep=smoke"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": start (") == 4 and "[trial 4/4]" in out
+    trial_dirs = sorted((tmp_path / "outputs" / "smoke" / "trials").iterdir())
+    assert len(trial_dirs) == 4
+    records = [load(d / "result.json") for d in trial_dirs]
+    assert {r.run["label"] for r in records} == {"full", "lora r=4", "lora r=16", "qlora r=8"}
+    assert all(r.status == "ok" for r in records), [r.train.get("error") for r in records]
+
+    # MLflow: one parent run with one nested run per trial
+    c = tracking.client()
+    parent = tracking.find_parent("smoke")
+    exp = c.get_experiment_by_name("smoke")
+    runs = c.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(runs) == 5 and len(children) == 4
+    assert all(
+        "accuracy" in r.data.metrics and "peak_host_rss_gib" in r.data.metrics for r in children
+    )
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert c.list_artifacts(parent, "report")  # report logged to the parent run
+
+    # the report: one headline row per approach, numbers equal to the records
+    report_dir = tmp_path / "reports" / "smoke"
+    text = (report_dir / "report.md").read_text()
+    for r in records:
+        assert f"| {r.run['label']}" in text
+        assert f"{r.metrics['accuracy']:.1%}" in text
+    csv = pd.read_csv(report_dir / "results.csv").set_index("label")
+    for r in records:
+        assert csv.loc[r.run["label"], "peak_memory_gib"] == pytest.approx(
+            r.metrics["peak_memory_gib"]
+        )
+        assert csv.loc[r.run["label"], "train_s"] == pytest.approx(r.metrics["train_s"])
+
+    # a finished sweep re-run runs nothing new
+    assert run_sweep(["sweep=smoke"]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert len(list((tmp_path / "outputs" / "smoke" / "trials").iterdir())) == 4
+    assert len(c.search_runs([exp.experiment_id])) == 5
+
+    # make report rebuilds from MLflow alone
+    (report_dir / "report.md").unlink()
+    from sweep.report import rebuild
+
+    assert rebuild("smoke").read_text() == text

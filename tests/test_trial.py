@@ -1,0 +1,121 @@
+import json
+
+import pytest
+
+from sweep.config import compose
+from sweep.record import load
+from sweep.trial import run_trial, summary
+
+from .conftest import tiny
+
+REQUIRED = [
+    "load_s",
+    "train_s",
+    "eval_s",
+    "total_s",
+    "peak_host_rss_gib",
+    "train_tokens_per_s",
+    "steps",
+    "tokens_seen",
+    "trainable_params",
+    "total_params",
+    "adapter_bytes",
+    "accuracy",
+    "eval_loss",
+    "base_accuracy",
+    "s_per_step",
+    "startup_s",
+    "peak_memory_gib",
+]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_tiny_trial_writes_a_complete_record(tmp_path, method):
+    cfg = compose(tiny(f"method={method}"))
+    result = run_trial(cfg, tmp_path / method)
+    assert result.status == "ok", result.train.get("error")
+    rec = load(tmp_path / method / "result.json")
+    m = rec.metrics
+    for key in REQUIRED:
+        assert m.get(key) is not None, key
+    assert m["steps"] == 8 and m["tokens_seen"] > 0
+    assert 0.0 <= m["accuracy"] <= 1.0
+    assert m["train_tokens_per_s"] > 0 and m["train_s"] > 0
+    assert m["total_s"] >= m["load_s"] + m["train_s"]
+    assert m["adapter_bytes"] == sum(
+        f.stat().st_size for f in (tmp_path / method / "adapter").rglob("*") if f.is_file()
+    )
+    assert len(rec.train["loss_curve"]) == 8
+    assert rec.run["method"] == method and rec.run["config"]["method"]["name"] == method
+    assert rec.run["config_hash"] and rec.run["seed"] == 0
+    meta = rec.meta
+    assert meta["versions"]["torch"] and meta["versions"]["peft"] and meta["cpu"]
+    assert "git_commit" in meta and "git_dirty" in meta
+    if method == "full":
+        assert m["trainable_params"] == m["total_params"]
+        assert (tmp_path / method / "adapter" / "model.safetensors").is_file()
+    else:
+        assert m["trainable_params"] < m["total_params"]
+        assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
+    assert m["base_4bit"] is (method == "qlora")
+    assert "accuracy" in summary(result)
+
+
+def test_loss_goes_down_on_a_learnable_toy_task(tmp_path):
+    cfg = compose(
+        tiny(
+            "method=full",
+            "method.lr=0.01",
+            "train.steps=30",
+            "train.batch_size=8",
+            "train.precision=fp32",
+            "eval.base=false",
+        )
+    )
+    result = run_trial(cfg, tmp_path)
+    curve = result.train["loss_curve"]
+    assert result.status == "ok"
+    assert sum(curve[-5:]) / 5 < 0.7 * sum(curve[:5]) / 5
+
+
+def test_same_seed_same_examples_same_order(tmp_path):
+    a = run_trial(compose(tiny("method=lora", "train.precision=fp32")), tmp_path / "a")
+    b = run_trial(compose(tiny("method=lora", "train.precision=fp32")), tmp_path / "b")
+    assert a.train["loss_curve"] == pytest.approx(b.train["loss_curve"], rel=1e-5)
+    assert a.metrics["tokens_seen"] == b.metrics["tokens_seen"]
+    c = run_trial(compose(tiny("method=full", "train.precision=fp32")), tmp_path / "c")
+    assert c.metrics["tokens_seen"] == a.metrics["tokens_seen"]  # every method sees the same tokens
+
+
+def test_divergence_is_recorded_and_stops_early(tmp_path):
+    cfg = compose(
+        tiny(
+            "method=full",
+            "method.lr=0.9",
+            "train.steps=40",
+            "train.precision=fp32",
+            "train.diverge_factor=1.5",
+            "eval.base=false",
+        )
+    )
+    result = run_trial(cfg, tmp_path)
+    assert result.status == "diverged"
+    assert "loss" in result.train["error"]
+    assert result.metrics["steps"] < 40
+
+
+def test_a_crash_is_recorded_not_raised(tmp_path):
+    cfg = compose(tiny("method=lora", "method.target_modules=[no_such_module]"))
+    result = run_trial(cfg, tmp_path)
+    assert result.status == "failed"
+    assert "no_such_module" in result.train["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["train"]["status"] == "failed"
+
+
+def test_base_accuracy_is_cached_per_model_and_eval_set(tmp_path):
+    cfg = compose(tiny("method=lora", f"cache_dir={tmp_path / 'cache'}"))
+    first = run_trial(cfg, tmp_path / "1")
+    second = run_trial(cfg, tmp_path / "2")
+    assert first.metrics["base_accuracy"] == second.metrics["base_accuracy"]
+    assert second.metrics["base_eval_s"] < 0.5 * first.metrics["base_eval_s"] + 0.05
+    assert len(list((tmp_path / "cache" / "base_accuracy").glob("*.json"))) == 1
