@@ -83,6 +83,7 @@ def apply(model: torch.nn.Module, method: MethodConfig, train: TrainConfig) -> t
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if method.quant is not None:
+        keep_4bit_trainable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
         )
@@ -90,6 +91,26 @@ def apply(model: torch.nn.Module, method: MethodConfig, train: TrainConfig) -> t
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()
     return get_peft_model(model, lora_config(method))
+
+
+def keep_4bit_trainable(model: torch.nn.Module) -> None:
+    """Undo and disable bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks a Linear4bit weight the first time it runs
+    in eval mode without grad (the base-model evaluation, or a periodic eval), and its backward
+    then dequantizes the repacked bytes as if they were not: the input gradients are garbage and
+    QLoRA silently stops learning. Measured here: LoRA-gradient cosine vs a dequantized reference
+    0.9995 before an eval pass, ~0.0 after. So: unpack, and keep the training-safe layout.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            w = module.weight
+            if getattr(w.quant_state, "packing_format_for_cpu", False):
+                w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
+            module.support_avx512bf16_for_cpu = False
 
 
 def optimizer_name(method: MethodConfig) -> str:

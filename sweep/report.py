@@ -154,6 +154,10 @@ def headline(df: pd.DataFrame, gpus: list[GpuClass]) -> pd.DataFrame:
         (t / 3600) * f.usd_per_hour if f else math.nan
         for t, f in zip(table["total_s"], fits, strict=True)
     ]
+    order = table.method.map({"full": 0, "lora": 1, "qlora": 2}).fillna(9) * 1e6 + table[
+        "rank"
+    ].fillna(0)
+    table = table.iloc[order.argsort(kind="stable")].copy()
     table["pareto_memory"] = pareto(table, *PARETO_PAIRS[0])
     table["pareto_time"] = pareto(table, *PARETO_PAIRS[1])
     return table.reset_index()
@@ -194,7 +198,7 @@ def markdown_table(table: pd.DataFrame) -> str:
             "cost (USD)": [_num(v, "{:.4f}") for v in table.cost_usd],
         }
     )
-    return out.to_markdown(index=False)
+    return out.to_markdown(index=False, disable_numparse=True)
 
 
 def sentences(table: pd.DataFrame) -> list[str]:

@@ -82,3 +82,32 @@ def test_optimizer_is_adamw_on_cpu_and_paged_8bit_for_qlora_on_cuda():
     expected = "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
     assert methods.optimizer_name(qlora) == expected
     assert methods.optimizer_name(compose(["method=lora"]).method) == "adamw_torch"
+
+
+def _qlora_grads(path, evaluate_first: bool) -> torch.Tensor:
+    from sweep import data
+
+    cfg = compose(["model=tiny_llama", "method=qlora", "method.r=4", "method.dropout=0"])
+    tok = models.load_tokenizer(path)
+    base = models.load_model(path, torch.bfloat16, **methods.load_kwargs(cfg.method, "bf16"))
+    rows = [data.encode(tok, data.Example(f"{i} + {i} =", str(2 * i)), 48, None) for i in range(4)]
+    batch = data.collate(tok.pad_token_id)(rows)
+    if evaluate_first:  # what the base-model evaluation does before training
+        base.eval()
+        with torch.no_grad():
+            base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.manual_seed(0)
+    model = methods.apply(base, cfg.method, cfg.train)
+    model.train()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
+    model(**batch).loss.backward()
+    first = next(p for n, p in model.named_parameters() if "layers.0." in n and "lora_A" in n)
+    return first.grad.flatten().float()
+
+
+def test_qlora_gradients_survive_an_evaluation_before_training(tiny_path):
+    """Regression: bitsandbytes' CPU repacking after an eval pass corrupted 4-bit backward."""
+    clean, after_eval = _qlora_grads(tiny_path, False), _qlora_grads(tiny_path, True)
+    assert torch.nn.functional.cosine_similarity(clean, after_eval, dim=0) > 0.99

@@ -59,7 +59,7 @@ RECORDS = [
 
 def test_headline_has_one_row_per_successful_approach_with_deltas():
     table = report.headline(report.to_frame(RECORDS), GPUS).set_index("label")
-    assert list(table.index) == ["full", "lora r=4", "lora r=16", "qlora r=16", "lora r=64"]
+    assert list(table.index) == ["full", "lora r=4", "lora r=16", "lora r=64", "qlora r=16"]
     assert table.loc["full", "delta_vs_full_pts"] == pytest.approx(0.0)
     assert table.loc["lora r=16", "delta_vs_full_pts"] == pytest.approx(-5.0)
     assert table.loc["qlora r=16", "delta_vs_full_pts"] == pytest.approx(-8.0)
