@@ -109,7 +109,9 @@ def keep_4bit_trainable(model: torch.nn.Module) -> None:
         if isinstance(module, bnb.nn.Linear4bit):
             w = module.weight
             if getattr(w.quant_state, "packing_format_for_cpu", False):
-                w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
+                w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    w.data, w.quant_state
+                )
             module.support_avx512bf16_for_cpu = False
 
 
