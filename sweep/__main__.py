@@ -22,9 +22,10 @@ USAGE = __doc__.split("\n\n")[1]
 
 def _trial(overrides: list[str]) -> int:
     from sweep.config import compose
-    from sweep.trial import run_trial, summary
+    from sweep.trial import preflight, run_trial, summary
 
     cfg = compose(overrides)
+    preflight(cfg)
     out = Path(cfg.output_dir, cfg.experiment, "single", _stamp())
     print(f"[trial] {' '.join(overrides) or '(defaults)'} -> {out}", flush=True)
     result = run_trial(cfg, out)

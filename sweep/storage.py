@@ -16,20 +16,31 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from sweep.config import redact  # noqa: F401  (re-exported for callers printing URLs)
+from sweep.config import ConfigError, redact
 
 
 def default_url(output_dir: str, experiment: str) -> str:
-    return f"journal:///{Path(output_dir, experiment, 'optuna.journal').resolve()}"
+    return f"journal://{Path(output_dir, experiment, 'optuna.journal').resolve()}"
 
 
 def open_storage(url: str) -> BaseStorage:
-    """`journal:///abs/path` or any SQLAlchemy URL (postgresql://, sqlite:///)."""
+    """`journal:///abs/path` (a file) or any SQLAlchemy URL (postgresql://, sqlite:///)."""
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    try:
+        return RDBStorage(
+            url, heartbeat_interval=60, grace_period=180, engine_kwargs=_engine_kwargs(url)
+        )
+    except Exception as exc:  # bad driver, refused connection, wrong password, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"sweep.storage={redact(url)}: cannot open ({reason[:200]})") from None
+
+
+def _engine_kwargs(url: str) -> dict:
+    """Fail fast on an unreachable database instead of hanging."""
+    return {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
 
 
 def pruning_reporter(url: str, study_name: str, trial_id: int) -> Callable[[int, float], bool]:

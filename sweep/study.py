@@ -18,6 +18,8 @@ import json
 import math
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,10 +28,49 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 
 from sweep import record, storage, tracking
 from sweep.config import OBJECTIVES, Config, ConfigError, as_dict, compose
 from sweep.record import TrialResult
+from sweep.trial import preflight
+
+RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
+# Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.
+FINAL_FAILURES = ("oom",)
+
+
+def is_final(t: optuna.trial.FrozenTrial) -> bool:
+    """Finished for good: complete, pruned (or diverged), or failed with a deterministic cause."""
+    state = t.state
+    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        return True
+    return state == optuna.trial.TrialState.FAIL and t.user_attrs.get("status") in FINAL_FAILURES
+
+
+def _worker() -> dict[str, Any]:
+    proc = psutil.Process()
+    return {"host": socket.gethostname(), "pid": proc.pid, "started": proc.create_time()}
+
+
+def _alive(worker: dict[str, Any]) -> bool:
+    try:
+        return psutil.Process(worker["pid"]).create_time() == worker["started"]
+    except (psutil.NoSuchProcess, KeyError):
+        return False
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Mark RUNNING trials whose worker on this host is gone (killed sweep) as FAIL."""
+    stale = 0
+    for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker and worker.get("host") == socket.gethostname() and not _alive(worker):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            stale += 1
+    if stale:
+        print(f"[sweep] {stale} trial(s) of a killed run marked failed; they run again", flush=True)
+    return stale
 
 
 class TrialFailed(Exception):
@@ -120,6 +161,16 @@ def _objective_values(cfg: Config, result: TrialResult) -> list[float]:
     return [float(v) for v in values]  # type: ignore[arg-type]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGKILL if the sweep process dies (kill -9)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def launch(
     trial_cfg: Config, trial_dir: Path, timeout_s: int, pruning: tuple[str, str, int] | None = None
 ) -> TrialResult:
@@ -134,7 +185,9 @@ def launch(
         env["SWEEP_OPTUNA_STORAGE"] = pruning[0]  # not on the command line: it may hold a password
         cmd += [pruning[1], str(pruning[2])]
     try:
-        proc = subprocess.run(cmd, env=env, timeout=timeout_s or None, check=False)
+        proc = subprocess.run(
+            cmd, env=env, timeout=timeout_s or None, check=False, preexec_fn=_die_with_parent
+        )
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = None
@@ -195,6 +248,12 @@ class Sweep:
         self.point_cfgs = {
             p.label: compose(trial_overrides(self.cfg, self.user, p.overrides)) for p in self.points
         }
+        seen: set[str] = set()
+        for cfg in self.point_cfgs.values():  # model files and dataset rows, once per variant
+            key = json.dumps([as_dict(cfg)["model"], as_dict(cfg)["dataset"]], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                preflight(cfg)
         if s.pruner != "none" and not any(c.eval.every for c in self.point_cfgs.values()):
             raise ConfigError("sweep.pruner=median needs eval.every > 0 (intermediate eval loss)")
         self.root = Path(self.cfg.output_dir, self.cfg.experiment)
@@ -202,6 +261,7 @@ class Sweep:
             self.cfg.output_dir, self.cfg.experiment
         )
         self.storage = storage.open_storage(self.storage_url)
+        tracking.check_reachable()
         self.parent = tracking.parent_run(self.cfg.experiment, as_dict(self.cfg), self.user)
         self.count = 0
         self.total = len(self.points) * (s.n_trials if s.kind == "search" else 1)
@@ -227,6 +287,7 @@ class Sweep:
             if self.cfg.sweep.pruner != "none"
             else None
         )
+        trial.set_user_attr("worker", _worker())
         result = launch(cfg, trial_dir, self.cfg.sweep.timeout_s, prune)
         result.run.update(point=point.label, optuna_trial=trial.number, study=study_name)
         record.save(result, trial_dir / "result.json")
@@ -256,11 +317,20 @@ class Sweep:
             directions=_directions(self.cfg),
             load_if_exists=True,
         )
-        remaining = self._unfinished(study, labels)
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        done = {t.params.get("point") for t in trials if is_final(t)}
+        busy = {t.params.get("point") for t in trials if t.state in (RUNNING, WAITING)}
+        remaining = [x for x in labels if x not in done and x not in busy]
         if not remaining:
-            print(f"[sweep] all {len(labels)} points already finished; nothing to run", flush=True)
+            state = "finished" if not busy else "finished or running in another worker"
+            print(f"[sweep] all {len(labels)} points {state}; nothing to run", flush=True)
             return
-        self.count = len(labels) - len(remaining)
+        tried = {t.params.get("point") for t in trials}
+        for label in remaining:  # interrupted or crashed before: run it again from the start
+            if label in tried:
+                study.enqueue_trial({"point": label})
+        self.count = len(done)
         study.optimize(
             lambda t: self.run_point(
                 t, by_label[t.suggest_categorical("point", labels)], study.study_name
@@ -268,13 +338,6 @@ class Sweep:
             n_trials=len(remaining),
             catch=(TrialFailed,),
         )
-
-    @staticmethod
-    def _unfinished(study: optuna.Study, labels: list[str]) -> list[str]:
-        done = {
-            t.params.get("point") for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-        }
-        return [x for x in labels if x not in done]
 
     def run_search(self) -> None:
         for point in self.points:
@@ -287,7 +350,8 @@ class Sweep:
                 directions=_directions(self.cfg),
                 load_if_exists=True,
             )
-            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            fail_stale_trials(study)
+            finished = sum(is_final(t) for t in study.get_trials(deepcopy=False))
             todo = self.cfg.sweep.n_trials - finished
             self.count += finished
             if todo > 0:

@@ -21,6 +21,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from sweep.config import ConfigError
 from sweep.record import TrialResult
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -43,6 +44,22 @@ PARAM_KEYS = (
 
 def uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def check_reachable() -> None:
+    """An http(s) tracking server must answer within seconds (MLflow itself retries for minutes)."""
+    url = uri()
+    if not url.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5)
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={url}: tracking server not reachable ({exc})"
+        ) from None
 
 
 def client() -> MlflowClient:

@@ -11,6 +11,7 @@ happens (ok, oom, diverged, pruned or failed with the error), so a sweep can rec
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -67,6 +68,22 @@ def _ledger(model: torch.nn.Module) -> dict[str, Any]:
         "trainable_pct": 100.0 * trainable / total if total else 0.0,
         "base_4bit": methods.is_4bit(model),
     }
+
+
+def preflight(cfg: Config) -> None:
+    """Cheap checks that need more than the config: the model files and every dataset row.
+
+    Raises ConfigError (one line) before any weights load, so a sweep fails in its first seconds.
+    """
+    if cfg.model.source == "packaged":
+        models.packaged_file(cfg.model)
+    elif cfg.model.source == "hf":
+        models.resolve(cfg.model, cfg.cache_dir)  # a local path must hold safetensors weights
+    if cfg.method.quant is not None and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("method=qlora needs bitsandbytes (make install adds it)")
+    task = data.load_task(cfg.dataset, cfg.train.steps * cfg.train.batch_size, cfg.eval.size)
+    if not task.train or not task.eval:
+        raise ConfigError(f"dataset {cfg.dataset.name}: no train or no eval examples")
 
 
 def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None) -> TrialResult:

@@ -90,3 +90,50 @@ def test_smoke_sweep_end_to_end_and_rerun_runs_nothing_new(tmp_path, capsys):
     from sweep.report import rebuild
 
     assert rebuild("smoke").read_text() == text
+
+
+TINY_SWEEP = '["model=tiny_llama","train.steps=4","train.batch_size=4","train.max_seq_len=48","train.measure_warmup_steps=1","eval.size=4","eval.max_new_tokens=4"]'
+
+
+@pytest.mark.slow
+def test_lr_search_samples_per_approach_ranges_and_can_prune(tmp_path):
+    import optuna
+
+    overrides = TINY_SWEEP[:-1] + ',"eval.every=2","train.steps=6"]'
+    args = [
+        "sweep=lr_search",
+        "sweep.n_trials=3",
+        f"sweep.overrides={overrides}",
+        "~sweep.grid.qlora",
+        "~sweep.grid.full",
+    ]
+    assert run_sweep(args) == 0
+    storage = f"journal://{tmp_path / 'outputs' / 'lr_search' / 'optuna.journal'}"
+    study = optuna.load_study(study_name="lr_search:lora r=16", storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == 3
+    for t in trials:
+        assert 1e-4 <= t.params["method.lr"] <= 5e-3  # LoRA's own range, not full FT's
+        assert t.intermediate_values  # eval loss reported every 2 steps for the pruner
+    recs = [
+        load(d / "result.json") for d in (tmp_path / "outputs" / "lr_search" / "trials").iterdir()
+    ]
+    assert sorted(r.run["lr"] for r in recs) == sorted(t.params["method.lr"] for t in trials)
+
+
+@pytest.mark.slow
+def test_multi_objective_grid_gives_a_pareto_front(tmp_path):
+    import optuna
+
+    args = [
+        "sweep=smoke",
+        "sweep.objectives=[accuracy,peak_memory_gib]",
+        "~sweep.grid.full",
+        "sweep.grid.lora.method.r=[4]",
+        "~sweep.grid.qlora",
+    ]
+    assert run_sweep(args) == 0
+    storage = f"journal://{tmp_path / 'outputs' / 'smoke' / 'optuna.journal'}"
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(study.best_trials) >= 1

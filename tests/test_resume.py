@@ -1,0 +1,69 @@
+"""Kill a sweep mid-trial (kill -9 of the sweep process), run it again: nothing finished is lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sweep import tracking
+from sweep.record import load
+from sweep.study import run_sweep
+
+from .conftest import REPO
+
+ARGS = [
+    "sweep=smoke",
+    "~sweep.grid.qlora",
+    "sweep.grid.lora.method.r=[4]",
+    "sweep.overrides=[model=tiny_llama,train.steps=30,train.batch_size=4,train.max_seq_len=48,eval.size=4,eval.max_new_tokens=4]",
+]
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_rerun_finishes_every_point_once(tmp_path):
+    trials = tmp_path / "outputs" / "smoke" / "trials"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "run", *ARGS],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # kill once the second trial is under way (the first has a record, the second does not)
+    second_started = lambda: trials.exists() and len(list(trials.iterdir())) == 2  # noqa: E731
+    assert _wait_for(second_started, 180), "sweep did not reach its second trial"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = sorted(trials.iterdir())[-1]
+    assert not (killed / "result.json").exists()
+
+    assert run_sweep(ARGS) == 0
+    records = [load(d / "result.json") for d in trials.iterdir() if (d / "result.json").exists()]
+    ok = sorted(r.run["label"] for r in records if r.status == "ok")
+    assert ok == ["full", "lora r=4"]  # same set as an uninterrupted sweep, each once
+    c = tracking.client()
+    exp = c.get_experiment_by_name("smoke")
+    runs = c.search_runs([exp.experiment_id])
+    assert all(r.info.status == "FINISHED" for r in runs)  # nothing left RUNNING
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(r.info.run_name for r in children) == ["full", "lora r=4"]
+    assert run_sweep(ARGS) == 0  # and a third run has nothing left to do
+    assert (
+        len(
+            [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId")]
+        )
+        == 2
+    )
