@@ -4,6 +4,9 @@
     python -m sweep run    [overrides...]   the sweep: Optuna study, child-process trials, report (make sweep)
     python -m sweep report EXPERIMENT       rebuild reports/EXPERIMENT/ from MLflow (make report)
     python -m sweep check  [overrides...]   compose and validate a config, print it
+    python -m sweep plan   MODEL [key=value...]  predicted peak memory per approach, no download (make plan)
+    python -m sweep generate RUN PROMPT [--merged] [key=value...]   a trial's greedy answer (make generate)
+    python -m sweep export RUN OUT_DIR      a trial's merged standalone model (make export)
 
 Overrides are Hydra's: `method=qlora method.r=8 train.steps=30 sweep=rank_grid`.
 A bad value stops here with one line naming the key and what is allowed (exit 2).
@@ -64,7 +67,47 @@ def _check(overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"trial": _trial, "run": _run, "report": _report, "check": _check}
+def _generate(args: list[str]) -> int:
+    from sweep.adapters import generate
+
+    rest = [a for a in args if a != "--merged"]
+    if len(rest) < 2:
+        raise ConfigError(
+            "usage: python -m sweep generate RUN PROMPT [--merged] [key=value ...] "
+            '(make generate RUN=<trial dir|name|run id> PROMPT="..." [MERGED=1])'
+        )
+    merged = "--merged" in args
+    print(f"[generate] {rest[0]} ({'merged' if merged else 'adapter separate'})", file=sys.stderr)
+    print(generate(rest[0], rest[1], merged=merged, overrides=rest[2:]))
+    return 0
+
+
+def _export(args: list[str]) -> int:
+    from sweep.adapters import export
+
+    if len(args) != 2:
+        raise ConfigError(
+            "usage: python -m sweep export RUN OUT_DIR (make export RUN=<id> OUT=<dir>)"
+        )
+    print(f"[export] merged model written to {export(args[0], args[1])}")
+    return 0
+
+
+def _plan(args: list[str]) -> int:
+    from sweep.plan import main as plan_main
+
+    return plan_main(args)
+
+
+COMMANDS = {
+    "trial": _trial,
+    "run": _run,
+    "report": _report,
+    "check": _check,
+    "generate": _generate,
+    "export": _export,
+    "plan": _plan,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -54,12 +55,26 @@ class TinyConfig:
 
 
 @dataclass
+class ArchConfig:
+    """Architecture numbers for `make plan` (no weights needed)."""
+
+    vocab: int = 32000
+    hidden: int = 4096
+    intermediate: int = 11008
+    layers: int = 32
+    heads: int = 32
+    kv_heads: int = 32
+    tie_embeddings: bool = False
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2_135m"
     source: str = "packaged"
     name_or_path: str | None = None
     trust_remote_code: bool = False
     tiny: TinyConfig = field(default_factory=TinyConfig)
+    arch: ArchConfig | None = None
 
 
 @dataclass
@@ -186,6 +201,9 @@ def _explain_hydra_error(exc: Exception) -> str:
         hint = difflib.get_close_matches(choice, options, n=1)
         did_you = f" (did you mean {hint[0]}?)" if hint else ""
         return f"{group}={choice}: no such option{did_you}; allowed: {', '.join(options)}"
+    m = re.search(r"Error merging override ([\w.]+)=", msg)
+    if m and exc.__cause__ is not None:
+        return f"{m.group(1)}: {_one_line(exc.__cause__)}"
     m = re.search(r"Could not override '([\w.]+)'", msg)
     if m:
         return f"{m.group(1)}: unknown config key{_did_you_mean(m.group(1))}"
@@ -201,16 +219,45 @@ def _did_you_mean(key: str) -> str:
 
 
 def compose_dict(overrides: list[str]) -> DictConfig:
-    """Compose conf/config.yaml with Hydra overrides (no validation)."""
+    """Compose conf/config.yaml with Hydra overrides (no validation).
+
+    The schemas are registered as `schema`, first in config.yaml's defaults, so every schema key
+    exists (with its default) in every group option and can be overridden from the command line.
+    """
+    ConfigStore.instance().store(name="schema", node=Config)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain_hydra_error(exc)) from None
+    except AssertionError as exc:  # OmegaConf's way of refusing a key under a null block
+        raise ConfigError(
+            f"cannot apply {' '.join(overrides)}: a key inside a block that is null "
+            f"(e.g. method.quant is null for lora; use method=qlora) ({exc})"
+        ) from None
+
+
+def _check_keys(data: Any, cls: type, prefix: str = "") -> None:
+    """Every key must exist in the schema (Hydra's `+key=` would otherwise slip through)."""
+    if not isinstance(data, dict) or not hasattr(cls, "__dataclass_fields__"):
+        return
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown config key{_did_you_mean(path)}")
+        sub = fields[key].default_factory
+        sub_cls = sub if isinstance(sub, type) else None
+        if sub_cls is None and key == "quant":
+            sub_cls = QuantConfig
+        if sub_cls is not None:
+            _check_keys(value, sub_cls, path + ".")
 
 
 def to_config(cfg: DictConfig | dict) -> Config:
     """Merge a composed config onto the schemas and validate it."""
+    raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    _check_keys(raw, Config)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

@@ -46,6 +46,7 @@ METRIC_COLUMNS = (
     "adapter_bytes",
     "first_loss",
     "final_loss",
+    "trial_wall_s",
 )
 
 
@@ -266,6 +267,24 @@ def plots(table: pd.DataFrame, base_acc: float | None, out_dir: Path) -> list[Pa
     return paths
 
 
+def _overhead(df: pd.DataFrame) -> list[str]:
+    """Time a trial spends outside measured training and evaluation (process start, imports,
+    model load, data preparation, warm-up steps, saving), as a share of the trial's wall time."""
+    ok = df[(df.status == "ok") & df.trial_wall_s.notna()]
+    if ok.empty:
+        return []
+    fixed = ok.trial_wall_s - ok.train_s - ok.eval_s.fillna(0)
+    share = fixed.sum() / ok.trial_wall_s.sum()
+    return [
+        "## Overhead",
+        "",
+        f"Per trial, {fixed.mean():.1f} s on average (process start {ok.startup_s.mean():.1f} s, "
+        f"model load {ok.load_s.mean():.1f} s, the rest data, warm-up steps and saving) is spent "
+        f"outside measured training and evaluation: {share:.1%} of trial wall time.",
+        "",
+    ]
+
+
 def _environment(records: list[dict[str, Any]], df: pd.DataFrame) -> list[str]:
     meta = next((r.get("meta") for r in records if r.get("meta")), {}) or {}
     v = meta.get("versions", {})
@@ -347,7 +366,7 @@ def write(
         ].to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
-    lines += ["## Environment", "", *_environment(records, df), ""]
+    lines += [*_overhead(df), "## Environment", "", *_environment(records, df), ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

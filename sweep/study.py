@@ -184,6 +184,7 @@ def launch(
     if pruning is not None:
         env["SWEEP_OPTUNA_STORAGE"] = pruning[0]  # not on the command line: it may hold a password
         cmd += [pruning[1], str(pruning[2])]
+    start = time.perf_counter()
     try:
         proc = subprocess.run(
             cmd, env=env, timeout=timeout_s or None, check=False, preexec_fn=_die_with_parent
@@ -191,8 +192,11 @@ def launch(
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = None
+    wall = time.perf_counter() - start
     if result_file.exists():
-        return record.load(result_file)
+        result = record.load(result_file)
+        result.metrics["trial_wall_s"] = wall  # process start to exit, as the sweep saw it
+        return result
     if code is None:
         error, status = f"timed out after {timeout_s} s (sweep.timeout_s)", "failed"
     elif code == -9:

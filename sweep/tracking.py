@@ -10,6 +10,7 @@ so a resumed sweep keeps one parent. Nothing secret is logged: URLs are redacted
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -23,6 +24,10 @@ from mlflow.tracking import MlflowClient
 
 from sweep.config import ConfigError
 from sweep.record import TrialResult
+
+# MLflow configures its loggers on import; its "Creating initial MLflow database tables" is noise here.
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "sweep.parent"

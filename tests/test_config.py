@@ -62,7 +62,11 @@ def test_alpha_is_tied_to_rank_unless_set():
         (["train.steps=0"], "train.steps=0 is not allowed"),
         (["train.batch_size=-2"], "train.batch_size=-2 is not allowed"),
         (["train.precision=fp8"], "train.precision='fp8' is not allowed; expected one of"),
-        (["train.steps=many"], "train.steps: Value 'many'"),
+        (
+            ["train.steps=many"],
+            "train.steps: Value 'many' of type 'str' could not be converted to Integer",
+        ),
+        (["+train.foo=1"], "train.foo: unknown config key"),
         (["dataset.task=no_such_task"], "dataset.task='no_such_task' is not allowed"),
         (["experiment=../etc"], "experiment='../etc' is not allowed"),
         (["sweep.objectives=[speed]"], "sweep.objectives='speed' is not allowed"),

@@ -4,6 +4,7 @@ import pytest
 from sweep import tracking
 from sweep.config import ConfigError, compose
 from sweep.record import load
+from sweep.storage import open_storage
 from sweep.study import grid_points, merge_overrides, run_sweep
 
 
@@ -108,7 +109,7 @@ def test_lr_search_samples_per_approach_ranges_and_can_prune(tmp_path):
         "~sweep.grid.full",
     ]
     assert run_sweep(args) == 0
-    storage = f"journal://{tmp_path / 'outputs' / 'lr_search' / 'optuna.journal'}"
+    storage = open_storage(f"journal://{tmp_path / 'outputs' / 'lr_search' / 'optuna.journal'}")
     study = optuna.load_study(study_name="lr_search:lora r=16", storage=storage)
     trials = study.get_trials()
     assert len(trials) == 3
@@ -133,7 +134,7 @@ def test_multi_objective_grid_gives_a_pareto_front(tmp_path):
         "~sweep.grid.qlora",
     ]
     assert run_sweep(args) == 0
-    storage = f"journal://{tmp_path / 'outputs' / 'smoke' / 'optuna.journal'}"
+    storage = open_storage(f"journal://{tmp_path / 'outputs' / 'smoke' / 'optuna.journal'}")
     study = optuna.load_study(study_name="smoke", storage=storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert len(study.best_trials) >= 1

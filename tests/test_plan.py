@@ -1,0 +1,245 @@
+"""The memory planner: arithmetic by hand, parameter counts, orderings, GPU fit, errors.
+
+python -m pytest -q tests/test_plan.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sweep import plan as P
+from sweep.__main__ import main
+from sweep.config import CONF_DIR, ConfigError, GpuClass
+
+# 10-token vocab, hidden 8, intermediate 16, 2 blocks, 2 heads of dim 4, 1 kv head, untied.
+TOY = P.Arch(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1)
+GIB = 1024**3
+GPUS = [
+    GpuClass("T4 16GB", 16, 0.35),
+    GpuClass("L4 24GB", 24, 0.80),
+    GpuClass("A100 80GB", 80, 1.90),
+    GpuClass("H100 80GB", 80, 2.50),
+]
+
+
+def toy_settings(**kw) -> P.Settings:
+    base = dict(batch_size=2, seq_len=3, precision="fp32", optimizer="adamw_torch")
+    return P.Settings(**{**base, **kw})
+
+
+def test_toy_full_fp32_by_hand():
+    # Linear weights per block: q 8x8=64, k 8x4=32, v 8x4=32, o 8x8=64, gate/up/down 8x16=128 each
+    #   = 576; two blocks = 1152. Others: embeddings + lm_head 2*10*8=160, norms (2*2+1)*8=40.
+    assert (P.linear_params(TOY), P.other_params(TOY), P.total_params(TOY)) == (1152, 200, 1352)
+    s = toy_settings()
+    row = P.plan_row(TOY, s, "full", 0, GPUS)
+    weights = grads = 4 * 1352  # fp32 weights, fp32 gradients: 5408 bytes each
+    states, step = 2 * 4 * 1352, 4 * 1352  # AdamW m and v; foreach's sqrt(v) buffer
+    # Activations per token per block (fp32): norms 6h=48, q, attention out, k, v expanded to
+    # both heads 4*8=32, MLP 4i=64 -> 144 elements = 576 bytes, + 2 rsqrt (8 bytes)
+    # + log-sum-exp 2 heads (8 bytes) + additive padding mask seq 3 (12 bytes) = 604 bytes.
+    per_token = 4 * (6 * 8 + 4 * 8 + 4 * 16) + 8 + 4 * 2 + 4 * 3
+    assert per_token == 604 == P.layer_bytes_per_token(TOY, s, "full", 0)
+    loss = 3 * 4 * 2 * 3 * 10  # log-probs, their gradient, the logits' gradient: 720 bytes
+    acts = 2 * (2 * 3) * per_token + loss  # 2 blocks x 6 tokens + loss = 7968
+    # Peak: start of the backward (activations + the lm_head's fp32 gradient, 4*10*8 bytes) or
+    # the optimizer step (every gradient + the step buffer): max(8288, 10816) -> 27040 bytes.
+    allocated = weights + states + max(acts + 4 * 10 * 8, grads + step)
+    assert allocated == 27040
+    assert row.activations_gib * GIB == pytest.approx(acts)
+    assert row.total_gib * GIB == pytest.approx(allocated * 1.1 + 0.5 * GIB)
+    assert (row.weights_gib, row.grads_gib, row.optimizer_gib, row.step_gib) == pytest.approx(
+        (weights / GIB, grads / GIB, states / GIB, step / GIB)
+    )
+
+
+def test_toy_lora_and_qlora_by_hand():
+    s = toy_settings()
+    # LoRA r=2 per block: 2 * [(8+8) + (8+4) + (8+4) + (8+8) + (8+16) * 3] = 256; 2 blocks = 512.
+    assert sum(P.lora_tensors(TOY, 2)) == 512
+    lora = P.plan_row(TOY, s, "lora", 2, GPUS)
+    assert lora.weights_gib * GIB == pytest.approx(4 * 1352 + 4 * 512)  # base + fp32 adapters
+    assert (lora.grads_gib * GIB, lora.optimizer_gib * GIB) == pytest.approx((4 * 512, 8 * 512))
+    # QLoRA: 1152 NF4 weights = 576 bytes; 1152/64 = 18 absmax blocks, 8-bit with double
+    # quantization (18 bytes) + 18/256 fp32 second-level constants (0.28 bytes); embeddings,
+    # lm_head and norms fp32 after k-bit preparation (800 bytes); adapters fp32 (2048 bytes).
+    qlora = P.plan_row(TOY, s, "qlora", 2, GPUS)
+    assert qlora.weights_gib * GIB == pytest.approx(576 + 18 + 18 / 256 * 4 + 800 + 2048)
+    # paged 8-bit AdamW keeps fp32 states for tensors under 4096 elements: all of these.
+    assert qlora.optimizer_gib * GIB == pytest.approx(8 * 512)
+    assert P.adam8_state_bytes(4096) == 2 * (4096 + 4 * 16)
+
+
+def test_lora_param_count_is_r_times_in_plus_out():
+    arch = P.load_arch("llama2_7b")
+    by_hand = 32 * 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+    assert sum(P.lora_tensors(arch, 16)) == by_hand == 39_976_960  # what peft prints for 7B
+
+
+def test_counts_match_the_real_model_and_peft():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(hf_config(TOY, layers=2))
+    assert sum(p.numel() for p in model.parameters()) == P.total_params(TOY)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert trainable == sum(P.lora_tensors(TOY, 2))
+    assert isinstance(model.config, LlamaConfig)
+
+
+def hf_config(arch: P.Arch, layers: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=arch.vocab,
+        hidden_size=arch.hidden,
+        intermediate_size=arch.intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        tie_word_embeddings=arch.tie_embeddings,
+        max_position_embeddings=64,
+    )
+
+
+def saved_bytes(arch: P.Arch, layers: int, precision: str, approach: str, batch: int, seq: int):
+    """Bytes torch keeps for backward (parameters excluded), through saved-tensor hooks."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(hf_config(arch, layers))
+    model = model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+    if approach == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, arch.vocab, (batch, seq))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a padded batch, as the harness trains on
+    mixed = precision == "bf16-mixed"
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with hooks, torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
+@pytest.mark.parametrize("approach", ["full", "lora"])
+def test_block_activations_match_torch_saved_tensors(precision, approach):
+    """One more block adds exactly what layer_bytes_per_token (+ weight copies) predicts."""
+    arch = P.Arch(vocab=50, hidden=48, intermediate=136, layers=1, heads=4, kv_heads=2)
+    batch, seq = 3, 20
+    s = P.Settings(batch_size=batch, seq_len=seq, precision=precision)
+    one_block = saved_bytes(arch, 3, precision, approach, batch, seq) - saved_bytes(
+        arch, 2, precision, approach, batch, seq
+    )
+    predicted = batch * seq * P.layer_bytes_per_token(arch, s, approach, 4)
+    if precision == "bf16-mixed":  # the 16-bit weight copies of that block
+        predicted += P.weight_copy_bytes(arch, s, approach, 4) - 2 * arch.vocab * arch.hidden
+    assert one_block == predicted
+
+
+def test_quantized_below_lora_below_full():
+    arch, s = P.load_arch("llama2_7b"), P.Settings()
+    full, lora, qlora = (P.plan_row(arch, s, a, 16, GPUS) for a in ("full", "lora", "qlora"))
+    # Weights: LoRA is the same base as full FT plus its fp32 adapters; QLoRA's base is 4-bit.
+    assert qlora.weights_gib < full.weights_gib < lora.weights_gib
+    adapters = 4 * sum(P.lora_tensors(arch, 16)) / GIB
+    assert lora.weights_gib - full.weights_gib == pytest.approx(adapters)
+
+    def training_state(row: P.Row) -> float:  # what training adds on top of the weights
+        return row.grads_gib + row.optimizer_gib
+
+    assert training_state(qlora) < training_state(lora) < training_state(full)
+    assert qlora.total_gib < lora.total_gib < full.total_gib
+
+
+def test_gradient_checkpointing_lowers_activations():
+    arch = P.load_arch("llama2_7b")
+    for approach in ("full", "lora", "qlora"):
+        for precision in ("fp32", "bf16", "bf16-mixed"):
+            off = P.Settings(batch_size=4, seq_len=512, precision=precision)
+            on = P.Settings(
+                batch_size=4, seq_len=512, precision=precision, gradient_checkpointing=True
+            )
+            a_off = P.activation_bytes(arch, off, approach, 16)
+            a_on = P.activation_bytes(arch, on, approach, 16)
+            assert a_on < a_off, (approach, precision)
+
+
+def test_smallest_gpu_that_fits():
+    assert P.smallest_gpu(10.0, GPUS) == "T4 16GB"
+    assert P.smallest_gpu(16.0, GPUS) == "T4 16GB"
+    assert P.smallest_gpu(16.01, GPUS) == "L4 24GB"
+    assert P.smallest_gpu(60, GPUS) == "A100 80GB"  # same memory as H100: the cheaper one
+    assert P.smallest_gpu(500, GPUS) == "none listed"
+    shipped = P.load_gpus()
+    assert shipped and shipped[0].name == "T4 16GB"
+    table = P.plan(P.load_arch("smollm2_135m"), P.Settings(), shipped)
+    assert list(table["gpu"]) == ["T4 16GB"] * 5
+
+
+def test_every_shipped_model_has_an_architecture():
+    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "hf")
+    assert {"llama2_7b", "llama2_70b", "llama3_8b", "qwen2_5_0_5b", "tiny_llama"} <= set(names)
+    for name in names:
+        assert P.total_params(P.load_arch(name)) > 0
+    sizes = {n: P.total_params(P.load_arch(n)) / 1e9 for n in ("llama2_7b", "llama2_70b")}
+    assert sizes["llama2_7b"] == pytest.approx(6.74, abs=0.01)
+    assert sizes["llama2_70b"] == pytest.approx(68.98, abs=0.01)
+    assert P.total_params(P.load_arch("smollm2_135m")) == 134_515_008
+    tiny = P.load_arch("tiny_llama")
+    assert (tiny.vocab, tiny.hidden, tiny.layers, tiny.tie_embeddings) == (102, 64, 2, True)
+
+
+def test_unknown_model_is_one_clear_line():
+    with pytest.raises(ConfigError, match=r"not in conf/model/ \(did you mean llama2_7b\?\)"):
+        P.load_arch("llama2_7")  # offline in tests: no hub lookup succeeds
+    with pytest.raises(ConfigError, match="model=hf has no arch block"):
+        P.load_arch("hf")
+
+
+def test_hub_ids_and_local_directories(tmp_path, monkeypatch):
+    hf_config(TOY, layers=2).save_pretrained(tmp_path)  # a config.json, as a hub repo has
+    assert P.load_arch(str(tmp_path)) == TOY
+
+    def no_network(*args, **kwargs):
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(P.socket, "create_connection", no_network)
+    with pytest.raises(ConfigError, match="could not be read: no network: cannot reach"):
+        P.load_arch("some-org/not-cached-model")
+
+
+def test_settings_from_the_command_line():
+    s = P.parse_settings(
+        ["batch_size=4", "train.max_seq_len=512", "ranks=[8,32]", "gradient_checkpointing=true"]
+    )
+    assert (s.batch_size, s.seq_len, s.ranks, s.gradient_checkpointing) == (4, 512, [8, 32], True)
+    with pytest.raises(ConfigError, match=r"bach_size=4: not a plan setting \(did you mean batch"):
+        P.parse_settings(["bach_size=4"])
+    with pytest.raises(ConfigError, match="optimizer='adam' is not allowed"):
+        P.parse_settings(["optimizer=adam"])
+
+
+def test_make_plan_prints_the_table(capsys):
+    assert main(["plan", "llama2_7b", "batch_size=4", "seq_len=512"]) == 0
+    out = capsys.readouterr().out
+    assert "plan llama2_7b: 6.74B params" in out and "batch 4 x seq 512" in out
+    assert out.count("| lora ") == 3 and "| qlora " in out and "| full " in out
+    assert main(["plan", "nosuch_model_xyz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'nosuch_model_xyz': not in conf/model/")
+    assert len(err.strip().splitlines()) == 1
