@@ -6,13 +6,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SWEEP   ?= default
 EXP     ?= $(SWEEP)
+MODEL   ?= smollm2_135m
 ARGS    ?=
 HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install trial sweep report ui test lint clean
+.PHONY: help install trial sweep report ui test lint clean plan
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,3 +49,13 @@ lint: $(STAMP) ## ruff check and format check
 
 clean: ## remove trial outputs and local stores (keeps .venv and the model cache)
 	rm -rf outputs mlflow.db mlartifacts
+
+.PHONY: generate export
+generate: $(STAMP) ## answer a prompt with a trial's model: make generate RUN=<dir|name|run id> PROMPT="..." [MERGED=1]
+	$(BIN)/python -m sweep generate "$(RUN)" "$(PROMPT)" $(if $(filter 1 true yes,$(MERGED)),--merged)
+
+export: $(STAMP) ## write a trial's merged standalone model: make export RUN=<dir|name|run id> OUT=<dir>
+	$(BIN)/python -m sweep export "$(RUN)" "$(OUT)"
+
+plan: $(STAMP) ## predicted peak memory per approach, no download: make plan MODEL=llama2_7b ARGS="batch_size=4"
+	$(BIN)/python -m sweep plan $(MODEL) $(ARGS)
