@@ -13,7 +13,7 @@ PORT    ?= 5000
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install trial sweep report ui test lint clean plan
+.PHONY: help install trial sweep report ui test lint clean plan worker
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,3 +59,7 @@ export: $(STAMP) ## write a trial's merged standalone model: make export RUN=<di
 
 plan: $(STAMP) ## predicted peak memory per approach, no download: make plan MODEL=llama2_7b ARGS="batch_size=4"
 	$(BIN)/python -m sweep plan $(MODEL) $(ARGS)
+
+worker: $(STAMP) ## join a shared sweep as one more worker: make worker SWEEP=default STORAGE=postgresql://...
+	@test -n "$(STORAGE)" || { echo "error: STORAGE=postgresql://user:pass@host/db is required"; exit 2; }
+	$(BIN)/python -m sweep run sweep=$(SWEEP) sweep.storage=$(STORAGE) $(ARGS)

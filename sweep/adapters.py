@@ -1,7 +1,7 @@
 """Adapters as first-class outputs: load a trial's adapter on its base, merge it, generate, export.
 
-    python -m sweep generate outputs/default/trials/0001-lora_r_16 "What is 2 + 3?" [--merged]
-    python -m sweep export 0001-lora_r_16 exported/lora16    # merged standalone model (safetensors)
+    python -m sweep generate outputs/default/trials/0000-lora_r_16 "What is 2 + 3?" [--merged]
+    python -m sweep export 0000-lora_r_16 exported/lora16    # merged standalone model (safetensors)
 
 A trial is named by its directory, a fragment of its directory name or label under
 outputs/*/trials or outputs/*/single, or its MLflow run id (`find_trial`). The base model is
@@ -68,20 +68,16 @@ def find_trial(run: str | Path, outputs: str | Path = "outputs") -> Path:
     if matches:
         names = ", ".join(str(m) for m in matches[:6]) + (" ..." if len(matches) > 6 else "")
         raise ConfigError(f"{text!r} matches {len(matches)} trials ({names}); pass one directory")
-    if RUN_ID.fullmatch(text):
-        found = _from_mlflow(text, outputs)
-        if found is not None:
-            return found
+    is_run_id = RUN_ID.fullmatch(text) is not None
+    found = _from_mlflow(text, outputs) if is_run_id else None
+    if found is not None:
+        return found
     from sweep.tracking import uri
 
+    mlflow = f"no MLflow run with that id in {uri()}" if is_run_id else "not an MLflow run id"
     raise ConfigError(
         f"no trial {text!r}: not a directory, no trial under {outputs}/*/trials or "
-        f"{outputs}/*/single whose name or label contains it, and "
-        + (
-            f"no MLflow run with that id in {uri()}"
-            if RUN_ID.fullmatch(text)
-            else "not an MLflow run id"
-        )
+        f"{outputs}/*/single whose name or label contains it, and {mlflow}"
     )
 
 
@@ -136,6 +132,12 @@ def _from_mlflow(run_id: str, outputs: Path) -> Path | None:
         if (d / "result.json").is_file() and (d / "result.json").read_text() == text:
             shutil.rmtree(tmp, ignore_errors=True)
             return d
+    if record["run"].get("method") == "full":
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(
+            f"MLflow run {run_id} is full fine-tuning: its checkpoint is not logged to MLflow, "
+            f"only kept in its trial dir, and no trial under {outputs}/ has this record"
+        )
     (tmp / "config.json").write_text(json.dumps(record["run"]["config"], indent=2))
     # No adapter logged (full FT checkpoints stay on disk): adapter_dir() says so.
     with contextlib.suppress(MlflowException, OSError):
@@ -161,10 +163,10 @@ def trial_config(trial_dir: Path, overrides: Sequence[str] = ()) -> Config:
     return to_config(raw)
 
 
-def adapter_dir(trial_dir: Path) -> Path:
-    """`<trial>/adapter`, or a one-line error saying why the trial has none."""
+def adapter_dir(trial_dir: Path, full: bool = False) -> Path:
+    """`<trial>/adapter` (a full checkpoint when `full`), or a one-line error saying why not."""
     d = trial_dir / ADAPTER
-    if (d / "adapter_config.json").is_file() or (d / "config.json").is_file():
+    if (d / ("config.json" if full else "adapter_config.json")).is_file():
         return d
     why = ""
     try:
@@ -244,7 +246,7 @@ def load(
     """
     trial_dir = find_trial(run)
     cfg = trial_config(trial_dir, overrides)
-    adapter = adapter_dir(trial_dir)
+    adapter = adapter_dir(trial_dir, full=cfg.method.name == "full")
     start = _clock()
     if cfg.method.name == "full":
         base = models.resolve(cfg.model, cfg.cache_dir)
@@ -271,6 +273,8 @@ def load_adapters(runs: Sequence[str | Path], overrides: Sequence[str] = ()) -> 
 
     All must share the base: model, quantization and precision. Switch with `switch()`.
     """
+    if not runs:
+        raise ConfigError("load_adapters needs at least one trial")
     dirs = [find_trial(r) for r in runs]
     cfgs = [trial_config(d, overrides) for d in dirs]
     base_key = _base_key(cfgs[0])
@@ -423,11 +427,23 @@ def tokens_per_s(
     return len(ids) * new_tokens / best if best > 0 else float("nan")
 
 
-def _free(loaded: Loaded) -> None:
-    del loaded.model
+def _measure(
+    trial_dir: Path, merged: bool, prompts: list[str], max_new_tokens: int
+) -> dict[str, Any]:
+    """Load one way, measure, and let the model go (one model in memory at a time)."""
+    loaded = load(trial_dir, merged=merged)
+    out = {
+        "load_s": loaded.load_s,
+        "base": loaded.base_weights,
+        "answers": answers(loaded, prompts, max_new_tokens),
+        "tokens_per_s": tokens_per_s(loaded, prompts, max_new_tokens),
+        "logits": logits(loaded, prompts),
+    }
+    del loaded
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return out
 
 
 def inference_block(
@@ -439,39 +455,25 @@ def inference_block(
     weights (QLoRA: into the dequantized base). Load times exclude one-time imports; tokens/s is
     greedy decoding at batch size 1, `max_new_tokens` per prompt (`tokens_per_s`); the answers
     are compared as generated (greedy, stopping at end of turn); the logit gap is over one
-    unpadded forward pass per prompt. One model is in memory at a time.
+    unpadded forward pass per prompt. Raises ConfigError for a trial without an adapter.
     """
     import peft  # noqa: F401  (one-time import cost, seconds, is not load time)
 
-    trial_dir = Path(trial_dir)
-    prompts = list(prompts)
+    trial_dir, prompts = Path(trial_dir), list(prompts)
     if not prompts:
         raise ConfigError("inference_block needs at least one prompt")
-    sep = load(trial_dir, merged=False)
-    sep_texts, sep_tps = (
-        answers(sep, prompts, max_new_tokens),
-        tokens_per_s(sep, prompts, max_new_tokens),
-    )
-    sep_logits, sep_load_s, sep_weights = logits(sep, prompts), sep.load_s, sep.base_weights
-    _free(sep)
-    mer = load(trial_dir, merged=True)
-    mer_texts, mer_tps = (
-        answers(mer, prompts, max_new_tokens),
-        tokens_per_s(mer, prompts, max_new_tokens),
-    )
-    diff = max_abs_diff(sep_logits, logits(mer, prompts))
-    block = {
-        "adapter_bytes": dir_bytes(adapter_dir(trial_dir)),
-        "load_separate_s": sep_load_s,
-        "load_merged_s": mer.load_s,
-        "gen_tokens_per_s_separate": sep_tps,
-        "gen_tokens_per_s_merged": mer_tps,
-        "max_abs_logit_diff": diff,
-        "same_greedy_answers": sep_texts == mer_texts,
+    sep = _measure(trial_dir, False, prompts, max_new_tokens)
+    mer = _measure(trial_dir, True, prompts, max_new_tokens)
+    return {
+        "adapter_bytes": dir_bytes(find_trial(trial_dir) / ADAPTER),
+        "load_separate_s": sep["load_s"],
+        "load_merged_s": mer["load_s"],
+        "gen_tokens_per_s_separate": sep["tokens_per_s"],
+        "gen_tokens_per_s_merged": mer["tokens_per_s"],
+        "max_abs_logit_diff": max_abs_diff(sep["logits"], mer["logits"]),
+        "same_greedy_answers": sep["answers"] == mer["answers"],
         "n_prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
-        "separate_base": sep_weights,
-        "merged_base": mer.base_weights,
+        "separate_base": sep["base"],
+        "merged_base": mer["base"],
     }
-    _free(mer)
-    return block

@@ -151,6 +151,8 @@ class SweepConfig:
     pruner: str = "none"
     storage: str | None = None
     timeout_s: int = 0
+    memory_limit_gib: float = 0.0
+    heartbeat_s: int = 60
 
 
 @dataclass
@@ -205,6 +207,8 @@ def _explain_hydra_error(exc: Exception) -> str:
     if m and exc.__cause__ is not None:
         return f"{m.group(1)}: {_one_line(exc.__cause__)}"
     m = re.search(r"Could not override '([\w.]+)'", msg)
+    if m and "not in struct" in str(exc.__cause__) and m.group(1).startswith("sweep.grid."):
+        return f"{m.group(1)}: adds new keys to the grid; prefix the override with + (+{m.group(1)}=...)"
     if m:
         return f"{m.group(1)}: unknown config key{_did_you_mean(m.group(1))}"
     return _one_line(exc)
@@ -372,6 +376,11 @@ def validate(cfg: Config) -> None:
     _require(s.kind in SWEEP_KINDS, "sweep.kind", f"one of {SWEEP_KINDS}", s.kind)
     _require(s.pruner in PRUNERS, "sweep.pruner", f"one of {PRUNERS}", s.pruner)
     _require(s.n_trials >= 1, "sweep.n_trials", "an integer >= 1", s.n_trials)
+    _require(s.timeout_s >= 0, "sweep.timeout_s", ">= 0 (0: no limit)", s.timeout_s)
+    _require(
+        s.memory_limit_gib >= 0, "sweep.memory_limit_gib", ">= 0 (0: no limit)", s.memory_limit_gib
+    )
+    _require(s.heartbeat_s >= 1, "sweep.heartbeat_s", "an integer >= 1", s.heartbeat_s)
     for o in s.objectives:
         _require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)
     for approach in s.grid:

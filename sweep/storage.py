@@ -9,33 +9,52 @@ machines share it. SQLite is for a single process and is accepted for that.
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from sweep.config import ConfigError, redact
+
+warnings.filterwarnings("ignore", message=r"RetryHeartbeatStaleTrialCallback is experimental")
 
 
 def default_url(output_dir: str, experiment: str) -> str:
     return f"journal://{Path(output_dir, experiment, 'optuna.journal').resolve()}"
 
 
-def open_storage(url: str) -> BaseStorage:
+def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
     """`journal:///abs/path` (a file) or any SQLAlchemy URL (postgresql://, sqlite:///)."""
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    try:
-        return RDBStorage(
-            url, heartbeat_interval=60, grace_period=180, engine_kwargs=_engine_kwargs(url)
-        )
-    except Exception as exc:  # bad driver, refused connection, wrong password, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"sweep.storage={redact(url)}: cannot open ({reason[:200]})") from None
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; we ship psycopg2
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    for attempt in range(3):
+        try:
+            # Heartbeats: a trial whose worker went silent for 3 intervals is failed by the next
+            # worker to start a trial, and the callback queues it again for whoever is free.
+            return RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s,
+                failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                engine_kwargs=_engine_kwargs(url),
+            )
+        except Exception as exc:  # bad driver, refused connection, wrong password, ...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "already exists" in reason and attempt < 2:  # two workers created the schema at once
+                time.sleep(1 + attempt)
+                continue
+            raise ConfigError(
+                f"sweep.storage={redact(url)}: cannot open ({reason[:200]})"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(url: str) -> dict:

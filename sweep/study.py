@@ -18,11 +18,13 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ FINAL_FAILURES = ("oom",)
 def is_final(t: optuna.trial.FrozenTrial) -> bool:
     """Finished for good: complete, pruned (or diverged), or failed with a deterministic cause."""
     state = t.state
+    if t.user_attrs.get("duplicate"):
+        return False
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
         return True
     return state == optuna.trial.TrialState.FAIL and t.user_attrs.get("status") in FINAL_FAILURES
@@ -161,18 +165,29 @@ def _objective_values(cfg: Config, result: TrialResult) -> list[float]:
     return [float(v) for v in values]  # type: ignore[arg-type]
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGKILL if the sweep process dies (kill -9)."""
-    try:
-        import ctypes
+def _child_setup(memory_limit_gib: float) -> Callable[[], None]:
+    """Runs in the trial process before exec: die with the sweep, obey the memory limit."""
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    def setup() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if memory_limit_gib > 0:
+            limit = int(memory_limit_gib * 1024**3)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return setup
 
 
 def launch(
-    trial_cfg: Config, trial_dir: Path, timeout_s: int, pruning: tuple[str, str, int] | None = None
+    trial_cfg: Config,
+    trial_dir: Path,
+    timeout_s: int,
+    pruning: tuple[str, str, int] | None = None,
+    memory_limit_gib: float = 0.0,
 ) -> TrialResult:
     """Run one trial in a fresh process and return its record (a failed one if it left none)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +202,11 @@ def launch(
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            cmd, env=env, timeout=timeout_s or None, check=False, preexec_fn=_die_with_parent
+            cmd,
+            env=env,
+            timeout=timeout_s or None,
+            check=False,
+            preexec_fn=_child_setup(memory_limit_gib),
         )
         code = proc.returncode
     except subprocess.TimeoutExpired:
@@ -264,7 +283,7 @@ class Sweep:
         self.storage_url = s.storage or storage.default_url(
             self.cfg.output_dir, self.cfg.experiment
         )
-        self.storage = storage.open_storage(self.storage_url)
+        self.storage = storage.open_storage(self.storage_url, s.heartbeat_s)
         tracking.check_reachable()
         self.parent = tracking.parent_run(self.cfg.experiment, as_dict(self.cfg), self.user)
         self.count = 0
@@ -278,6 +297,9 @@ class Sweep:
                 key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log", False))
             )
             sampled.append(f"{key}={value}")
+        if not sampled and self._taken_elsewhere(trial, point.label):
+            trial.set_user_attr("duplicate", True)
+            raise optuna.TrialPruned(f"{point.label} already done or running in another worker")
         cfg = compose(trial_overrides(self.cfg, self.user, point.overrides + sampled))
         trial_dir = self.root / "trials" / f"{trial.number:04d}-{slug(point.label)}"
         self.count += 1
@@ -292,8 +314,13 @@ class Sweep:
             else None
         )
         trial.set_user_attr("worker", _worker())
-        result = launch(cfg, trial_dir, self.cfg.sweep.timeout_s, prune)
-        result.run.update(point=point.label, optuna_trial=trial.number, study=study_name)
+        result = launch(
+            cfg, trial_dir, self.cfg.sweep.timeout_s, prune, self.cfg.sweep.memory_limit_gib
+        )
+        # the point's label names every axis that varies (e.g. "lora lr=0.001 r=4")
+        result.run.update(
+            label=point.label, point=point.label, optuna_trial=trial.number, study=study_name
+        )
         record.save(result, trial_dir / "result.json")
         tracking.log_trial(self.parent, result, trial_dir)
         print(_line(self.count, self.total, result), flush=True)
@@ -304,6 +331,17 @@ class Sweep:
         if result.status != "ok":
             raise TrialFailed(result.train.get("error") or result.status)
         return _objective_values(self.cfg, result)
+
+    @staticmethod
+    def _taken_elsewhere(trial: optuna.Trial, label: str) -> bool:
+        """Another trial already finished this grid point or is running it (GridSampler hands out
+        running points again once every point has started; with several workers that repeats)."""
+        for t in trial.study.get_trials(deepcopy=False):
+            if t.number == trial.number or t.params.get("point") != label:
+                continue
+            if is_final(t) or (t.state == RUNNING and not t.user_attrs.get("duplicate")):
+                return True
+        return False
 
     def _pruner(self) -> optuna.pruners.BasePruner:
         if self.cfg.sweep.pruner == "median":
@@ -326,7 +364,10 @@ class Sweep:
         done = {t.params.get("point") for t in trials if is_final(t)}
         busy = {t.params.get("point") for t in trials if t.state in (RUNNING, WAITING)}
         remaining = [x for x in labels if x not in done and x not in busy]
-        if not remaining:
+        waiting = sum(
+            t.state == WAITING for t in trials
+        )  # queued retries: this worker takes them too
+        if not remaining and not waiting:
             state = "finished" if not busy else "finished or running in another worker"
             print(f"[sweep] all {len(labels)} points {state}; nothing to run", flush=True)
             return
@@ -339,7 +380,7 @@ class Sweep:
             lambda t: self.run_point(
                 t, by_label[t.suggest_categorical("point", labels)], study.study_name
             ),
-            n_trials=len(remaining),
+            n_trials=len(remaining) + waiting,
             catch=(TrialFailed,),
         )
 
@@ -368,7 +409,7 @@ class Sweep:
 
 def run_sweep(user_overrides: list[str]) -> int:
     """Run (or resume) the sweep, then write its report. Returns a process exit code."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial says it all
     start = time.time()
     sweep = Sweep(user_overrides)
     cfg = sweep.cfg

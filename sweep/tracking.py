@@ -79,6 +79,16 @@ def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | Non
     return c.create_experiment(name) if create else None
 
 
+def _oldest_parent(c: MlflowClient, exp_id: str) -> str:
+    runs = c.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{PARENT_TAG}` = 'true'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id
+
+
 def find_parent(experiment: str) -> str | None:
     """Run id of the sweep's parent run, or None."""
     c = client()
@@ -88,7 +98,7 @@ def find_parent(experiment: str) -> str | None:
     runs = c.search_runs(
         [exp_id],
         filter_string=f"tags.`{PARENT_TAG}` = 'true'",
-        order_by=["attributes.start_time DESC"],
+        order_by=["attributes.start_time ASC"],
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -104,6 +114,10 @@ def parent_run(experiment: str, cfg: dict[str, Any], overrides: list[str]) -> st
         run_id = run.info.run_id
         c.log_dict(run_id, cfg, "sweep_config.json")
         c.log_param(run_id, "overrides", " ".join(overrides)[:6000] or "(none)")
+        first = _oldest_parent(c, exp_id)
+        if first != run_id:  # another worker created one at the same moment: join the first
+            c.delete_run(run_id)
+            run_id = first
     else:
         c.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     return run_id

@@ -70,6 +70,23 @@ def _ledger(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, or the CPU allocator refusing memory (e.g. under a host memory limit)."""
+    return any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def record_failure(result: TrialResult, exc: Exception) -> None:
+    """Record a crash as this trial's result; the sweep goes on."""
+    result.train.update(
+        status="failed",
+        error=f"{type(exc).__name__}: {exc}"[:2000],
+        traceback=traceback.format_exc()[-4000:],
+    )
+
+
 def preflight(cfg: Config) -> None:
     """Cheap checks that need more than the config: the model files and every dataset row.
 
@@ -157,14 +174,15 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
             result.train["status"] = "pruned" if stats.pruned else "ok"
     except (torch.OutOfMemoryError, MemoryError) as exc:
         result.train.update(status="oom", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            record_failure(result, exc)
+        else:
+            result.train.update(status="oom", error=f"{type(exc).__name__}: {str(exc)[:300]}")
     except ConfigError as exc:
         result.train.update(status="failed", error=str(exc))
     except Exception as exc:  # any other crash is this trial's result, not the sweep's end
-        result.train.update(
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}"[:2000],
-            traceback=traceback.format_exc()[-4000:],
-        )
+        record_failure(result, exc)
     metrics.update(meter.summary())
     if stats is not None:
         metrics["train_s"] = stats.measured_s  # warm-up excluded; train_phase_s has it all

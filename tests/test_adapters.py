@@ -19,7 +19,7 @@ from .conftest import CACHE, tiny
 
 PROMPTS = ["What is 12 + 7?", "What is 3 + 45 + 2?"]
 # Separate vs merged on the same float weights: the only difference is where the low-rank
-# product is added (x@W + x@A@B vs x@(W + A@B)), so float32 rounding, ~1e-6 on these logits.
+# product is added (x@W + x@A@B vs x@(W + A@B)), so float32 rounding: 9e-6 measured here.
 FP32_TOL = 1e-4
 # Trials: a strong learning rate so that adapters visibly change the outputs in 8 steps.
 TRIALS = {
@@ -167,6 +167,7 @@ def test_find_trial_by_name_label_and_mlflow_run_id(trial_dirs, tmp_path):
 
 def test_cli_generate_prints_the_answer(trial_dirs, capsys):
     expected = adapters.generate(trial_dirs["lora"], PROMPTS[0])
+    assert expected  # the tiny model's answer is nonsense, but never empty
     assert main(["generate", str(trial_dirs["lora"]), PROMPTS[0]]) == 0
     assert capsys.readouterr().out.strip() == expected
     assert main(["generate", str(trial_dirs["lora"]), PROMPTS[0], "--merged"]) == 0
@@ -181,7 +182,7 @@ def test_cli_export(trial_dirs, tmp_path, capsys):
     assert main(["export", str(trial_dirs["lora"])]) == 2
 
 
-@pytest.mark.parametrize("name", ["lora", "qlora"])
+@pytest.mark.parametrize("name", ["lora", "qlora", "full"])
 def test_inference_block(trial_dirs, name):
     block = adapters.inference_block(trial_dirs[name], PROMPTS, max_new_tokens=8)
     assert block["adapter_bytes"] == adapters.dir_bytes(trial_dirs[name] / "adapter")
@@ -189,4 +190,5 @@ def test_inference_block(trial_dirs, name):
     assert block["gen_tokens_per_s_separate"] > 0 and block["gen_tokens_per_s_merged"] > 0
     assert block["max_abs_logit_diff"] < 1e-3
     assert block["n_prompts"] == 2
-    assert block["merged_base"] == ("dequantized" if name == "qlora" else "float")
+    merged_base = {"lora": "float", "qlora": "dequantized", "full": "full checkpoint"}[name]
+    assert block["merged_base"] == merged_base and block["same_greedy_answers"]

@@ -18,7 +18,7 @@ ARGS = [
     "sweep=smoke",
     "~sweep.grid.qlora",
     "sweep.grid.lora.method.r=[4]",
-    "sweep.overrides=[model=tiny_llama,train.steps=30,train.batch_size=4,train.max_seq_len=48,eval.size=4,eval.max_new_tokens=4]",
+    'sweep.overrides=["model=tiny_llama","train.steps=30","train.batch_size=4","train.max_seq_len=48","eval.size=4","eval.max_new_tokens=4"]',
 ]
 
 

@@ -138,3 +138,34 @@ def test_multi_objective_grid_gives_a_pareto_front(tmp_path):
     study = optuna.load_study(study_name="smoke", storage=storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert len(study.best_trials) >= 1
+
+
+@pytest.mark.slow
+def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
+    args = [
+        "sweep=smoke",
+        "experiment=faults",
+        "sweep.memory_limit_gib=2.5",
+        # full FT with an absurd batch under a 2.5 GiB host memory limit: out of memory
+        "+sweep.grid.full.train.batch_size=[2048]",
+        "+sweep.grid.full.train.max_seq_len=[512]",
+        "+sweep.grid.full.dataset.task_args.min_terms=[20]",
+        "+sweep.grid.full.dataset.task_args.max_terms=[20]",
+        # LoRA at an absurd learning rate: NaN or exploding loss
+        "sweep.grid.lora.method.r=[4]",
+        "+sweep.grid.lora.method.lr=[0.9]",
+        "+sweep.grid.lora.train.steps=[30]",
+        "+sweep.grid.lora.train.diverge_factor=[1.5]",
+    ]
+    assert run_sweep(args) == 0
+    records = {
+        r.run["method"]: r
+        for r in (
+            load(d / "result.json") for d in (tmp_path / "outputs" / "faults" / "trials").iterdir()
+        )
+    }
+    assert records["full"].status == "oom" and "allocate memory" in records["full"].train["error"]
+    assert records["lora"].status == "diverged" and records["lora"].metrics["steps"] < 30
+    assert records["qlora"].status == "ok"
+    text = (tmp_path / "reports" / "faults" / "report.md").read_text()
+    assert "| oom " in text and "| diverged " in text

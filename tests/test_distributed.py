@@ -1,0 +1,137 @@
+"""Scale-out: two workers share one grid study on PostgreSQL and log to one live MLflow server.
+
+The PostgreSQL test needs SWEEP_TEST_POSTGRES (a URL to a server the tests may create databases
+on); .ci/run starts one from the distribution's packages. The MLflow server test always runs.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+
+import pytest
+
+from sweep import tracking
+from sweep.record import load
+from sweep.study import run_sweep
+
+from .conftest import REPO
+
+SMOKE = ["sweep=smoke"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def pg_url():
+    base = os.environ.get("SWEEP_TEST_POSTGRES")
+    if not base:
+        pytest.skip("SWEEP_TEST_POSTGRES not set (.ci/run starts PostgreSQL and sets it)")
+    import psycopg2
+
+    name = f"sweep_test_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(base)
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    conn.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+    conn.close()
+
+
+@pytest.mark.slow
+def test_live_mlflow_server_receives_a_sweep_over_http(mlflow_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert run_sweep([*SMOKE, "~sweep.grid.qlora", "sweep.grid.lora.method.r=[4]"]) == 0
+    c = tracking.client()
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(r.info.run_name for r in children) == ["full", "lora r=4"]
+    lora = next(r for r in children if r.info.run_name == "lora r=4")
+    names = {a.path for a in c.list_artifacts(lora.info.run_id)}
+    assert {"result.json", "adapter"} <= names  # artifacts went through the server
+    assert len(tracking.trial_records("smoke")) == 2
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_grid_on_postgres(pg_url, mlflow_server, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server}
+    cmd = [sys.executable, "-m", "sweep", "run", *SMOKE, f"sweep.storage={pg_url}"]
+    start = time.time()
+    workers = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    wall = time.time() - start
+    assert [w.returncode for w in workers] == [0, 0], outs
+    per_worker = [sum(": ok " in line for line in out.splitlines()) for out in outs]
+    print(f"\ntrials per worker {per_worker}, wall {wall:.0f} s")
+    records = [
+        load(d / "result.json")
+        for d in (tmp_path / "outputs" / "smoke" / "trials").iterdir()
+        if (d / "result.json").exists()
+    ]
+    ok = Counter(r.run["label"] for r in records if r.status == "ok")
+    assert ok == Counter(
+        {"full": 1, "lora r=4": 1, "lora r=16": 1, "qlora r=8": 1}
+    )  # each point once
+    assert sum(per_worker) == 4
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    try:
+        c = tracking.client()
+        runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
