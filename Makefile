@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff check and format check
 clean: ## remove trial outputs and local stores (keeps .venv and the model cache)
 	rm -rf outputs mlflow.db mlartifacts
 
-.PHONY: generate export
+.PHONY: generate export inference
 generate: $(STAMP) ## answer a prompt with a trial's model: make generate RUN=<dir|name|run id> PROMPT="..." [MERGED=1]
 	$(BIN)/python -m sweep generate "$(RUN)" "$(PROMPT)" $(if $(filter 1 true yes,$(MERGED)),--merged)
 
@@ -63,3 +63,6 @@ plan: $(STAMP) ## predicted peak memory per approach, no download: make plan MOD
 worker: $(STAMP) ## join a shared sweep as one more worker: make worker SWEEP=default STORAGE=postgresql://...
 	@test -n "$(STORAGE)" || { echo "error: STORAGE=postgresql://user:pass@host/db is required"; exit 2; }
 	$(BIN)/python -m sweep run sweep=$(SWEEP) sweep.storage=$(STORAGE) $(ARGS)
+
+inference: $(STAMP) ## inference block (adapter separate vs merged) for every trial, added to the report: make inference EXP=default
+	$(BIN)/python -m sweep inference $(EXP)

@@ -7,6 +7,7 @@
     python -m sweep plan   MODEL [key=value...]  predicted peak memory per approach, no download (make plan)
     python -m sweep generate RUN PROMPT [--merged] [key=value...]   a trial's greedy answer (make generate)
     python -m sweep export RUN OUT_DIR      a trial's merged standalone model (make export)
+    python -m sweep inference EXPERIMENT   separate vs merged adapters for every trial, into the report (make inference)
 
 Overrides are Hydra's: `method=qlora method.r=8 train.steps=30 sweep=rank_grid`.
 A bad value stops here with one line naming the key and what is allowed (exit 2).
@@ -99,6 +100,17 @@ def _plan(args: list[str]) -> int:
     return plan_main(args)
 
 
+def _inference(args: list[str]) -> int:
+    from sweep.adapters import inference_report
+    from sweep.report import rebuild
+
+    if len(args) != 1:
+        raise ConfigError("usage: python -m sweep inference EXPERIMENT (make inference EXP=<name>)")
+    print(inference_report(args[0]))
+    print(rebuild(args[0]))
+    return 0
+
+
 COMMANDS = {
     "trial": _trial,
     "run": _run,
@@ -107,6 +119,7 @@ COMMANDS = {
     "generate": _generate,
     "export": _export,
     "plan": _plan,
+    "inference": _inference,
 }
 
 

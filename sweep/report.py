@@ -366,7 +366,9 @@ def write(
         ].to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
-    lines += [*_overhead(df), "## Environment", "", *_environment(records, df), ""]
+    inference = out_dir / "inference.md"  # written by `make inference`, kept across rebuilds
+    lines += [*_overhead(df), *([inference.read_text(), ""] if inference.exists() else [])]
+    lines += ["## Environment", "", *_environment(records, df), ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -33,6 +33,7 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    shown = redact(url)
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; we ship psycopg2
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     for attempt in range(3):
@@ -51,9 +52,7 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
             if "already exists" in reason and attempt < 2:  # two workers created the schema at once
                 time.sleep(1 + attempt)
                 continue
-            raise ConfigError(
-                f"sweep.storage={redact(url)}: cannot open ({reason[:200]})"
-            ) from None
+            raise ConfigError(f"sweep.storage={shown}: cannot open ({reason[:200]})") from None
     raise AssertionError("unreachable")
 
 

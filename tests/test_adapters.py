@@ -192,3 +192,20 @@ def test_inference_block(trial_dirs, name):
     assert block["n_prompts"] == 2
     merged_base = {"lora": "float", "qlora": "dequantized", "full": "full checkpoint"}[name]
     assert block["merged_base"] == merged_base and block["same_greedy_answers"]
+
+
+def test_inference_report_covers_every_ok_trial_and_joins_the_report(trial_dirs, tmp_path):
+    exp = tmp_path / "outputs" / "exp" / "trials"
+    for name in ("lora", "lora_b", "qlora"):
+        shutil.copytree(trial_dirs[name], exp / name)
+    path = adapters.inference_report("exp", tmp_path / "outputs", tmp_path / "reports", 1, 4)
+    data = json.loads((path.parent / "inference.json").read_text())
+    assert len(data["trials"]) == 3
+    assert all(t["max_abs_logit_diff"] < 1e-3 and t["same_greedy_answers"] for t in data["trials"])
+    assert data["switch_ms"] is not None and data["switch_ms"] > 0  # two LoRA adapters, one base
+    assert "## Inference: adapter separate vs merged" in path.read_text()
+    from sweep import report
+
+    records = [json.loads((exp / n / "result.json").read_text()) for n in ("lora", "qlora")]
+    text = report.write(records, path.parent, "exp", compose([]).report.gpus).read_text()
+    assert "## Inference: adapter separate vs merged" in text

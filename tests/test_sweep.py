@@ -146,16 +146,17 @@ def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
         "sweep=smoke",
         "experiment=faults",
         "sweep.memory_limit_gib=2.5",
-        # full FT with an absurd batch under a 2.5 GiB host memory limit: out of memory
-        "+sweep.grid.full.train.batch_size=[2048]",
-        "+sweep.grid.full.train.max_seq_len=[512]",
-        "+sweep.grid.full.dataset.task_args.min_terms=[20]",
-        "+sweep.grid.full.dataset.task_args.max_terms=[20]",
-        # LoRA at an absurd learning rate: NaN or exploding loss
+        # LoRA with an absurd batch under a 2.5 GiB host memory limit: out of memory
         "sweep.grid.lora.method.r=[4]",
-        "+sweep.grid.lora.method.lr=[0.9]",
-        "+sweep.grid.lora.train.steps=[30]",
-        "+sweep.grid.lora.train.diverge_factor=[1.5]",
+        "+sweep.grid.lora.train.batch_size=[2048]",
+        "+sweep.grid.lora.train.max_seq_len=[512]",
+        "+sweep.grid.lora.dataset.task_args.min_terms=[20]",
+        "+sweep.grid.lora.dataset.task_args.max_terms=[20]",
+        # full FT at an absurd learning rate: NaN or exploding loss
+        "+sweep.grid.full.method.lr=[0.9]",
+        "+sweep.grid.full.train.steps=[40]",
+        "+sweep.grid.full.train.precision=[fp32]",
+        "+sweep.grid.full.train.diverge_factor=[1.5]",
     ]
     assert run_sweep(args) == 0
     records = {
@@ -164,8 +165,8 @@ def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
             load(d / "result.json") for d in (tmp_path / "outputs" / "faults" / "trials").iterdir()
         )
     }
-    assert records["full"].status == "oom" and "allocate memory" in records["full"].train["error"]
-    assert records["lora"].status == "diverged" and records["lora"].metrics["steps"] < 30
+    assert records["lora"].status == "oom" and "allocate memory" in records["lora"].train["error"]
+    assert records["full"].status == "diverged" and records["full"].metrics["steps"] < 40
     assert records["qlora"].status == "ok"
     text = (tmp_path / "reports" / "faults" / "report.md").read_text()
     assert "| oom " in text and "| diverged " in text
