@@ -25,6 +25,8 @@ from mlflow.tracking import MlflowClient
 from sweep.config import ConfigError
 from sweep.record import TrialResult
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per record: noise
+
 # MLflow configures its loggers on import; its "Creating initial MLflow database tables" is noise here.
 for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.WARNING)
