@@ -152,6 +152,8 @@ class SweepConfig:
     storage: str | None = None
     timeout_s: int = 0
     memory_limit_gib: float = 0.0
+    max_memory_gib: float = 0.0
+    seeds: list[int] = field(default_factory=list)
     heartbeat_s: int = 60
 
 
@@ -379,6 +381,18 @@ def validate(cfg: Config) -> None:
     _require(s.timeout_s >= 0, "sweep.timeout_s", ">= 0 (0: no limit)", s.timeout_s)
     _require(
         s.memory_limit_gib >= 0, "sweep.memory_limit_gib", ">= 0 (0: no limit)", s.memory_limit_gib
+    )
+    _require(
+        s.max_memory_gib >= 0,
+        "sweep.max_memory_gib",
+        ">= 0 (0: the GPU's memory on CUDA, else no limit)",
+        s.max_memory_gib,
+    )
+    _require(
+        len(set(s.seeds)) == len(s.seeds),
+        "sweep.seeds",
+        "distinct integers, e.g. [0,1,2]",
+        s.seeds,
     )
     _require(s.heartbeat_s >= 1, "sweep.heartbeat_s", "an integer >= 1", s.heartbeat_s)
     for o in s.objectives:

@@ -48,7 +48,7 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from sweep.config import CONF_DIR, ConfigError, GpuClass
+from sweep.config import CONF_DIR, Config, ConfigError, GpuClass, ModelConfig
 
 GIB = 1024**3
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed", "fp16-mixed")
@@ -356,6 +356,53 @@ def plan(arch: Arch, s: Settings, gpus: list[GpuClass]) -> pd.DataFrame:
     table = pd.DataFrame([asdict(plan_row(arch, s, a, r, gpus)) for a, r in points])
     table["rank"] = table["rank"].astype("Int64")  # integers, <NA> for full FT
     return table
+
+
+def saved_activation_bytes(arch: Arch, s: Settings, approach: str, r: int) -> float:
+    """The part of `activation_bytes` that autograd saves (what the ledger's saved-tensor hooks
+    count): without the two fp32 logits-sized gradients of the loss, which are not saved."""
+    return activation_bytes(arch, s, approach, r) - 2 / 3 * loss_bytes(arch, s)
+
+
+def arch_for_model(model: ModelConfig) -> Arch:
+    """The architecture a trial's model config describes (arch block, built-in, tiny, or the
+    hub/local config.json); no weights needed."""
+    if model.arch is not None:
+        return Arch(**asdict(model.arch))
+    if model.source == "tiny":
+        t = model.tiny
+        return Arch(TINY_VOCAB, t.hidden, t.intermediate, t.layers, t.heads, t.heads, True)
+    if model.source == "packaged" and model.name in BUILTIN:
+        return BUILTIN[model.name]
+    return arch_from_hub(str(model.name_or_path))
+
+
+def trial_settings(cfg: Config, cuda: bool, seq_len: int | None = None) -> Settings:
+    """A trial's own settings: its batch, max_seq_len (or a measured batch width), precision,
+    optimizer as the harness picks it (sweep.methods.optimizer_name), checkpointing; the CUDA
+    context only on CUDA."""
+    t = cfg.train
+    qlora_cuda = cfg.method.quant is not None and cuda
+    return Settings(
+        batch_size=t.batch_size,
+        seq_len=seq_len or t.max_seq_len,
+        precision=t.precision,
+        optimizer="paged_adamw_8bit" if qlora_cuda else "adamw_torch",
+        gradient_checkpointing=t.gradient_checkpointing,
+        cuda_context_gib=Settings.cuda_context_gib if cuda else 0.0,
+    )
+
+
+def predict_trial(cfg: Config, cuda: bool, gpus: list[GpuClass] | None = None) -> Row:
+    """The planner's prediction for one trial's settings (its method, rank, batch, precision)."""
+    arch = arch_for_model(cfg.model)
+    return plan_row(arch, trial_settings(cfg, cuda), cfg.method.name, cfg.method.r, gpus or [])
+
+
+def plan_metrics(row: Row) -> dict[str, float]:
+    """`plan_<part>_gib` metrics for a result record."""
+    parts = ("weights", "grads", "optimizer", "activations", "step", "overhead", "total")
+    return {f"plan_{p}_gib": float(getattr(row, f"{p}_gib")) for p in parts}
 
 
 def smallest_gpu(total_gib: float, gpus: Iterable[GpuClass]) -> str:

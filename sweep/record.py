@@ -22,7 +22,7 @@ from typing import Any
 
 from sweep.config import Config, as_dict, config_hash
 
-STATUSES = ("ok", "oom", "diverged", "pruned", "failed")
+STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom")
 
 # Direction of every headline metric: the report's Pareto pairs and Optuna objectives use it.
 HIGHER_IS_BETTER = {

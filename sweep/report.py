@@ -11,6 +11,7 @@ pairs are accuracy versus peak memory and accuracy versus train time.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,65 @@ METRIC_COLUMNS = (
     "first_loss",
     "final_loss",
     "trial_wall_s",
+    "ledger_params_bytes",
+    "ledger_grads_bytes",
+    "ledger_optimizer_bytes",
+    "ledger_activations_bytes",
+    "plan_weights_gib",
+    "plan_grads_gib",
+    "plan_optimizer_gib",
+    "plan_activations_gib",
+    "plan_saved_activations_gib",
+    "plan_total_gib",
 )
+
+# Student t quantiles t(0.975, df) for df = 1..30 (two-sided 95%); beyond 30 see t975().
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: float) -> float:
+    """t(0.975, df): the table up to 30 (df rounded down, as Welch's df is not an integer),
+    then 40: 2.021, 60: 2.000, 120: 1.980, normal 1.960 (the next lower df, conservative)."""
+    if df < 1 or math.isnan(df):
+        return math.nan
+    d = int(df)
+    if d <= 30:
+        return T975[d - 1]
+    for limit, t in ((40, 2.042), (60, 2.021), (120, 2.000)):
+        if d < limit:
+            return t
+    return 1.980 if d < 1000 else 1.960
+
+
+def mean_ci(values: Any) -> tuple[float, float]:
+    """(mean, half-width of the 95% Student t confidence interval); half-width NaN for n < 2."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan
+    mean = statistics.fmean(xs)
+    if len(xs) < 2:
+        return mean, math.nan
+    return mean, t975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def diff_ci(a: Any, b: Any) -> tuple[float, float]:
+    """(mean(a) - mean(b), Welch 95% half-width); NaN half-width unless both have n >= 2."""
+    xa = [float(v) for v in a if not math.isnan(float(v))]
+    xb = [float(v) for v in b if not math.isnan(float(v))]
+    if not xa or not xb:
+        return math.nan, math.nan
+    diff = statistics.fmean(xa) - statistics.fmean(xb)
+    if len(xa) < 2 or len(xb) < 2:
+        return diff, math.nan
+    va, vb = statistics.variance(xa) / len(xa), statistics.variance(xb) / len(xb)
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
+    return diff, t975(df) * math.sqrt(va + vb)
 
 
 def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -146,9 +205,19 @@ def headline(df: pd.DataFrame, gpus: list[GpuClass]) -> pd.DataFrame:
     table["quant"] = g["quant"].first()
     table["memory_kind"] = g["memory_kind"].first()
     table["runs"] = g.size()
+    table["accuracy_ci"] = g["accuracy"].agg(lambda v: mean_ci(v)[1])
+    table["train_s_ci"] = g["train_s"].agg(lambda v: mean_ci(v)[1])
     full = table.loc[table.method == "full", "accuracy"]
     full_acc = float(full.mean()) if not full.empty else math.nan
     table["delta_vs_full_pts"] = (table["accuracy"] - full_acc) * 100
+    full_runs = ok.loc[ok.method == "full", "accuracy"].to_numpy()
+    significant = {}
+    for label, runs in g["accuracy"]:
+        _, half = diff_ci(runs.to_numpy(), full_runs)
+        delta = table.loc[label, "delta_vs_full_pts"] / 100
+        significant[label] = math.nan if math.isnan(half) else float(abs(delta) > half)
+    table["significant_vs_full"] = pd.Series(significant)
+    table.loc[table.method == "full", "significant_vs_full"] = math.nan
     fits = [gpu_fit(p, gpus) for p in table["peak_memory_gib"]]
     table["gpu"] = [f.name if f else "none listed" for f in fits]
     table["cost_usd"] = [
@@ -174,8 +243,8 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _num(v: Any, fmt: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+def _num(v: Any, fmt: str, missing: str = "-") -> str:
+    return missing if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -189,10 +258,19 @@ def markdown_table(table: pd.DataFrame) -> str:
                 _num(v, "{:.2f}") + (" host" if k == "host_rss" else "")
                 for v, k in zip(table.peak_memory_gib, table.memory_kind, strict=True)
             ],
-            "train time (s)": [_num(v, "{:.1f}") for v in table.train_s],
+            "train time (s)": [
+                _num(v, "{:.1f}") + _num(ci, " ± {:.1f}", "")
+                for v, ci in zip(table.train_s, table.train_s_ci, strict=True)
+            ],
             "tokens/s": [_num(v, "{:.0f}") for v in table.train_tokens_per_s],
-            "accuracy": [_num(v, "{:.1%}") for v in table.accuracy],
-            "delta vs full FT (pts)": [_num(v, "{:+.1f}") for v in table.delta_vs_full_pts],
+            "accuracy": [
+                _num(v, "{:.1%}") + _num(ci * 100, " ± {:.1f}", "")
+                for v, ci in zip(table.accuracy, table.accuracy_ci, strict=True)
+            ],
+            "delta vs full FT (pts)": [
+                _num(v, "{:+.1f}") + (" ~" if sig == 0 else "")
+                for v, sig in zip(table.delta_vs_full_pts, table.significant_vs_full, strict=True)
+            ],
             "trainable %": [_num(v, "{:.2f}") for v in table.trainable_pct],
             "adapter size": [_bytes(v) for v in table.adapter_bytes],
             "smallest GPU that fits": table["gpu"],
@@ -267,6 +345,47 @@ def plots(table: pd.DataFrame, base_acc: float | None, out_dir: Path) -> list[Pa
     return paths
 
 
+def predicted_vs_measured(df: pd.DataFrame) -> list[str]:
+    """Per trial: the planner's parts (sweep.plan) against the ledger measured in the first step
+    (sweep.ledger), in MiB."""
+    rows = df[df.ledger_params_bytes.notna() & df.plan_weights_gib.notna()]
+    if rows.empty:
+        return []
+    mib = 1024**2
+
+    def pair(plan_gib: pd.Series, measured: pd.Series) -> list[str]:
+        return [
+            f"{_num(p * 1024, '{:.3g}')} / {_num(m / mib, '{:.3g}')}"
+            + _num(m / (p * 1024**3) if p else math.nan, " ({:.2f}x)", "")
+            for p, m in zip(plan_gib, measured, strict=True)
+        ]
+
+    acts = rows.plan_saved_activations_gib.fillna(rows.plan_activations_gib)
+    table = pd.DataFrame(
+        {
+            "trial": rows.label,
+            "seed": rows.seed,
+            "params": pair(rows.plan_weights_gib, rows.ledger_params_bytes),
+            "grads": pair(rows.plan_grads_gib, rows.ledger_grads_bytes),
+            "optimizer": pair(rows.plan_optimizer_gib, rows.ledger_optimizer_bytes),
+            "activations": pair(acts, rows.ledger_activations_bytes),
+        }
+    )
+    return [
+        "## Predicted vs measured memory",
+        "",
+        table.to_markdown(index=False, disable_numparse=True),
+        "",
+        "MiB, predicted (`make plan`, for the trial's model, method, rank, batch, precision) / "
+        "measured (the memory ledger of the first training step: bytes of parameters, of "
+        "gradients before the optimizer step, of optimizer state after it, of tensors saved "
+        "for backward) (measured / predicted). Activations are predicted at the measured batch "
+        "width, without the loss's two gradients (not saved tensors); a 4-bit base's "
+        "quantization constants are predicted but are not parameters.",
+        "",
+    ]
+
+
 def _overhead(df: pd.DataFrame) -> list[str]:
     """Time a trial spends outside measured training and evaluation (process start, imports,
     model load, data preparation, warm-up steps, saving), as a share of the trial's wall time."""
@@ -332,15 +451,23 @@ def write(
             "`*` on the Pareto front of accuracy versus peak memory. Accuracy is the task's own "
             "scorer on held-out examples; delta is in percentage points against full fine-tuning; "
             "train time excludes warm-up steps and evaluation; cost is the trial's total wall "
-            "time at the listed price of the smallest GPU class that fits its peak.",
+            "time at the listed price of the smallest GPU class that fits its peak."
+            + (
+                " With repeated seeds (`runs` > 1: sweep.seeds) numbers are means, `±` the "
+                "half-width of the 95% Student t confidence interval over seeds, and `~` marks "
+                "a delta within noise (the Welch 95% interval of the difference includes 0)."
+                if (table.runs > 1).any()
+                else ""
+            ),
             "",
             *[f"- {s}" for s in sentences(table)],
             "",
         ]
         pngs = plots(table, base_acc, out_dir)
         lines += ["## Pareto plots", "", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
+    lines += predicted_vs_measured(df)
     bad = df[df.status != "ok"]
-    lines += ["## Failed, OOM, diverged and pruned trials", ""]
+    lines += ["## Failed, OOM, diverged, pruned and skipped trials", ""]
     lines += [
         bad[["label", "status", "error"]].fillna("").to_markdown(index=False)
         if not bad.empty

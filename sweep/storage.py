@@ -49,7 +49,8 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
             )
         except Exception as exc:  # bad driver, refused connection, wrong password, ...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "already exists" in reason and attempt < 2:  # two workers created the schema at once
+            if ("already exists" in reason or "duplicate key" in reason) and attempt < 2:
+                # two workers created the schema at the same moment: the second one retries
                 time.sleep(1 + attempt)
                 continue
             raise ConfigError(f"sweep.storage={shown}: cannot open ({reason[:200]})") from None

@@ -110,10 +110,11 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def grid_points(grid: dict[str, Any]) -> list[Point]:
+def grid_points(grid: dict[str, Any], seeds: list[int] | None = None) -> list[Point]:
     """Expand {approach: {axes}} into points; each approach crosses only its own axes.
 
     A list is a grid axis; a {low, high, log} mapping is a search range for that approach's trials.
+    `seeds` (sweep.seeds) repeats every point once per train.seed: 'lora r=16 seed=1'.
     """
     points = []
     for approach, axes in grid.items():
@@ -127,6 +128,14 @@ def grid_points(grid: dict[str, Any]) -> list[Point]:
             points.append(
                 Point(" ".join([approach, *parts]), [f"method={approach}", *overrides], search)
             )
+    if seeds:
+        if any("train.seed" in o.split("=", 1)[0] for p in points for o in p.overrides):
+            raise ConfigError("sweep.seeds and a train.seed grid axis: use one of them")
+        points = [
+            Point(f"{p.label} seed={s}", [*p.overrides, f"train.seed={s}"], p.search)
+            for p in points
+            for s in seeds
+        ]
     labels = [p.label for p in points]
     dupes = {x for x in labels if labels.count(x) > 1}
     if dupes:
@@ -134,6 +143,46 @@ def grid_points(grid: dict[str, Any]) -> list[Point]:
     if not points:
         raise ConfigError("sweep.grid: no points; give at least one approach (full, lora, qlora)")
     return points
+
+
+def approach_label(point_label: str) -> str:
+    """The label repeats share: 'lora r=16 seed=1' -> 'lora r=16' (the report groups by it)."""
+    return re.sub(r" seed=-?\d+", "", point_label)
+
+
+def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:
+    """A `skipped_predicted_oom` record when sweep.plan predicts a peak above the limit."""
+    if limit_gib <= 0:
+        return None
+    import torch
+
+    from sweep import plan
+
+    try:
+        row = plan.predict_trial(cfg, torch.cuda.is_available())
+    except ConfigError as exc:  # e.g. a hub model offline: no prediction, run it
+        print(f"[sweep] no memory prediction ({exc}); running it", flush=True)
+        return None
+    if row.total_gib <= limit_gib:
+        return None
+    error = (
+        f"predicted peak {row.total_gib:.2f} GiB > limit {limit_gib:.2f} GiB "
+        "(sweep.max_memory_gib, or the GPU's memory); not run"
+    )
+    return record.failed(
+        record.run_info(cfg), "skipped_predicted_oom", error, **plan.plan_metrics(row)
+    )
+
+
+def memory_limit_gib(cfg: Config) -> float:
+    """sweep.max_memory_gib, or when 0 the detected GPU memory on CUDA (0: no limit on CPU)."""
+    if cfg.sweep.max_memory_gib > 0:
+        return float(cfg.sweep.max_memory_gib)
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 1024**3
+    return 0.0
 
 
 def merge_overrides(*groups: list[str]) -> list[str]:
@@ -251,7 +300,8 @@ class Sweep:
         self.user = user_overrides
         self.cfg = compose(user_overrides)
         s = self.cfg.sweep
-        self.points = grid_points(s.grid)
+        self.points = grid_points(s.grid, list(s.seeds))
+        self.max_memory_gib = memory_limit_gib(self.cfg)
         self.search = _flatten(s.search)
         for key, dist in self.search.items():
             if not _is_dist(dist):
@@ -314,19 +364,28 @@ class Sweep:
             else None
         )
         trial.set_user_attr("worker", _worker())
-        result = launch(
-            cfg, trial_dir, self.cfg.sweep.timeout_s, prune, self.cfg.sweep.memory_limit_gib
-        )
-        # the point's label names every axis that varies (e.g. "lora lr=0.001 r=4")
+        skipped = predicted_oom(cfg, self.max_memory_gib)
+        if skipped is not None:
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            result = skipped
+        else:
+            result = launch(
+                cfg, trial_dir, self.cfg.sweep.timeout_s, prune, self.cfg.sweep.memory_limit_gib
+            )
+        # the point's label names every axis that varies (e.g. "lora lr=0.001 r=4") but the
+        # seed: repeats share the approach's label, and the report groups them
         result.run.update(
-            label=point.label, point=point.label, optuna_trial=trial.number, study=study_name
+            label=approach_label(point.label),
+            point=point.label,
+            optuna_trial=trial.number,
+            study=study_name,
         )
         record.save(result, trial_dir / "result.json")
         tracking.log_trial(self.parent, result, trial_dir)
         print(_line(self.count, self.total, result), flush=True)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("trial_dir", str(trial_dir))
-        if result.status in ("pruned", "diverged"):
+        if result.status in ("pruned", "diverged", "skipped_predicted_oom"):
             raise optuna.TrialPruned(result.train.get("error") or result.status)
         if result.status != "ok":
             raise TrialFailed(result.train.get("error") or result.status)

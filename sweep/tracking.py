@@ -9,6 +9,7 @@ so a resumed sweep keeps one parent. Nothing secret is logged: URLs are redacted
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -69,9 +70,22 @@ def check_reachable() -> None:
         ) from None
 
 
+_READY: set[str] = set()
+
+
 def client() -> MlflowClient:
-    mlflow.set_tracking_uri(uri())
-    return MlflowClient(uri())
+    """Client for the tracking URI; a new sqlite store is created under a file lock, because
+    MLflow's schema migration races when several workers on one host start at once."""
+    url = uri()
+    mlflow.set_tracking_uri(url)
+    c = MlflowClient(url) if url in _READY or not url.startswith("sqlite:///") else None
+    if c is None:
+        with open(url.removeprefix("sqlite:///") + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            c = MlflowClient(url)
+            c.search_experiments(max_results=1)  # creates and migrates the tables
+        _READY.add(url)
+    return c
 
 
 def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | None:

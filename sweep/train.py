@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from sweep import methods
+from sweep import ledger, methods
 from sweep.config import MethodConfig, TrainConfig
 from sweep.measure import sync
 
@@ -40,6 +40,7 @@ class TrainStats:
     step_s: list[float] = field(default_factory=list)
     diverged: bool = False
     pruned: bool = False
+    ledger: dict[str, Any] = field(default_factory=dict)  # LedgerCallback: the first step's bytes
 
     def metrics(self) -> dict[str, Any]:
         n = self.measured_steps
@@ -113,6 +114,56 @@ class MeasureCallback(TrainerCallback):
             self._bar.close()
 
 
+class LedgerCallback(TrainerCallback):
+    """Counts the memory ledger (sweep/ledger.py) on the first optimizer step only, which is a
+    warm-up step (excluded from train time) whenever train.measure_warmup_steps >= 1."""
+
+    def __init__(self, stats: TrainStats) -> None:
+        self.stats = stats
+        self._saved: ledger.SavedTensors | None = None
+        self._hook: Any = None
+        self._done = False
+
+    def on_step_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
+        if self._done or model is None:
+            return
+        self._saved = ledger.SavedTensors(model).__enter__()
+
+        def shape(module, a, kwargs):  # noqa: ANN001, ANN202
+            ids = kwargs.get("input_ids", a[0] if a else None)
+            if isinstance(ids, torch.Tensor) and "batch_shape" not in self.stats.ledger:
+                self.stats.ledger["batch_shape"] = list(ids.shape)
+
+        self._hook = model.register_forward_pre_hook(shape, with_kwargs=True)
+
+    def _close(self) -> None:
+        if self._saved is not None:
+            self._saved.__exit__(None, None, None)
+            self.stats.ledger["activations_bytes"] = self._saved.bytes
+            self._saved = None
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):  # noqa: ANN001
+        if self._done or model is None:
+            return
+        self._close()
+        self.stats.ledger["grads_bytes"] = ledger.grad_bytes(model.parameters())
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
+        if self._done or model is None:
+            return
+        self.stats.ledger["params_by_dtype"] = ledger.params_by_dtype(model)
+        if optimizer is not None:
+            self.stats.ledger["optimizer_bytes"] = ledger.optimizer_state_bytes(optimizer)
+        self._done = True
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        self._close()  # in case the step ended without an optimizer step
+        self._done = True
+
+
 def train(
     model: Any,
     tok: Any,
@@ -153,7 +204,7 @@ def train(
         train_dataset=rows,
         data_collator=collate_fn,
         processing_class=tok,
-        callbacks=[callback],
+        callbacks=[callback, LedgerCallback(callback.stats)],
     )
     trainer.remove_callback(PrinterCallback)  # the callback's progress bar replaces its prints
     trainer.train()

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import torch
 
-from sweep import data, evaluate, methods, models, record
+from sweep import data, evaluate, ledger, methods, models, plan, record
 from sweep.config import Config, ConfigError, as_dict, to_config
 from sweep.measure import Meter
 from sweep.record import TrialResult, run_info
@@ -68,6 +68,34 @@ def _ledger(model: torch.nn.Module) -> dict[str, Any]:
         "trainable_pct": 100.0 * trainable / total if total else 0.0,
         "base_4bit": methods.is_4bit(model),
     }
+
+
+def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The measured ledger of the first step, and the planner's prediction for the same trial:
+    (metrics, the record's train["ledger"] block). The planner never fails a trial."""
+    led = dict(stats.ledger) if stats is not None else {}
+    out: dict[str, Any] = {}
+    if led:
+        out.update(
+            ledger.metrics(
+                led.get("params_by_dtype", {}),
+                led.get("grads_bytes"),
+                led.get("optimizer_bytes"),
+                led.get("activations_bytes"),
+            )
+        )
+    try:
+        cuda = torch.cuda.is_available()
+        out.update(plan.plan_metrics(plan.predict_trial(cfg, cuda)))
+        shape = led.get("batch_shape")
+        if shape:  # the same prediction at the measured (padded) batch width
+            arch = plan.arch_for_model(cfg.model)
+            s = plan.trial_settings(cfg, cuda, seq_len=int(shape[-1]))
+            saved = plan.saved_activation_bytes(arch, s, cfg.method.name, cfg.method.r)
+            out["plan_saved_activations_gib"] = saved / plan.GIB
+    except (ConfigError, ValueError, TypeError) as exc:
+        led["plan_error"] = str(exc)[:300]
+    return out, led
 
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -155,6 +183,8 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
             )
         metrics.update(stats.metrics())
         result.train["loss_curve"] = stats.losses
+        ledger_metrics, result.train["ledger"] = memory_ledger(cfg, stats)
+        metrics.update(ledger_metrics)
         if stats.diverged:
             result.train.update(
                 status="diverged",

@@ -125,3 +125,57 @@ def test_shipped_gpu_classes_are_sorted_and_priced():
     gpus = compose([]).report.gpus
     assert [g.memory_gib for g in gpus] == sorted(g.memory_gib for g in gpus)
     assert all(g.usd_per_hour > 0 and not math.isnan(g.usd_per_hour) for g in gpus)
+
+
+def test_mean_ci_against_a_known_sample():
+    mean, half = report.mean_ci([1, 2, 3, 4, 5])
+    # sd 1.5811, t(0.975, 4) = 2.776: 2.776 * 1.5811 / sqrt(5) = 1.963
+    assert mean == pytest.approx(3.0)
+    assert half == pytest.approx(2.776 * 1.5811388 / 5**0.5) and half == pytest.approx(
+        1.963, abs=1e-3
+    )
+    assert math.isnan(report.mean_ci([0.5])[1])
+    assert report.t975(1) == 12.706 and report.t975(30) == 2.042 and report.t975(500) == 1.98
+    diff, half = report.diff_ci([1, 2, 3], [1, 2, 3])
+    assert diff == 0 and half > 0
+
+
+def test_headline_with_repeated_seeds_shows_ci_and_noise(tmp_path):
+    def runs(label, method, rank, accs, mem):
+        return [rec(label, method, rank, a, mem, 60.0 + s, seed=s) for s, a in enumerate(accs)]
+
+    records = (
+        runs("full", "full", None, [0.60, 0.62, 0.58], 40.0)
+        + runs("lora r=16", "lora", 16, [0.55, 0.60, 0.50], 15.0)  # within noise of full
+        + runs("lora r=4", "lora", 4, [0.40, 0.41, 0.39], 14.0)  # clearly below full
+    )
+    table = report.headline(report.to_frame(records), GPUS).set_index("label")
+    assert table.loc["lora r=16", "runs"] == 3
+    assert table.loc["lora r=16", "accuracy_ci"] == pytest.approx(4.303 * 0.05 / 3**0.5)
+    assert table.loc["lora r=16", "significant_vs_full"] == 0
+    assert table.loc["lora r=4", "significant_vs_full"] == 1
+    text = report.write(records, tmp_path, "exp", GPUS).read_text()
+    assert "| 55.0% ± 12.4 " in text and "| -5.0 ~ " in text and "| -20.0 " in text
+    assert "| 61.0 ± 2.5 " in text  # train time 60, 61, 62 s
+    assert "95% Student t confidence interval" in text
+
+
+def test_predicted_vs_measured_and_skipped_trials(tmp_path):
+    ok = rec("lora r=16", "lora", 16, 0.55, 15.0, 62.0)
+    ok["train"]["metrics"].update(
+        ledger_params_bytes=2 * 1024**2,
+        ledger_grads_bytes=1024**2,
+        ledger_optimizer_bytes=2 * 1024**2,
+        ledger_activations_bytes=3 * 1024**2,
+        plan_weights_gib=2 / 1024,
+        plan_grads_gib=1 / 1024,
+        plan_optimizer_gib=2 / 1024,
+        plan_activations_gib=4 / 1024,
+        plan_saved_activations_gib=2 / 1024,
+    )
+    skipped = rec("full", "full", None, None, None, None, status="skipped_predicted_oom")
+    skipped["train"]["error"] = "predicted peak 90.00 GiB > limit 80.00 GiB"
+    text = report.write([ok, skipped], tmp_path, "exp", GPUS).read_text()
+    assert "## Predicted vs measured memory" in text
+    assert "| 2 / 2 (1.00x) " in text and "| 2 / 3 (1.50x) " in text
+    assert "| skipped_predicted_oom " in text and "predicted peak 90.00 GiB" in text

@@ -5,7 +5,7 @@ from sweep import tracking
 from sweep.config import ConfigError, compose
 from sweep.record import load
 from sweep.storage import open_storage
-from sweep.study import grid_points, merge_overrides, run_sweep
+from sweep.study import approach_label, grid_points, merge_overrides, run_sweep
 
 
 def test_grid_points_do_not_multiply_full_ft_by_ranks():
@@ -24,6 +24,20 @@ def test_grid_axes_cross_within_an_approach():
         "lora r=8 seed=1",
         "full",
     ]
+
+
+def test_seeds_repeat_every_point_under_the_approach_label():
+    pts = grid_points({"full": {}, "lora": {"method": {"r": [16]}}}, seeds=[0, 1])
+    assert [p.label for p in pts] == [
+        "full seed=0",
+        "full seed=1",
+        "lora r=16 seed=0",
+        "lora r=16 seed=1",
+    ]
+    assert pts[3].overrides == ["method=lora", "method.r=16", "train.seed=1"]
+    assert approach_label(pts[3].label) == "lora r=16"
+    with pytest.raises(ConfigError, match="sweep.seeds and a train.seed grid axis"):
+        grid_points({"full": {"train": {"seed": [0, 1]}}}, seeds=[0])
 
 
 def test_rank_grid_override_from_the_command_line():
@@ -170,3 +184,40 @@ def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert records["qlora"].status == "ok"
     text = (tmp_path / "reports" / "faults" / "report.md").read_text()
     assert "| oom " in text and "| diverged " in text
+
+
+@pytest.mark.slow
+def test_predicted_oom_is_skipped_and_seeds_repeat(tmp_path):
+    import optuna
+
+    args = [
+        "sweep=smoke",
+        "experiment=skip",
+        "~sweep.grid.qlora",
+        "sweep.grid.lora.method.r=[4]",
+        "+sweep.grid.full.train.batch_size=[256]",  # predicted ~0.1 GiB: above the limit
+        "sweep.max_memory_gib=0.02",  # the LoRA points (~0.003 GiB predicted) run
+        "sweep.seeds=[0,1]",
+    ]
+    assert run_sweep(args) == 0
+    trials = tmp_path / "outputs" / "skip" / "trials"
+    recs = [load(d / "result.json") for d in sorted(trials.iterdir())]
+    by_status = {}
+    for r in recs:
+        by_status.setdefault(r.status, []).append(r)
+    assert len(by_status["skipped_predicted_oom"]) == 2 and len(by_status["ok"]) == 2
+    for r in by_status["skipped_predicted_oom"]:
+        assert r.metrics["plan_total_gib"] > 0.02 and "predicted peak" in r.train["error"]
+        assert r.run["label"] == "full batch_size=256"
+    assert {r.run["label"] for r in by_status["ok"]} == {"lora r=4"}
+    assert sorted(r.run["seed"] for r in by_status["ok"]) == [0, 1]
+    assert all(r.metrics["ledger_params_bytes"] > 0 for r in by_status["ok"])
+    storage = open_storage(f"journal://{tmp_path / 'outputs' / 'skip' / 'optuna.journal'}")
+    study = optuna.load_study(study_name="skip", storage=storage)
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    text = (tmp_path / "reports" / "skip" / "report.md").read_text()
+    assert "| skipped_predicted_oom " in text and "## Predicted vs measured memory" in text
+    assert "| lora r=4" in text and " ± " in text  # two seeds: mean and interval
+    assert run_sweep(args) == 0  # skipped points are final: nothing runs again
+    assert len(list(trials.iterdir())) == 4

@@ -117,5 +117,5 @@ def test_base_accuracy_is_cached_per_model_and_eval_set(tmp_path):
     first = run_trial(cfg, tmp_path / "1")
     second = run_trial(cfg, tmp_path / "2")
     assert first.metrics["base_accuracy"] == second.metrics["base_accuracy"]
-    assert second.metrics["base_eval_s"] < 0.5 * first.metrics["base_eval_s"] + 0.05
+    assert second.metrics["base_eval_s"] < first.metrics["base_eval_s"]  # read, not recomputed
     assert len(list((tmp_path / "cache" / "base_accuracy").glob("*.json"))) == 1
