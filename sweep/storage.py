@@ -44,7 +44,7 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
                 url,
                 heartbeat_interval=heartbeat_s,
                 grace_period=3 * heartbeat_s,
-                failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 engine_kwargs=_engine_kwargs(url),
             )
         except Exception as exc:  # bad driver, refused connection, wrong password, ...

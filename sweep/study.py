@@ -54,7 +54,12 @@ def is_final(t: optuna.trial.FrozenTrial) -> bool:
 
 def _worker() -> dict[str, Any]:
     proc = psutil.Process()
-    return {"host": socket.gethostname(), "pid": proc.pid, "started": proc.create_time()}
+    return {"host": _host(), "pid": proc.pid, "started": proc.create_time()}
+
+
+def _host() -> str:
+    """This worker's machine; SWEEP_WORKER_HOST overrides it (containers sharing a hostname)."""
+    return os.environ.get("SWEEP_WORKER_HOST") or socket.gethostname()
 
 
 def _alive(worker: dict[str, Any]) -> bool:
@@ -69,7 +74,7 @@ def fail_stale_trials(study: optuna.Study) -> int:
     stale = 0
     for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if worker and worker.get("host") == socket.gethostname() and not _alive(worker):
+        if worker and worker.get("host") == _host() and not _alive(worker):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             stale += 1
     if stale:
@@ -418,30 +423,35 @@ class Sweep:
             directions=_directions(self.cfg),
             load_if_exists=True,
         )
-        fail_stale_trials(study)
+        objective = lambda t: self.run_point(  # noqa: E731
+            t, by_label[t.suggest_categorical("point", labels)], study.study_name
+        )
+        for round_ in range(2 * len(labels) + 2):  # rounds: retries queued meanwhile run too
+            remaining, waiting, busy, done = self._grid_todo(study, labels)
+            if not remaining and not waiting:
+                if round_ == 0:
+                    state = "finished" if not busy else "finished or running in another worker"
+                    print(f"[sweep] all {len(labels)} points {state}; nothing to run", flush=True)
+                return
+            self.count = len(done)
+            study.optimize(objective, n_trials=len(remaining) + waiting, catch=(TrialFailed,))
+
+    @staticmethod
+    def _grid_todo(study: optuna.Study, labels: list[str]) -> tuple[list[str], int, set, set]:
+        """Points nobody has finished or is running (queued again if tried before), and the
+        number of queued retries; dead workers' trials are failed first so they count as todo."""
+        fail_stale_trials(study)  # our own host: a dead process
+        optuna.storages.fail_stale_trials(study)  # RDB heartbeats: a worker elsewhere went silent
         trials = study.get_trials(deepcopy=False)
         done = {t.params.get("point") for t in trials if is_final(t)}
         busy = {t.params.get("point") for t in trials if t.state in (RUNNING, WAITING)}
         remaining = [x for x in labels if x not in done and x not in busy]
-        waiting = sum(
-            t.state == WAITING for t in trials
-        )  # queued retries: this worker takes them too
-        if not remaining and not waiting:
-            state = "finished" if not busy else "finished or running in another worker"
-            print(f"[sweep] all {len(labels)} points {state}; nothing to run", flush=True)
-            return
         tried = {t.params.get("point") for t in trials}
         for label in remaining:  # interrupted or crashed before: run it again from the start
             if label in tried:
                 study.enqueue_trial({"point": label})
-        self.count = len(done)
-        study.optimize(
-            lambda t: self.run_point(
-                t, by_label[t.suggest_categorical("point", labels)], study.study_name
-            ),
-            n_trials=len(remaining) + waiting,
-            catch=(TrialFailed,),
-        )
+        waiting = sum(t.state == WAITING for t in study.get_trials(deepcopy=False))
+        return [x for x in remaining if x not in tried], waiting, busy, done
 
     def run_search(self) -> None:
         for point in self.points:

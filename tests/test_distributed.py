@@ -135,3 +135,54 @@ def test_two_workers_share_one_grid_on_postgres(pg_url, mlflow_server, tmp_path)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+
+@pytest.mark.slow
+def test_a_dead_workers_trial_is_taken_over_through_heartbeats(pg_url, tmp_path):
+    """Worker A (machine "a") dies mid-trial; worker B (machine "b") can't see A's process, so
+    only Optuna's heartbeat tells it A is dead: B fails the stale trial, retries it, finishes."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "sweep",
+        "run",
+        *SMOKE,
+        "~sweep.grid.qlora",
+        "sweep.grid.lora.method.r=[4]",
+        f"sweep.storage={pg_url}",
+        "sweep.heartbeat_s=1",
+        'sweep.overrides=["model=tiny_llama","train.steps=40","train.batch_size=4","train.max_seq_len=48","eval.size=4","eval.max_new_tokens=4"]',
+    ]
+    trials = tmp_path / "outputs" / "smoke" / "trials"
+    a = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env={**env, "SWEEP_WORKER_HOST": "a"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    end = time.time() + 180
+    while time.time() < end and not (trials.exists() and any(trials.iterdir())):
+        time.sleep(0.2)
+    time.sleep(3)
+    a.kill()
+    a.wait()
+    time.sleep(4)  # > grace period (3 heartbeats)
+    b = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env={**env, "SWEEP_WORKER_HOST": "b"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
+    records = [load(d / "result.json") for d in trials.iterdir() if (d / "result.json").exists()]
+    assert Counter(r.run["label"] for r in records if r.status == "ok") == Counter(
+        {"full": 1, "lora r=4": 1}
+    )
