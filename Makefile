@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff check and format check
 clean: ## remove trial outputs and local stores (keeps .venv and the model cache)
 	rm -rf outputs mlflow.db mlartifacts
 
-.PHONY: generate export inference
+.PHONY: generate export inference bench-plan
 generate: $(STAMP) ## answer a prompt with a trial's model: make generate RUN=<dir|name|run id> PROMPT="..." [MERGED=1]
 	$(BIN)/python -m sweep generate "$(RUN)" "$(PROMPT)" $(if $(filter 1 true yes,$(MERGED)),--merged)
 
@@ -66,3 +66,6 @@ worker: $(STAMP) ## join a shared sweep as one more worker: make worker SWEEP=de
 
 inference: $(STAMP) ## inference block (adapter separate vs merged) for every trial, added to the report: make inference EXP=default
 	$(BIN)/python -m sweep inference $(EXP)
+
+bench-plan: $(STAMP) ## planner vs measured ledger per memory component (tiny + SmolLM2, two seq lengths)
+	$(BIN)/python -m sweep.bench_plan $(ARGS)

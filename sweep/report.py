@@ -20,6 +20,7 @@ import pandas as pd
 from sweep.config import GpuClass
 from sweep.record import HIGHER_IS_BETTER
 
+RUN_COLUMNS = ("label", "method", "rank", "quant", "precision", "seed", "lr", "model", "dataset")
 PARETO_PAIRS = (("accuracy", "peak_memory_gib"), ("accuracy", "train_s"))
 METRIC_COLUMNS = (
     "accuracy",
@@ -115,39 +116,16 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     for rec in records:
         run, train = rec.get("run", {}), rec.get("train", {})
         metrics = train.get("metrics", {})
-        row = {
-            k: run.get(k)
-            for k in (
-                "label",
-                "method",
-                "rank",
-                "quant",
-                "precision",
-                "seed",
-                "lr",
-                "model",
-                "dataset",
-            )
-        }
+        row = {k: run.get(k) for k in RUN_COLUMNS}
         row.update(status=train.get("status", "failed"), error=train.get("error"))
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
         rows.append(row)
     df = pd.DataFrame(
         rows,
         columns=[
-            *(
-                "label",
-                "method",
-                "rank",
-                "quant",
-                "precision",
-                "seed",
-                "lr",
-                "model",
-                "dataset",
-                "status",
-                "error",
-            ),
+            *RUN_COLUMNS,
+            "status",
+            "error",
             *METRIC_COLUMNS,
         ],
     )

@@ -1,0 +1,99 @@
+"""Benchmark: the memory planner's prediction against the measured ledger, component by component.
+
+    make bench-plan                         # tiny model and SmolLM2-135M, two sequence lengths
+    python -m sweep.bench_plan model=tiny_llama
+
+Runs a two-step trial per approach (full, LoRA r=4/16/64, QLoRA r=16) and sequence length, reads
+the ledger (parameters, gradients, optimizer state, saved activations, measured on the first
+step) and the planner's prediction for the same settings from the record, and prints the ratio
+predicted/measured for each component. Target: every component within 10%. Writes
+reports/bench/plan.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from sweep.config import compose
+from sweep.trial import run_trial
+
+APPROACHES = (
+    ["method=full"],
+    ["method=lora", "method.r=4"],
+    ["method=lora", "method.r=16"],
+    ["method=lora", "method.r=64"],
+    ["method=qlora", "method.r=16"],
+)
+COMPONENTS = {
+    "params": "weights",
+    "grads": "grads",
+    "optimizer": "optimizer",
+    "activations": "saved_activations",
+}
+GIB = 1024**3
+
+
+def measure(model: str, seq_len: int, approach: list[str], out: Path) -> dict[str, object]:
+    """One two-step trial; the predicted/measured ratio of each memory component."""
+    # prompts padded to the same length so the batch really is seq_len wide
+    overrides = [
+        f"model={model}",
+        *approach,
+        "train.steps=2",
+        "train.batch_size=4",
+        f"train.max_seq_len={seq_len}",
+        "train.measure_warmup_steps=1",
+        "eval.size=1",
+        "eval.base=false",
+        "eval.max_new_tokens=1",
+        "train.precision=fp32",
+        f"dataset.task_args.min_terms={max(2, seq_len // 12)}",
+        f"dataset.task_args.max_terms={max(2, seq_len // 12)}",
+    ]
+    result = run_trial(compose(overrides), out)
+    m = result.metrics
+    row: dict[str, object] = {
+        "model": model,
+        "seq": seq_len,
+        "approach": result.run["label"],
+        "status": result.status,
+    }
+    for name, plan_key in COMPONENTS.items():
+        measured, predicted = m.get(f"ledger_{name}_bytes"), m.get(f"plan_{plan_key}_gib")
+        row[f"{name} MiB"] = measured / 1024**2 if measured else None
+        row[f"{name} ratio"] = predicted * GIB / measured if measured and predicted else None
+    return row
+
+
+def main(argv: list[str]) -> int:
+    models = [a.split("=", 1)[1] for a in argv if a.startswith("model=")] or [
+        "tiny_llama",
+        "smollm2_135m",
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            for seq in (64, 128):
+                for i, approach in enumerate(APPROACHES):
+                    print(f"[bench-plan] {model} seq {seq}: {' '.join(approach)}", flush=True)
+                    rows.append(measure(model, seq, approach, Path(tmp, f"{model}-{seq}-{i}")))
+    df = pd.DataFrame(rows)
+    ratios = df[[c for c in df.columns if c.endswith("ratio")]]
+    worst = float((ratios - 1).abs().max().max())
+    text = (
+        f"# Planner vs measured ledger\n\n{df.to_markdown(index=False, floatfmt='.3f')}\n\n"
+        f"Worst component error: {worst:.1%} (target: within 10%).\n"
+    )
+    out = Path("reports/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.md").write_text(text)
+    print(text)
+    return 0 if worst <= 0.10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
