@@ -76,3 +76,13 @@ def test_trial_records_the_ledger_and_the_plan(tmp_path):
     ratio = m["ledger_activations_bytes"] / (m["plan_saved_activations_gib"] * GIB)
     assert 0.8 < ratio < 1.25
     assert m["plan_total_gib"] > 0
+
+
+def test_bench_plan_measures_every_component_for_one_approach(tmp_path):
+    from sweep.bench_plan import COMPONENTS, measure
+
+    row = measure("tiny_llama", 64, ["method=lora", "method.r=4"], tmp_path / "t")
+    assert row["status"] == "ok"
+    for name in COMPONENTS:
+        assert row[f"{name} MiB"] > 0
+        assert 0.85 < row[f"{name} ratio"] < 1.15, (name, row[f"{name} ratio"])
