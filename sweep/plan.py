@@ -111,6 +111,7 @@ class Settings:
     optimizer: str = "auto"  # auto: adamw_torch, paged_adamw_8bit for QLoRA
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash / memory-efficient: no probabilities kept) | eager
+    padded: bool = True  # a batch with padding: SDPA then keeps an additive mask in every block
     cuda_context_gib: float = 0.5
     fragmentation: float = 0.10  # allocator slack, as a fraction of the allocated peak
 
@@ -264,7 +265,8 @@ def attention_bytes_per_token(arch: Arch, s: Settings, sixteen_bit: bool) -> flo
     padding mask it turns into an additive one (seq per token, compute dtype) in every block.
     Eager: the fp32 softmax probabilities (heads x seq per token) and their 16-bit cast."""
     if s.attention == "sdpa":
-        return 4 * arch.heads + s.seq_len * (2 if sixteen_bit else 4)
+        mask = s.seq_len * (2 if sixteen_bit else 4) if s.padded else 0
+        return 4 * arch.heads + mask
     return arch.heads * s.seq_len * (4 + (2 if sixteen_bit else 0))
 
 

@@ -133,6 +133,8 @@ class LedgerCallback(TrainerCallback):
             ids = kwargs.get("input_ids", a[0] if a else None)
             if isinstance(ids, torch.Tensor) and "batch_shape" not in self.stats.ledger:
                 self.stats.ledger["batch_shape"] = list(ids.shape)
+                mask = kwargs.get("attention_mask")  # padded batch: SDPA keeps a mask per block
+                self.stats.ledger["padded"] = bool(mask is not None and (mask == 0).any())
 
         self._hook = model.register_forward_pre_hook(shape, with_kwargs=True)
 

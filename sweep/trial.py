@@ -91,6 +91,7 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
         if shape:  # the same prediction at the measured (padded) batch width
             arch = plan.arch_for_model(cfg.model)
             s = plan.trial_settings(cfg, cuda, seq_len=int(shape[-1]))
+            s.padded = bool(led.get("padded", True))
             saved = plan.saved_activation_bytes(arch, s, cfg.method.name, cfg.method.r)
             out["plan_saved_activations_gib"] = saved / plan.GIB
     except (ConfigError, ValueError, TypeError) as exc:
