@@ -328,7 +328,8 @@ class Sweep:
         }
         seen: set[str] = set()
         for cfg in self.point_cfgs.values():  # model files and dataset rows, once per variant
-            key = json.dumps([as_dict(cfg)["model"], as_dict(cfg)["dataset"]], sort_keys=True)
+            d = as_dict(cfg)
+            key = json.dumps([d["model"], d["dataset"]], sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 preflight(cfg)

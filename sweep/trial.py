@@ -35,12 +35,14 @@ Reporter = Callable[[int, float], bool]
 
 
 def _base_cache_file(cfg: Config, model_path: str) -> Path:
+    d = as_dict(cfg)
+    e = d["eval"]  # only what changes the answers: not eval.every or eval.base
     key = {
         "model": model_path,
         "precision": cfg.train.precision,
-        "dataset": as_dict(cfg)["dataset"],
-        "quant": as_dict(cfg)["method"]["quant"],
-        "eval": as_dict(cfg)["eval"],
+        "dataset": d["dataset"],
+        "quant": d["method"]["quant"],
+        "eval": [e["size"], e["batch_size"], e["max_new_tokens"]],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "base_accuracy" / f"{digest}.json"
