@@ -1,11 +1,12 @@
 """One measured trial: config -> load -> apply method -> train -> evaluate -> save -> TrialResult.
 
     python -m sweep trial method=lora method.r=16        # one trial, in this process
-    python -m sweep.trial outputs/default/trials/0003    # what a sweep runs in a child process
+    python -m sweep.trial outputs/default/trials/0003    # re-run a sweep's trial by hand
 
-`run_trial(cfg, out_dir)` is the whole trial and is callable alone for debugging. The module's
-main reads `<dir>/config.json`, runs the trial and always leaves `<dir>/result.json`, whatever
-happens (ok, oom, diverged, pruned or failed with the error), so a sweep can record it and go on.
+`run_trial(cfg, out_dir)` is the whole trial and is callable alone for debugging. A sweep runs
+`trial_child` in a fresh process per trial; it reads `<dir>/config.json`, runs the trial and always
+leaves `<dir>/result.json`, whatever happens (ok, oom, diverged, pruned or failed with the error),
+so a sweep can record it and go on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import resource
+import signal
 import sys
 import time
 import traceback
@@ -257,8 +260,51 @@ def summary(result: TrialResult) -> str:
     return "\n".join(lines)
 
 
+def isolate(memory_limit_gib: float) -> None:
+    """In a trial process: die with the process that started it, and obey the memory limit
+    (sweep.memory_limit_gib, address space; exceeding it is recorded as oom)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if memory_limit_gib > 0:
+        limit = int(memory_limit_gib * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # A process forked by multiprocessing's fork server holds the server's keep-alive pipe (so
+    # that it could fork in turn). Close it: the server then exits when the sweep dies, and this
+    # process with it (PDEATHSIG); otherwise each keeps the other alive after `kill -9`.
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
+def trial_child(
+    trial_dir: str,
+    cwd: str,
+    env: dict[str, str],
+    pruning: tuple[str, str, int] | None,
+    memory_limit_gib: float,
+) -> None:
+    """What a sweep runs in each fresh trial process: the sweep's working directory and
+    environment (the fork server's may be older), then the trial in `<trial_dir>`."""
+    isolate(memory_limit_gib)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = [trial_dir] if pruning is None else [trial_dir, pruning[1], str(pruning[2])]
+    if pruning is not None:
+        os.environ["SWEEP_OPTUNA_STORAGE"] = pruning[0]
+    sys.exit(main(args))
+
+
 def main(argv: list[str]) -> int:
-    """Child-process entry: run the trial described by <dir>/config.json."""
+    """Run the trial described by <dir>/config.json (a sweep's trial process, or by hand)."""
     out = Path(argv[0])
     cfg = to_config(json.loads((out / "config.json").read_text()))
     reporter = None

@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from collections import Counter
 
+import psutil
 import pytest
 
 from sweep import tracking
@@ -156,7 +157,8 @@ def test_a_dead_workers_trial_is_taken_over_through_heartbeats(pg_url, tmp_path)
         "sweep.grid.lora.method.r=[4]",
         f"sweep.storage={pg_url}",
         "sweep.heartbeat_s=1",
-        'sweep.overrides=["model=tiny_llama","train.steps=40","train.batch_size=4","train.max_seq_len=48","eval.size=4","eval.max_new_tokens=4"]',
+        # long enough (several seconds) that the kill lands mid-trial
+        'sweep.overrides=["model=tiny_llama","train.steps=400","train.batch_size=4","train.max_seq_len=48","eval.size=4","eval.max_new_tokens=4"]',
     ]
     trials = tmp_path / "outputs" / "smoke" / "trials"
     a = subprocess.Popen(
@@ -169,9 +171,12 @@ def test_a_dead_workers_trial_is_taken_over_through_heartbeats(pg_url, tmp_path)
     end = time.time() + 180
     while time.time() < end and not (trials.exists() and any(trials.iterdir())):
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(1)
+    spawned = psutil.Process(a.pid).children(recursive=True)  # fork server and trial process
     a.kill()
     a.wait()
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert not alive, f"processes outlived their killed sweep: {[p.cmdline()[:3] for p in alive]}"
     time.sleep(4)  # > grace period (3 heartbeats)
     b = subprocess.run(
         args,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from sweep import tracking
@@ -18,7 +19,7 @@ ARGS = [
     "sweep=smoke",
     "~sweep.grid.qlora",
     "sweep.grid.lora.method.r=[4]",
-    'sweep.overrides=["model=tiny_llama","train.steps=30","train.batch_size=4","train.max_seq_len=48","eval.size=4","eval.max_new_tokens=4"]',
+    'sweep.overrides=["model=tiny_llama","train.steps=300","train.batch_size=4","train.max_seq_len=48","eval.size=4","eval.max_new_tokens=4"]',
 ]
 
 
@@ -44,9 +45,12 @@ def test_kill_minus_9_then_rerun_finishes_every_point_once(tmp_path):
     # kill once the second trial is under way (the first has a record, the second does not)
     second_started = lambda: trials.exists() and len(list(trials.iterdir())) == 2  # noqa: E731
     assert _wait_for(second_started, 180), "sweep did not reach its second trial"
-    time.sleep(1.0)
+    time.sleep(0.5)
+    spawned = psutil.Process(proc.pid).children(recursive=True)  # fork server, trial process
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert not alive, "the trial process outlived its killed sweep"
     killed = sorted(trials.iterdir())[-1]
     assert not (killed / "result.json").exists()
 
