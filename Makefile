@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff check and format check
 clean: ## remove trial outputs and local stores (keeps .venv and the model cache)
 	rm -rf outputs mlflow.db mlartifacts
 
-.PHONY: generate export inference bench-plan
+.PHONY: generate export inference bench-plan bench
 generate: $(STAMP) ## answer a prompt with a trial's model: make generate RUN=<dir|name|run id> PROMPT="..." [MERGED=1]
 	$(BIN)/python -m sweep generate "$(RUN)" "$(PROMPT)" $(if $(filter 1 true yes,$(MERGED)),--merged)
 
@@ -68,4 +68,7 @@ inference: $(STAMP) ## inference block (adapter separate vs merged) for every tr
 	$(BIN)/python -m sweep inference $(EXP)
 
 bench-plan: $(STAMP) ## planner vs measured ledger per memory component (tiny + SmolLM2, two seq lengths)
-	$(BIN)/python -m sweep.bench_plan $(ARGS)
+	$(BIN)/python -m sweep.bench.memory $(ARGS)
+
+bench: $(STAMP) ## harness vs bare loop, vs Trainer.hyperparameter_search, overhead, eval: make bench [ARGS="--steps 8 train.steps=10"]
+	$(BIN)/python -m sweep.bench $(ARGS)

@@ -79,7 +79,7 @@ def test_trial_records_the_ledger_and_the_plan(tmp_path):
 
 
 def test_bench_plan_measures_every_component_for_one_approach(tmp_path):
-    from sweep.bench_plan import COMPONENTS, measure
+    from sweep.bench.memory import COMPONENTS, measure
 
     row = measure("tiny_llama", 64, ["method=lora", "method.r=4"], tmp_path / "t")
     assert row["status"] == "ok"

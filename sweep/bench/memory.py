@@ -1,7 +1,7 @@
 """Benchmark: the memory planner's prediction against the measured ledger, component by component.
 
     make bench-plan                         # tiny model and SmolLM2-135M, two sequence lengths
-    python -m sweep.bench_plan model=tiny_llama
+    python -m sweep.bench.memory model=tiny_llama
 
 Runs a two-step trial per approach (full, LoRA r=4/16/64, QLoRA r=16) and sequence length, reads
 the ledger (parameters, gradients, optimizer state, saved activations, measured on the first

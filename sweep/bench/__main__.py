@@ -1,0 +1,299 @@
+"""`make bench`: the harness measured against what users would write instead, side by side.
+
+    make bench                                   # everything at the default sweep's settings
+    make bench ARGS="--steps 8 train.steps=10"   # a quick look (short trials, short sweep)
+    python -m sweep.bench --only throughput,eval
+
+Four comparisons, run one after another on this machine, each printed as a ratio and written
+to reports/bench/harness.md (and harness.json):
+1. throughput: a harness trial's training tokens/s against a bare PyTorch + PEFT loop doing the
+   same work (sweep/bench/bare_loop.py), for full FT, LoRA r=16 and QLoRA r=16. Target >= 0.97.
+2. sweep: wall time of the sweep's grid (`python -m sweep run`, tracking and report included)
+   against the same grid as `Trainer.hyperparameter_search(backend="optuna")` with `model_init`
+   (sweep/bench/peer.py). Target <= 1.0x.
+3. overhead: per-trial fixed overhead (process start, imports, model load, data, evaluation
+   set-up, saving) as a share of trial wall time, from the sweep run of (2). Target <= 5% on CPU.
+4. eval: the batched evaluator's generated tokens/s against one-by-one greedy generation on the
+   same prompts, with identical answers (sweep/bench/eval_speed.py).
+Hydra overrides (e.g. model=..., train.steps=...) apply to every part; --steps sets the
+throughput trials' length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sweep import record
+from sweep.bench import bare_loop, eval_speed
+from sweep.config import as_dict, compose
+from sweep.study import launch, merge_overrides, trial_context
+
+APPROACHES = {
+    "full": ["method=full"],
+    "lora r=16": ["method=lora", "method.r=16"],
+    "qlora r=16": ["method=qlora", "method.r=16"],
+}
+PARTS = ("eval", "throughput", "sweep")
+OUT = Path("reports/bench")
+
+
+def bare(cfg_overrides: list[str], work: Path) -> dict[str, Any]:
+    """The bare loop in a fresh process forked from the same server as harness trials."""
+    out = work / "bare.json"
+    out.unlink(missing_ok=True)
+    proc = trial_context().Process(
+        target=bare_loop.child,
+        args=(as_dict(compose(cfg_overrides)), str(out), os.getcwd(), dict(os.environ)),
+    )
+    proc.start()
+    proc.join()
+    if not out.exists():
+        raise RuntimeError(f"bare loop exited with code {proc.exitcode} and no result")
+    return json.loads(out.read_text())
+
+
+def throughput(user: list[str], steps: int, work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for name, approach in APPROACHES.items():
+        overrides = merge_overrides(
+            user, [*approach, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
+        )
+        print(f"[bench] throughput {name}: bare loop", flush=True)
+        b = bare(overrides, work)
+        print(f"[bench] throughput {name}: harness trial", flush=True)
+        h = launch(compose(overrides), work / slug(name), 0)
+        if h.status != "ok":
+            raise RuntimeError(f"harness trial {name}: {h.status} {h.train.get('error')}")
+        hm = h.metrics
+        rows.append(
+            {
+                "approach": name,
+                "steps measured": b["measured_steps"],
+                "bare tokens/s": b["train_tokens_per_s"],
+                "harness tokens/s": hm["train_tokens_per_s"],
+                "harness / bare": hm["train_tokens_per_s"] / b["train_tokens_per_s"],
+                "bare s/step": b["s_per_step"],
+                "harness s/step": hm["s_per_step"],
+            }
+        )
+        print(f"[bench]   harness / bare = {rows[-1]['harness / bare']:.3f}", flush=True)
+    return rows
+
+
+def slug(text: str) -> str:
+    return text.replace(" ", "_").replace("=", "")
+
+
+def _timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed (exit {proc.returncode}); see {log}")
+    return wall
+
+
+def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Wall time of the sweep and of the Trainer.hyperparameter_search peer, each a fresh
+    process; the harness pays for its untuned-base evaluation (cache cleared first)."""
+    cfg = compose(user)
+    out = work / "sweep"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
+    out.mkdir(parents=True, exist_ok=True)
+    common = [f"output_dir={out / 'outputs'}", f"report.dir={out / 'reports'}", *user]
+    print("[bench] sweep: Trainer.hyperparameter_search peer (one process)", flush=True)
+    peer_log = out / "peer.log"
+    peer_s = _timed([sys.executable, "-m", "sweep.bench.peer", *common], env, peer_log)
+    peer = json.loads(peer_log.read_text().strip().splitlines()[-1])
+    for f in Path(cfg.cache_dir, "base_accuracy").glob("*.json"):
+        f.unlink()  # the harness computes the untuned base accuracy, as on a fresh machine
+    print("[bench] sweep: harness (python -m sweep run)", flush=True)
+    harness_s = _timed([sys.executable, "-m", "sweep", "run", *common], env, out / "harness.log")
+    records = [record.load(p) for p in sorted((out / "outputs").glob("*/trials/*/result.json"))]
+    trials = [
+        {
+            "trial": r.run.get("label"),
+            "accuracy": r.metrics.get("accuracy"),
+            "peer accuracy": peer["accuracy"].get(r.run.get("label")),
+            **{
+                k: r.metrics.get(k)
+                for k in ("trial_wall_s", "train_phase_s", "eval_s", "startup_s", "load_s")
+            },
+        }
+        for r in records
+    ]
+    summary = {
+        "harness_s": harness_s,
+        "peer_s": peer_s,
+        "harness / peer": harness_s / peer_s,
+        "trials_wall_s": sum(t["trial_wall_s"] or 0 for t in trials),
+    }
+    return summary, trials
+
+
+def overhead(trials: list[dict[str, Any]]) -> dict[str, float]:
+    """Per-trial fixed overhead: trial wall time outside the training loop (warm-up steps
+    included: they train) and the evaluation, as a share of trial wall time."""
+    ok = [t for t in trials if t["trial_wall_s"] and t["train_phase_s"]]
+    wall = sum(t["trial_wall_s"] for t in ok)
+    fixed = sum(t["trial_wall_s"] - t["train_phase_s"] - (t["eval_s"] or 0) for t in ok)
+    return {
+        "trials": len(ok),
+        "fixed_s_per_trial": fixed / max(1, len(ok)),
+        "share": fixed / wall if wall else float("nan"),
+        "startup_s_per_trial": sum(t["startup_s"] or 0 for t in ok) / max(1, len(ok)),
+        "load_s_per_trial": sum(t["load_s"] or 0 for t in ok) / max(1, len(ok)),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
+
+
+def write(results: dict[str, Any], out: Path = OUT) -> Path:
+    """reports/bench/harness.md (+ harness.json) from the measured results."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "harness.json").write_text(json.dumps(results, indent=2, default=str))
+    env = results["environment"]
+    lines = [
+        "# Harness benchmark: the harness against what users would write instead",
+        "",
+        f"Measured {results['date']} on {env.get('cpu')} x {env.get('cpu_count')} "
+        f"({env.get('device')}, {env.get('device_name')}); torch {env['versions'].get('torch')}, "
+        f"transformers {env['versions'].get('transformers')}. Overrides: "
+        f"`{' '.join(results['overrides']) or '(defaults)'}`. Regenerate with `make bench`.",
+        "",
+        "| comparison | ratio | target |",
+        "|---|---|---|",
+    ]
+    for name, value, target in results["ratios"]:
+        lines.append(f"| {name} | {value} | {target} |")
+    if "throughput" in results:
+        lines += [
+            "",
+            "## 1. Training throughput: harness trial vs bare PyTorch + PEFT loop",
+            "",
+            f"Same model, examples, batch, sequence length, optimizer and precision; "
+            f"{results['throughput_steps']} steps, the first "
+            f"{results['warmup_steps']} not measured. Each runs in a fresh process forked from the "
+            "same server.",
+            "",
+            _table(results["throughput"]),
+        ]
+    if "sweep" in results:
+        s, o = results["sweep"], results["overhead"]
+        lines += [
+            "",
+            '## 2. Sweep wall time: harness vs Trainer.hyperparameter_search(backend="optuna")',
+            "",
+            f"Harness (`python -m sweep run`: trials in fresh processes, untuned-base evaluation, "
+            f"MLflow tracking, records, adapters, report): {s['harness_s']:.0f} s. Peer (one "
+            f"process, `model_init` per trial, same steps and generation accuracy, nothing "
+            f"recorded): {s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}.",
+            "",
+            _table(results["trials"]),
+            "",
+            "## 3. Per-trial fixed overhead",
+            "",
+            f"{o['fixed_s_per_trial']:.1f} s per trial outside the training loop and evaluation "
+            f"(process start {o['startup_s_per_trial']:.2f} s, model load "
+            f"{o['load_s_per_trial']:.2f} s, then data, method set-up, saving and exit): "
+            f"{o['share']:.1%} of trial wall time over {o['trials']} trials.",
+        ]
+    if "eval" in results:
+        e = results["eval"]
+        lines += [
+            "",
+            "## 4. Evaluation: batched evaluator vs one-by-one greedy generation",
+            "",
+            f"{e['prompts']} eval prompts, untuned base model, up to {e['max_new_tokens']} new "
+            f"tokens, batches of {e['batch_size']}: {e['generated_tokens']} answer tokens. "
+            f"Batched {e['batched_s']:.2f} s ({e['batched_tokens_per_s']:.0f} tokens/s), one by "
+            f"one {e['one_by_one_s']:.2f} s ({e['one_by_one_tokens_per_s']:.0f} tokens/s); "
+            f"identical answers: {e['identical_answers']}/{e['prompts']}.",
+        ]
+    path = out / "harness.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20, help="throughput trials' steps (default 20)")
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every part")
+    a = ap.parse_args(argv)
+    parts = set(a.only.split(","))
+    if not parts <= set(PARTS):
+        ap.error(
+            f"--only: unknown part(s) {sorted(parts - set(PARTS))}; allowed: {', '.join(PARTS)}"
+        )
+    cfg = compose(a.overrides)  # bad overrides fail here, before anything runs
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "overrides": a.overrides,
+        "environment": record.environment(),
+        "ratios": [],
+    }
+    ratios = results["ratios"]
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
+        work = Path(tmp)
+        if "eval" in parts:
+            print("[bench] eval: batched evaluator vs one-by-one greedy", flush=True)
+            e = results["eval"] = eval_speed.run(cfg)
+            ratios.append(
+                (
+                    "4. eval tokens/s, batched / one-by-one",
+                    f"{e['batched_tokens_per_s'] / e['one_by_one_tokens_per_s']:.2f}x "
+                    f"({e['identical_answers']}/{e['prompts']} answers identical)",
+                    "> 1, all identical",
+                )
+            )
+        if "throughput" in parts:
+            rows = results["throughput"] = throughput(a.overrides, a.steps, work)
+            results["throughput_steps"] = a.steps
+            results["warmup_steps"] = cfg.train.measure_warmup_steps
+            for r in rows:
+                ratios.append(
+                    (
+                        f"1. training tokens/s, harness / bare, {r['approach']}",
+                        f"{r['harness / bare']:.3f}",
+                        ">= 0.97",
+                    )
+                )
+        if "sweep" in parts:
+            results["sweep"], results["trials"] = sweep_vs_peer(a.overrides, work)
+            results["overhead"] = overhead(results["trials"])
+            ratios.append(
+                (
+                    "2. sweep wall time, harness / peer",
+                    f"{results['sweep']['harness / peer']:.3f}",
+                    "<= 1.0",
+                )
+            )
+            ratios.append(
+                (
+                    "3. per-trial fixed overhead share",
+                    f"{results['overhead']['share']:.1%}",
+                    "<= 5% (CPU)",
+                )
+            )
+    path = write(results)
+    print("\n".join(f"[bench] {n}: {v}  (target {t})" for n, v, t in ratios), flush=True)
+    print(f"[bench] written {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

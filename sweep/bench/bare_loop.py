@@ -1,0 +1,123 @@
+"""The reference a harness trial is measured against: a bare PyTorch + PEFT training loop.
+
+Same model files, method, examples in the same batches and order, batch size, sequence length, steps, optimizer (AdamW, linear
+warm-up schedule, gradient clipping at 1.0 as Trainer does) and precision as a harness trial,
+written the way one writes it by hand: plain `from_pretrained`, `get_peft_model`, a DataLoader,
+forward/backward/step. Tokens/s counts non-padding tokens over the steps after the same warm-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from transformers import get_linear_schedule_with_warmup
+
+from sweep import data, methods, models
+from sweep.config import Config, to_config
+from sweep.measure import sync
+from sweep.trial import isolate
+
+
+def _model(cfg: Config, path: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    m, t = cfg.method, cfg.train
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=methods.dtype_for(t.precision),
+        device_map={"": models.device()},
+        **methods.load_kwargs(m, t.precision),
+    )
+    model.config.use_cache = False
+    if m.name == "full":
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if m.quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return get_peft_model(model, methods.lora_config(m))
+
+
+def _optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    m, t = cfg.method, cfg.train
+    if methods.optimizer_name(m) == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=m.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=m.lr, weight_decay=t.weight_decay)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train like a harness trial would, by hand; returns tokens/s and seconds per step."""
+    t, sp = cfg.train, cfg.dataset.system_prompt
+    torch.manual_seed(t.seed)
+    path = models.resolve(cfg.model, cfg.cache_dir)
+    tok = models.load_tokenizer(path)
+    task = data.load_task(cfg.dataset, t.steps * t.batch_size, cfg.eval.size)
+    rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
+    model = _model(cfg, path)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(cfg, params)
+    total = t.steps
+    sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, total)
+    # the order Trainer draws with data_seed (accelerate's seedable sampler): same batches
+    order = RandomSampler(rows, generator=torch.Generator().manual_seed(t.seed))
+    loader = DataLoader(
+        rows, batch_size=t.batch_size, sampler=order, collate_fn=data.collate(tok.pad_token_id)
+    )
+    dev = models.device()
+    autocast = (
+        torch.autocast(dev.type, dtype=methods.compute_dtype(t.precision))
+        if t.precision.endswith("-mixed")
+        else contextlib.nullcontext()
+    )
+    measured_s, measured_tokens, padded_tokens, step = 0.0, 0, 0, 0
+    losses: list[float] = []
+    sync()
+    mark = time.perf_counter()
+    for batch in loader:
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # Trainer reads the loss every step too (logging_steps=1)
+        sync()
+        now = time.perf_counter()
+        step += 1
+        if step > t.measure_warmup_steps:
+            measured_s += now - mark
+            measured_tokens += int(batch["attention_mask"].sum())
+            padded_tokens += batch["input_ids"].numel()
+        mark = now
+        if step >= total:
+            break
+    n = step - t.measure_warmup_steps
+    return {
+        "train_tokens_per_s": measured_tokens / measured_s,
+        "s_per_step": measured_s / n,
+        "padded_tokens_per_step": padded_tokens / n,
+        "measured_steps": n,
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+    }
+
+
+def child(cfg: dict[str, Any], out: str, cwd: str, env: dict[str, str]) -> None:
+    """Run in a fresh process forked like a harness trial; the result goes to `out` (JSON)."""
+    isolate(0)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    Path(out).write_text(json.dumps(run(to_config(cfg))))

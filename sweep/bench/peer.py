@@ -1,0 +1,159 @@
+"""The peer a sweep is measured against: the same grid written by hand with transformers'
+`Trainer.hyperparameter_search(backend="optuna")` and a `model_init` that builds each model.
+
+    python -m sweep.bench.peer [overrides...]      # the default sweep's grid, timed
+
+One process, one Trainer; `model_init(trial)` loads the base (4-bit for QLoRA) and wraps it
+with PEFT for the trial's grid point; the objective is accuracy from batched greedy generation
+on the same held-out examples, scored by the task's own scorer, written the way a user writes
+it (tokenizer left padding, `model.generate`). Same examples, order source, steps, batch size,
+learning rates and precision as the harness; no tracking, no records, no report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+from sweep import data, evaluate, methods, models
+from sweep.config import Config, compose
+from sweep.study import grid_points, trial_overrides
+
+
+class GenerationEvalTrainer(Trainer):
+    """Trainer whose evaluate() is generation accuracy (what the sweep's objective is)."""
+
+    def __init__(self, *args: Any, task: data.Task, cfg: Config, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task, self.cfg = task, cfg
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        tok, e, sp = self.processing_class, self.cfg.eval, self.cfg.dataset.system_prompt
+        model = self.model.eval()
+        texts = [
+            tok.apply_chat_template(
+                data.messages(ex.prompt, sp), add_generation_prompt=True, tokenize=False
+            )
+            for ex in self.task.eval
+        ]
+        answers: list[str] = []
+        with torch.no_grad():
+            for i in range(0, len(texts), e.batch_size):
+                enc = tok(
+                    texts[i : i + e.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    padding_side="left",
+                    add_special_tokens=False,
+                ).to(model.device)
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=e.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+                width = enc["input_ids"].shape[1]
+                answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        scores = [
+            self.task.score(evaluate.extract_answer(a), ex)
+            for a, ex in zip(answers, self.task.eval, strict=True)
+        ]
+        model.train()
+        return {"eval_accuracy": sum(scores) / len(scores)}
+
+
+def run(overrides: list[str]) -> dict[str, Any]:
+    """Run the sweep's grid (composed exactly as `make sweep` would) the Trainer way; timed."""
+    start = time.perf_counter()
+    base = compose(overrides)
+    points = grid_points(base.sweep.grid, list(base.sweep.seeds))
+    cfgs: dict[str, Config] = {
+        p.label: compose(trial_overrides(base, overrides, p.overrides)) for p in points
+    }
+    labels = list(cfgs)
+    first = cfgs[labels[0]]
+    t, e = first.train, first.eval
+    path = models.resolve(first.model, first.cache_dir)
+    tok = models.load_tokenizer(path)
+    task = data.load_task(first.dataset, t.steps * t.batch_size, e.size)
+    rows = [data.encode(tok, ex, t.max_seq_len, first.dataset.system_prompt) for ex in task.train]
+
+    def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
+        # transformers 5 calls model_init before hp_space; suggesting the same name twice
+        # returns the same value, so this is the point the trial runs
+        cfg = cfgs[trial.suggest_categorical("point", labels) if trial is not None else labels[0]]
+        m, tr = cfg.method, cfg.train
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=methods.dtype_for(tr.precision),
+            device_map={"": models.device()},
+            **methods.load_kwargs(m, tr.precision),
+        )
+        model.config.use_cache = False
+        if m.name == "full":
+            return model
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if m.quant is not None:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return get_peft_model(model, methods.lora_config(m))
+
+    def hp_space(trial: optuna.Trial) -> dict[str, Any]:
+        point = trial.suggest_categorical("point", labels)
+        m = cfgs[point].method
+        return {"point": point, "learning_rate": m.lr, "optim": methods.optimizer_name(m)}
+
+    accuracies: dict[str, float] = {}
+
+    def objective(metrics: dict[str, float]) -> float:
+        accuracies[trainer._trial.params["point"]] = metrics["eval_accuracy"]
+        return metrics["eval_accuracy"]
+
+    args = TrainingArguments(
+        output_dir=str(Path(base.output_dir, "peer")),
+        max_steps=t.steps,
+        per_device_train_batch_size=t.batch_size,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type="linear",
+        optim=methods.optimizer_name(first.method),
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        **methods.trainer_flags(t.precision),
+    )
+    trainer = GenerationEvalTrainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=rows,
+        data_collator=data.collate(tok.pad_token_id),
+        processing_class=tok,
+        task=task,
+        cfg=first,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space,
+        compute_objective=objective,
+        n_trials=len(labels),
+        direction="maximize",
+        backend="optuna",
+        sampler=optuna.samplers.GridSampler({"point": labels}, seed=t.seed),
+    )
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "accuracy": accuracies, "best": best.hyperparameters}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1:])), flush=True)

@@ -1,0 +1,86 @@
+"""make bench's parts on the tiny model: each measures what it says, and the report has all four."""
+
+import json
+
+import pytest
+
+from sweep.bench import bare_loop, eval_speed, peer
+from sweep.bench.__main__ import main, overhead
+from sweep.config import compose
+from sweep.trial import run_trial
+
+from .conftest import tiny
+
+
+def test_bare_loop_trains_the_same_batches_and_measures_after_warmup(tmp_path):
+    cfg = compose(tiny("method=lora", "method.r=4", "train.steps=12", "method.lr=0.01"))
+    out = bare_loop.run(cfg)
+    harness = run_trial(cfg, tmp_path / "trial").metrics
+    # LoRA's B starts at zero: the first loss depends only on the first batch, which must match
+    assert out["first_loss"] == pytest.approx(harness["first_loss"], rel=1e-5)
+    assert out["measured_steps"] == 12 - cfg.train.measure_warmup_steps
+    assert out["train_tokens_per_s"] > 0 and out["s_per_step"] > 0
+    assert out["final_loss"] < out["first_loss"]  # it really trains
+    # non-padding tokens per step are at most the padded batch
+    assert out["train_tokens_per_s"] * out["s_per_step"] <= out["padded_tokens_per_step"]
+
+
+def test_one_by_one_generation_gives_the_batched_evaluators_answers():
+    out = eval_speed.run(compose(tiny("eval.size=6", "eval.batch_size=3")))
+    assert out["prompts"] == 6 and out["identical_answers"] == 6
+    assert out["generated_tokens"] > 0 and out["batched_s"] > 0 and out["one_by_one_s"] > 0
+
+
+@pytest.mark.slow
+def test_peer_runs_every_grid_point_through_trainer_hyperparameter_search():
+    out = peer.run(["sweep=smoke", *tiny()])
+    assert set(out["accuracy"]) == {"full", "lora r=4", "lora r=16", "qlora r=8"}
+    assert all(0.0 <= a <= 1.0 for a in out["accuracy"].values())
+    assert out["wall_s"] > 0
+
+
+def test_overhead_share_is_time_outside_training_and_evaluation():
+    trials = [
+        {
+            "trial_wall_s": 100.0,
+            "train_phase_s": 80.0,
+            "eval_s": 10.0,
+            "startup_s": 1.0,
+            "load_s": 2.0,
+        },
+        {
+            "trial_wall_s": 50.0,
+            "train_phase_s": 45.0,
+            "eval_s": 5.0,
+            "startup_s": 1.0,
+            "load_s": 0.0,
+        },
+    ]
+    o = overhead(trials)
+    assert o["share"] == pytest.approx(10.0 / 150.0)
+    assert o["fixed_s_per_trial"] == pytest.approx(5.0)
+
+
+@pytest.mark.slow
+def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
+    overrides = [
+        "sweep=smoke",
+        "~sweep.grid.qlora",
+        "sweep.grid.lora.method.r=[4]",
+        *tiny("eval.size=4"),
+    ]
+    assert main(["--steps", "4", *overrides]) == 0
+    printed = capsys.readouterr().out
+    for part in (
+        "1. training tokens/s",
+        "2. sweep wall time",
+        "3. per-trial fixed overhead",
+        "4. eval",
+    ):
+        assert part in printed
+    md = (tmp_path / "reports" / "bench" / "harness.md").read_text()
+    assert md.count("harness / bare") >= 3 and "hyperparameter_search" in md
+    results = json.loads((tmp_path / "reports" / "bench" / "harness.json").read_text())
+    assert {r["approach"] for r in results["throughput"]} == {"full", "lora r=16", "qlora r=16"}
+    assert {t["trial"] for t in results["trials"]} == {"full", "lora r=4"}
+    assert results["sweep"]["harness_s"] > 0 and results["sweep"]["peer_s"] > 0
