@@ -137,12 +137,21 @@ def preflight(cfg: Config) -> None:
         raise ConfigError(f"dataset {cfg.dataset.name}: no train or no eval examples")
 
 
+LAUNCHED_ENV = "SWEEP_TRIAL_LAUNCHED"  # when the sweep asked for this trial's process (epoch s)
+
+
+def _launched() -> float:
+    """When this trial's process was asked for: set by the sweep, else the process start."""
+    stamp = os.environ.get(LAUNCHED_ENV)
+    return float(stamp) if stamp else psutil.Process().create_time()
+
+
 def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None) -> TrialResult:
     """Run one trial and write `<out_dir>/result.json`; never raises for a failed run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = TrialResult(run=run_info(cfg), meta=record.environment())
-    metrics: dict[str, Any] = {"startup_s": time.time() - psutil.Process().create_time()}
+    metrics: dict[str, Any] = {"startup_s": time.time() - _launched()}
     result.train = {"status": "failed", "error": None, "metrics": metrics}
     meter = Meter()
     stats = None

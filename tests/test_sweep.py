@@ -87,6 +87,11 @@ def test_smoke_sweep_end_to_end_and_rerun_runs_nothing_new(tmp_path, capsys):
     for r in records:
         assert f"| {r.run['label']}" in text
         assert f"{r.metrics['accuracy']:.1%}" in text
+        # the sweep clocks each trial process; the trial clocks its phases inside it
+        m = r.metrics
+        assert m["trial_wall_s"] > m["train_phase_s"] + m["eval_s"] > 0
+        assert 0 <= m["startup_s"] < m["trial_wall_s"]
+    assert "## Overhead" in text and "of trial wall time" in text
     csv = pd.read_csv(report_dir / "results.csv").set_index("label")
     for r in records:
         assert csv.loc[r.run["label"], "peak_memory_gib"] == pytest.approx(
