@@ -3,7 +3,9 @@
     python -m sweep trial train.steps=1 eval.size=40    # mostly evaluation
 
 Prompts are left-padded and generated together (eval.batch_size at a time); the answer is the
-first line of the generated text. Accuracy is the mean of the task's scores.
+first line of the generated text. Accuracy is the mean of the task's scores. A trial's final
+evaluation (`loss_and_accuracy`) scores the eval loss and prefills the generation cache in one
+forward pass, so the prompts are run through the model once, not twice.
 """
 
 from __future__ import annotations
@@ -24,36 +26,66 @@ def extract_answer(text: str) -> str:
     return ""
 
 
+def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def _greedy(
+    model: Any, tok: Any, ids: torch.Tensor, mask: torch.Tensor, n: int, **kw: Any
+) -> list[str]:
+    """Greedy continuation of left-padded prompts (kw: a prompt cache); the decoded new text."""
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        use_cache=True,
+        **kw,
+    )
+    return tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+
+
 @torch.no_grad()
 def generate(
     model: Any, tok: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int
 ) -> list[str]:
     """Greedy completions of token-id prompts, batched with left padding."""
     device = next(model.parameters()).device
-    pad = tok.pad_token_id
     outputs: list[str] = []
     was_training = model.training
     model.eval()
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            use_cache=True,
-        )
-        outputs += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        ids, mask = _left_pad(prompts[start : start + batch_size], tok.pad_token_id)
+        outputs += _greedy(model, tok, ids.to(device), mask.to(device), max_new_tokens)
     model.train(was_training)
     return outputs
+
+
+def _score(
+    tok: Any, task: Task, texts: list[str], examples: list[Example] | None = None
+) -> dict[str, Any]:
+    examples = task.eval if examples is None else examples
+    answers = [extract_answer(t) for t in texts]
+    scores = [task.score(a, ex) for a, ex in zip(answers, examples, strict=True)]
+    samples = [
+        {"prompt": ex.prompt, "expected": ex.answer, "answer": a, "score": s}
+        for ex, a, s in list(zip(examples, answers, scores, strict=True))[:5]
+    ]
+    generated = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {
+        "accuracy": sum(scores) / max(1, len(scores)),
+        "n_eval": len(scores),
+        "generated_tokens": generated,
+        "samples": samples,
+    }
 
 
 def accuracy(
@@ -66,20 +98,7 @@ def accuracy(
 ) -> dict[str, Any]:
     """Score the eval set; returns accuracy, the number of tokens generated, and a few samples."""
     prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in task.eval]
-    texts = generate(model, tok, prompts, max_new_tokens, batch_size)
-    answers = [extract_answer(t) for t in texts]
-    scores = [task.score(a, ex) for a, ex in zip(answers, task.eval, strict=True)]
-    samples = [
-        {"prompt": ex.prompt, "expected": ex.answer, "answer": a, "score": s}
-        for ex, a, s in list(zip(task.eval, answers, scores, strict=True))[:5]
-    ]
-    generated = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    return {
-        "accuracy": sum(scores) / max(1, len(scores)),
-        "n_eval": len(scores),
-        "generated_tokens": generated,
-        "samples": samples,
-    }
+    return _score(tok, task, generate(model, tok, prompts, max_new_tokens, batch_size))
 
 
 @torch.no_grad()
@@ -109,3 +128,71 @@ def eval_loss(
         count += int((labels != IGNORE).sum())
     model.train(was_training)
     return total / count if count else math.nan
+
+
+@torch.no_grad()
+def loss_and_accuracy(
+    model: Any,
+    tok: Any,
+    task: Task,
+    max_len: int,
+    max_new_tokens: int,
+    batch_size: int,
+    system_prompt: str | None = None,
+) -> dict[str, Any]:
+    """`accuracy` and `eval_loss` in one pass: the answers come out of the same greedy decoding.
+
+    Each batch is laid out as [left padding | prompt | answer | right padding], prompts ending
+    in the same column P. One forward pass scores the answers (logits only from column P-1 on)
+    and leaves the prompts' keys and values in the cache; cropped to P-1 columns, that cache is
+    the prefill `generate` would compute, so decoding starts right away. A batch with a prompt
+    cut by max_len is scored in two passes instead.
+    """
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    total, count = 0.0, 0
+    for start in range(0, len(task.eval), batch_size):
+        chunk = task.eval[start : start + batch_size]
+        prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in chunk]
+        rows = [encode(tok, ex, max_len, system_prompt) for ex in chunk]
+        if any(r["input_ids"][: len(p)] != p for r, p in zip(rows, prompts, strict=True)):
+            texts += generate(model, tok, prompts, max_new_tokens, len(chunk))
+            n = sum(sum(x != IGNORE for x in r["labels"][1:]) for r in rows)
+            total += eval_loss(model, tok, chunk, max_len, len(chunk), system_prompt) * n
+            count += n
+            continue
+        answers = [r["input_ids"][len(p) :] for r, p in zip(rows, prompts, strict=True)]
+        width = max(len(a) for a in answers)
+        ids, mask = _left_pad(prompts, pad)
+        tail = torch.full((len(chunk), width), pad, dtype=torch.long)
+        tail_mask = torch.zeros_like(tail)
+        for i, a in enumerate(answers):
+            tail[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+            tail_mask[i, : len(a)] = 1
+        full, full_mask = torch.cat([ids, tail], 1).to(device), torch.cat([mask, tail_mask], 1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        out = model(
+            input_ids=full,
+            attention_mask=full_mask.to(device),
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=width + 1,
+        )
+        labels = torch.where(tail_mask.bool(), tail, IGNORE).to(device)
+        loss = torch.nn.functional.cross_entropy(
+            out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
+        )
+        total += loss.item()
+        count += int(tail_mask.sum())
+        cache = out.past_key_values
+        cache.crop(-(full.shape[1] - ids.shape[1] + 1))  # keep the prompt columns but the last
+        texts += _greedy(
+            model, tok, ids.to(device), mask.to(device), max_new_tokens, past_key_values=cache
+        )
+    model.train(was_training)
+    result = _score(tok, task, texts)
+    result["eval_loss"] = total / count if count else math.nan
+    return result

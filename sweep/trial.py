@@ -208,11 +208,11 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
             )
         else:
             with meter.phase("eval"):
-                acc = evaluate.accuracy(model, tok, task, e.max_new_tokens, e.batch_size, sp)
-                metrics["eval_loss"] = evaluate.eval_loss(
-                    model, tok, task.eval, t.max_seq_len, e.batch_size, sp
+                acc = evaluate.loss_and_accuracy(
+                    model, tok, task, t.max_seq_len, e.max_new_tokens, e.batch_size, sp
                 )
-            metrics.update({k: acc[k] for k in ("accuracy", "n_eval", "generated_tokens")})
+            keys = ("accuracy", "eval_loss", "n_eval", "generated_tokens")
+            metrics.update({k: acc[k] for k in keys})
             result.train["samples"] = acc["samples"]
             with meter.phase("save"):
                 metrics["adapter_bytes"] = methods.save(model, out / "adapter")

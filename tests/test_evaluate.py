@@ -1,0 +1,56 @@
+"""The evaluator: one pass for eval loss and answers gives what two separate passes give."""
+
+import pytest
+import torch
+
+from sweep import data, evaluate, methods, models
+from sweep.config import compose
+
+from .conftest import CACHE, tiny
+
+
+def _two_ways(cfg, model, tok):
+    task = data.load_task(cfg.dataset, 4, cfg.eval.size)
+    e, sp, n = cfg.eval, cfg.dataset.system_prompt, cfg.train.max_seq_len
+    separate = evaluate.accuracy(model, tok, task, e.max_new_tokens, e.batch_size, sp)
+    separate["eval_loss"] = evaluate.eval_loss(model, tok, task.eval, n, e.batch_size, sp)
+    one_pass = evaluate.loss_and_accuracy(model, tok, task, n, e.max_new_tokens, e.batch_size, sp)
+    return separate, one_pass
+
+
+def _same(separate, one_pass):
+    assert one_pass["samples"] == separate["samples"]  # prompts, answers, scores
+    assert one_pass["generated_tokens"] == separate["generated_tokens"]
+    assert one_pass["accuracy"] == separate["accuracy"]
+    assert one_pass["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "max_len", [160, 48]
+)  # tiny prompts are ~125 tokens: 48 cuts them (two passes)
+def test_one_pass_gives_the_answers_and_loss_of_two_passes_tiny_lora(max_len):
+    cfg = compose(
+        tiny(
+            "eval.size=7",
+            "eval.batch_size=3",
+            "eval.max_new_tokens=6",
+            f"train.max_seq_len={max_len}",
+        )
+    )
+    path = models.resolve(cfg.model, cfg.cache_dir)
+    tok = models.load_tokenizer(path)
+    torch.manual_seed(0)
+    model = methods.apply(models.load_model(path, torch.float32), cfg.method, cfg.train)
+    for p in model.parameters():  # non-zero LoRA B: the adapter changes the answers
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    _same(*_two_ways(cfg, model, tok))
+
+
+@pytest.mark.slow
+def test_one_pass_gives_the_answers_and_loss_of_two_passes_smollm2():
+    cfg = compose(["eval.size=8", "eval.batch_size=4"])
+    path = models.resolve(cfg.model, CACHE)
+    tok = models.load_tokenizer(path)
+    model = models.load_model(path, torch.float32)
+    _same(*_two_ways(cfg, model, tok))
