@@ -26,7 +26,8 @@ USAGE = __doc__.split("\n\n")[1]
 
 def _trial(overrides: list[str]) -> int:
     from sweep.config import compose
-    from sweep.trial import preflight, run_trial, summary
+    from sweep.preflight import preflight
+    from sweep.trial import run_trial, summary
 
     cfg = compose(overrides)
     preflight(cfg)
@@ -45,6 +46,9 @@ def _stamp() -> str:
 
 
 def _run(overrides: list[str]) -> int:
+    from sweep.child import start_trial_server
+
+    start_trial_server()  # its imports run while this process imports and sets up the sweep
     from sweep.study import run_sweep
 
     return run_sweep(overrides)
@@ -63,8 +67,11 @@ def _check(overrides: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from sweep.config import compose
+    from sweep.preflight import preflight
 
-    print(OmegaConf.to_yaml(OmegaConf.structured(compose(overrides))))
+    cfg = compose(overrides)
+    preflight(cfg)  # model files and every dataset row
+    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return 0
 
 

@@ -21,13 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
 
 from sweep.config import ConfigError, ModelConfig
 
@@ -94,7 +87,12 @@ def _cached(target: Path, build: Any) -> Path:
     return target
 
 
+# transformers is imported where it is used: the sweep process resolves paths without it.
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     print(f"[model] first use: dequantizing {gguf.name} and caching safetensors in {out.parent}")
     kw = {"gguf_file": gguf.name}
     tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
@@ -108,9 +106,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
+def char_tokenizer() -> Any:
     """Character-level tokenizer (printable ASCII + chat specials), built offline in milliseconds."""
     from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>", "<unk>"]
     chars = sorted(set(string.printable) - set("\r\x0b\x0c"))
@@ -130,6 +129,8 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _build_tiny(cfg: ModelConfig, out: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     tok = char_tokenizer()
     t = cfg.tiny
     config = LlamaConfig(
@@ -151,6 +152,8 @@ def _build_tiny(cfg: ModelConfig, out: Path) -> None:
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -163,6 +166,8 @@ def load_model(
     path: str, dtype: torch.dtype, trust_remote_code: bool = False, **load_kwargs: Any
 ) -> torch.nn.Module:
     """Load safetensors weights in `dtype` onto the device (extra kwargs: quantization_config)."""
+    from transformers import AutoModelForCausalLM
+
     dev = device()
     model = AutoModelForCausalLM.from_pretrained(
         path,

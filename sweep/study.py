@@ -7,7 +7,7 @@ Grid sweeps: `GridSampler` over the sweep's points (an approach and its own axes
 once and is not multiplied by ranks). Search sweeps: one TPE study per point over `sweep.search`,
 with an optional median pruner fed by periodic eval loss. Every point's config is composed and
 validated before the first trial starts. Each trial runs in a fresh process forked from a server
-that imported torch & co. once (`trial_context`), and always leaves a result record; the study reads it, logs it to MLflow, tells Optuna and goes on.
+that imported torch & co. once (sweep/child.py), and always leaves a result record; the study reads it, logs it to MLflow, tells Optuna and goes on.
 Re-running a finished sweep runs nothing new; trials already finished are never re-run.
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import re
 import socket
@@ -30,9 +28,10 @@ import optuna
 import psutil
 
 from sweep import record, storage, tracking
+from sweep.child import launch_env, start_trial_server, trial_child, trial_context
 from sweep.config import OBJECTIVES, Config, ConfigError, as_dict, compose
+from sweep.preflight import preflight
 from sweep.record import TrialResult
-from sweep.trial import LAUNCHED_ENV, preflight, trial_child
 
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
 # Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.
@@ -216,40 +215,6 @@ def _objective_values(cfg: Config, result: TrialResult) -> list[float]:
     return [float(v) for v in values]  # type: ignore[arg-type]
 
 
-def preload_modules(cuda: bool) -> list[str]:
-    """What the fork server imports once for all trials (about 9 s of imports on 2 CPU cores).
-
-    Without CUDA: the whole trial module (torch, transformers, peft, bitsandbytes, ...). With
-    CUDA only torch: bitsandbytes queries the device at import, and a process forked after CUDA
-    initialized cannot use CUDA.
-    """
-    # reasoning_gym: the default task's generator (imported lazily by sweep.data, ~1.4 s)
-    return ["torch", "reasoning_gym"] if cuda else ["sweep.trial", "reasoning_gym"]
-
-
-_CONTEXT: multiprocessing.context.BaseContext | None = None
-
-
-def trial_context() -> multiprocessing.context.BaseContext:
-    """The multiprocessing context trials start from: a fork server that imported the heavy
-    modules once, so each trial is still a fresh process (own memory counters, own crash) but
-    skips the imports."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        import torch
-
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(preload_modules(torch.cuda.is_available()))
-        _CONTEXT = ctx
-    return _CONTEXT
-
-
-def start_trial_server() -> None:
-    """Start the fork server now, so its imports overlap the sweep's own set-up."""
-    trial_context()
-    multiprocessing.forkserver.ensure_running()
-
-
 def launch(
     trial_cfg: Config,
     trial_dir: Path,
@@ -263,10 +228,9 @@ def launch(
     result_file = trial_dir / "result.json"
     result_file.unlink(missing_ok=True)
     # the storage URL travels in memory, never on a command line: it may hold a password
-    env = {**os.environ, LAUNCHED_ENV: repr(time.time())}  # the trial's startup_s counts from here
     proc = trial_context().Process(
         target=trial_child,
-        args=(str(trial_dir), os.getcwd(), env, pruning, memory_limit_gib),
+        args=(str(trial_dir), os.getcwd(), launch_env(), pruning, memory_limit_gib),
         name=f"trial {trial_dir.name}",
     )
     start = time.perf_counter()

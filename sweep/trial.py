@@ -4,7 +4,7 @@
     python -m sweep.trial outputs/default/trials/0003    # re-run a sweep's trial by hand
 
 `run_trial(cfg, out_dir)` is the whole trial and is callable alone for debugging. A sweep runs
-`trial_child` in a fresh process per trial; it reads `<dir>/config.json`, runs the trial and always
+`sweep.child.trial_child` in a fresh process per trial, which calls `main`: it reads `<dir>/config.json`, runs the trial and always
 leaves `<dir>/result.json`, whatever happens (ok, oom, diverged, pruned or failed with the error),
 so a sweep can record it and go on.
 """
@@ -12,11 +12,8 @@ so a sweep can record it and go on.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-import resource
-import signal
 import sys
 import time
 import traceback
@@ -28,6 +25,7 @@ import psutil
 import torch
 
 from sweep import data, evaluate, ledger, methods, models, plan, record
+from sweep.child import LAUNCHED_ENV
 from sweep.config import Config, ConfigError, as_dict, to_config
 from sweep.measure import Meter
 from sweep.record import TrialResult, run_info
@@ -119,25 +117,6 @@ def record_failure(result: TrialResult, exc: Exception) -> None:
         error=f"{type(exc).__name__}: {exc}"[:2000],
         traceback=traceback.format_exc()[-4000:],
     )
-
-
-def preflight(cfg: Config) -> None:
-    """Cheap checks that need more than the config: the model files and every dataset row.
-
-    Raises ConfigError (one line) before any weights load, so a sweep fails in its first seconds.
-    """
-    if cfg.model.source == "packaged":
-        models.packaged_file(cfg.model)
-    elif cfg.model.source == "hf":
-        models.resolve(cfg.model, cfg.cache_dir)  # a local path must hold safetensors weights
-    if cfg.method.quant is not None and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("method=qlora needs bitsandbytes (make install adds it)")
-    task = data.load_task(cfg.dataset, cfg.train.steps * cfg.train.batch_size, cfg.eval.size)
-    if not task.train or not task.eval:
-        raise ConfigError(f"dataset {cfg.dataset.name}: no train or no eval examples")
-
-
-LAUNCHED_ENV = "SWEEP_TRIAL_LAUNCHED"  # when the sweep asked for this trial's process (epoch s)
 
 
 def _launched() -> float:
@@ -267,49 +246,6 @@ def summary(result: TrialResult) -> str:
     if result.train.get("error"):
         lines.append(f"error      {result.train['error']}")
     return "\n".join(lines)
-
-
-def isolate(memory_limit_gib: float) -> None:
-    """In a trial process: die with the process that started it, and obey the memory limit
-    (sweep.memory_limit_gib, address space; exceeding it is recorded as oom)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if memory_limit_gib > 0:
-        limit = int(memory_limit_gib * 1024**3)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # A process forked by multiprocessing's fork server holds the server's keep-alive pipe (so
-    # that it could fork in turn). Close it: the server then exits when the sweep dies, and this
-    # process with it (PDEATHSIG); otherwise each keeps the other alive after `kill -9`.
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    if getattr(server, "_forkserver_alive_fd", None) is not None:
-        os.close(server._forkserver_alive_fd)
-        server._forkserver_alive_fd = None
-
-
-def trial_child(
-    trial_dir: str,
-    cwd: str,
-    env: dict[str, str],
-    pruning: tuple[str, str, int] | None,
-    memory_limit_gib: float,
-) -> None:
-    """What a sweep runs in each fresh trial process: the sweep's working directory and
-    environment (the fork server's may be older), then the trial in `<trial_dir>`."""
-    isolate(memory_limit_gib)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = [trial_dir] if pruning is None else [trial_dir, pruning[1], str(pruning[2])]
-    if pruning is not None:
-        os.environ["SWEEP_OPTUNA_STORAGE"] = pruning[0]
-    sys.exit(main(args))
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ import pytest
 
 from sweep.__main__ import main
 from sweep.config import ConfigError, compose
-from sweep.trial import preflight
+from sweep.preflight import preflight
 
 
 def _error(capsys, *argv: str) -> str:

@@ -33,8 +33,9 @@ from typing import Any
 
 from sweep import record
 from sweep.bench import bare_loop, eval_speed
+from sweep.child import trial_context
 from sweep.config import as_dict, compose
-from sweep.study import launch, merge_overrides, trial_context
+from sweep.study import launch, merge_overrides
 
 APPROACHES = {
     "full": ["method=full"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
 from sweep import data, methods, models
+from sweep.child import enter
 from sweep.config import Config, to_config
 from sweep.measure import sync
-from sweep.trial import isolate
 
 
 def _model(cfg: Config, path: str) -> torch.nn.Module:
@@ -116,8 +115,5 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def child(cfg: dict[str, Any], out: str, cwd: str, env: dict[str, str]) -> None:
     """Run in a fresh process forked like a harness trial; the result goes to `out` (JSON)."""
-    isolate(0)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
+    enter(cwd, env)
     Path(out).write_text(json.dumps(run(to_config(cfg))))

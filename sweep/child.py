@@ -1,0 +1,120 @@
+"""The trial process: a fresh process per trial, forked from a server that imported torch & co.
+
+    python -m sweep run sweep=default      # starts the server first, then forks one process per trial
+
+Light on purpose (no torch, no transformers): the sweep imports it before anything heavy, so the
+server's imports (about 9 s on 2 CPU cores) overlap the sweep's own set-up. Each trial is still
+a new process (own memory counters, a crash or OOM is only that trial's), without the imports.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import os
+import resource
+import signal
+import sys
+import time
+from typing import Any
+
+LAUNCHED_ENV = "SWEEP_TRIAL_LAUNCHED"  # when the sweep asked for this trial's process (epoch s)
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU on this host (NVML; no CUDA context is created)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def preload_modules(cuda: bool) -> list[str]:
+    """What the fork server imports once for all trials.
+
+    Without a GPU: the whole trial module (torch, transformers, peft, bitsandbytes, ...) and
+    reasoning_gym (the default task, imported lazily by sweep.data). With a GPU only torch and
+    reasoning_gym: bitsandbytes queries the device at import, and a process forked after CUDA
+    initialized cannot use CUDA.
+    """
+    return ["torch", "reasoning_gym"] if cuda else ["sweep.trial", "reasoning_gym"]
+
+
+_CONTEXT: multiprocessing.context.BaseContext | None = None
+
+
+def trial_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context trials start from (a fork server with the preloads)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(preload_modules(gpu_present()))
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def start_trial_server() -> None:
+    """Start the fork server now, so its imports overlap the sweep's own imports and set-up."""
+    trial_context()
+    multiprocessing.forkserver.ensure_running()
+
+
+def launch_env() -> dict[str, str]:
+    """The environment a trial process gets: the sweep's own (the server's may be older), and
+    the launch time its startup_s counts from."""
+    return {**os.environ, LAUNCHED_ENV: repr(time.time())}
+
+
+def isolate(memory_limit_gib: float) -> None:
+    """In a trial process: die with the process that started it, and obey the memory limit
+    (sweep.memory_limit_gib, address space; exceeding it is recorded as oom)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if memory_limit_gib > 0:
+        limit = int(memory_limit_gib * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # A process forked by multiprocessing's fork server holds the server's keep-alive pipe (so
+    # that it could fork in turn). Close it: the server then exits when the sweep dies, and this
+    # process with it (PDEATHSIG); otherwise each keeps the other alive after `kill -9`.
+    server = multiprocessing.forkserver._forkserver
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
+def enter(cwd: str, env: dict[str, str], memory_limit_gib: float = 0.0) -> None:
+    """First thing in a forked process: isolation, the sweep's directory and environment."""
+    isolate(memory_limit_gib)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def trial_child(
+    trial_dir: str,
+    cwd: str,
+    env: dict[str, str],
+    pruning: tuple[str, str, int] | None,
+    memory_limit_gib: float,
+) -> None:
+    """What a sweep runs in each trial process: the trial in `<trial_dir>` (sweep.trial.main)."""
+    enter(cwd, env, memory_limit_gib)
+    args: list[Any] = [trial_dir]
+    if pruning is not None:
+        os.environ["SWEEP_OPTUNA_STORAGE"] = pruning[0]
+        args += [pruning[1], str(pruning[2])]
+    from sweep.trial import main
+
+    sys.exit(main(args))
