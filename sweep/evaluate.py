@@ -36,10 +36,27 @@ def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def answer_line_done(tok: Any, prompt_width: int) -> Any:
+    """A stopping criterion: a row is done once its first non-empty line has ended. The answer
+    is that line (`extract_answer`), so the tokens after it cannot change any answer."""
+    from transformers import StoppingCriteria
+
+    class AnswerLineDone(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
+            texts = tok.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+            done = ["\n" in t.lstrip() for t in texts]
+            return torch.tensor(done, device=input_ids.device)
+
+    return AnswerLineDone()
+
+
 def _greedy(
     model: Any, tok: Any, ids: torch.Tensor, mask: torch.Tensor, n: int, **kw: Any
 ) -> list[str]:
-    """Greedy continuation of left-padded prompts (kw: a prompt cache); the decoded new text."""
+    """Greedy continuation of left-padded prompts (kw: a prompt cache) until each row's answer
+    line is complete or `n` tokens; the decoded new text."""
+    from transformers import StoppingCriteriaList
+
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -48,6 +65,7 @@ def _greedy(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         use_cache=True,
+        stopping_criteria=StoppingCriteriaList([answer_line_done(tok, ids.shape[1])]),
         **kw,
     )
     return tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)

@@ -38,6 +38,7 @@ METRIC_COLUMNS = (
     "total_s",
     "load_s",
     "eval_s",
+    "base_eval_s",
     "startup_s",
     "s_per_step",
     "train_tokens_per_s",
@@ -368,13 +369,15 @@ def predicted_vs_measured(df: pd.DataFrame) -> list[str]:
 def _overhead(df: pd.DataFrame) -> list[str]:
     """Time a trial spends outside its training loop and evaluation (process start, model load,
     data preparation, method set-up, saving, exit), as a share of the trial's wall time. Warm-up
-    steps count as training: they train; they are only left out of the throughput clock."""
+    steps count as training: they train; they are only left out of the throughput clock. The
+    untuned base model's evaluation (once per base, then cached) counts as evaluation."""
     if "train_phase_s" not in df:
         return []
     ok = df[(df.status == "ok") & df.trial_wall_s.notna() & df.train_phase_s.notna()]
     if ok.empty:
         return []
-    fixed = ok.trial_wall_s - ok.train_phase_s - ok.eval_s.fillna(0)
+    base_eval = ok.base_eval_s.fillna(0) if "base_eval_s" in ok else 0.0
+    fixed = ok.trial_wall_s - ok.train_phase_s - ok.eval_s.fillna(0) - base_eval
     share = fixed.sum() / ok.trial_wall_s.sum()
     return [
         "## Overhead",

@@ -45,6 +45,7 @@ def test_overhead_share_is_time_outside_training_and_evaluation():
             "trial_wall_s": 100.0,
             "train_phase_s": 80.0,
             "eval_s": 10.0,
+            "base_eval_s": 4.0,  # the untuned base's evaluation is evaluation too
             "startup_s": 1.0,
             "load_s": 2.0,
         },
@@ -57,8 +58,8 @@ def test_overhead_share_is_time_outside_training_and_evaluation():
         },
     ]
     o = overhead(trials)
-    assert o["share"] == pytest.approx(10.0 / 150.0)
-    assert o["fixed_s_per_trial"] == pytest.approx(5.0)
+    assert o["share"] == pytest.approx(6.0 / 150.0)
+    assert o["fixed_s_per_trial"] == pytest.approx(3.0)
 
 
 @pytest.mark.slow

@@ -54,3 +54,19 @@ def test_one_pass_gives_the_answers_and_loss_of_two_passes_smollm2():
     tok = models.load_tokenizer(path)
     model = models.load_model(path, torch.float32)
     _same(*_two_ways(cfg, model, tok))
+
+
+def test_generation_stops_a_row_once_its_answer_line_is_complete():
+    tok = models.char_tokenizer()
+    prompt = tok("Q?", add_special_tokens=False)["input_ids"]
+    rows = ["\n\n42", "42\nmore", "42", " \n 7\n"]
+    width = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), len(prompt) + width), tok.pad_token_id)
+    for i, r in enumerate(rows):
+        gen = tok(r, add_special_tokens=False)["input_ids"]
+        ids[i, : len(prompt)] = torch.tensor(prompt)
+        ids[i, len(prompt) : len(prompt) + len(gen)] = torch.tensor(gen)
+    done = evaluate.answer_line_done(tok, len(prompt))(ids, None)
+    assert done.tolist() == [False, True, False, True]
+    # what it cuts off never changes the answer
+    assert [evaluate.extract_answer(r) for r in rows] == ["42", "42", "42", "7"]

@@ -127,7 +127,14 @@ def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dic
             "peer accuracy": peer["accuracy"].get(r.run.get("label")),
             **{
                 k: r.metrics.get(k)
-                for k in ("trial_wall_s", "train_phase_s", "eval_s", "startup_s", "load_s")
+                for k in (
+                    "trial_wall_s",
+                    "train_phase_s",
+                    "eval_s",
+                    "base_eval_s",
+                    "startup_s",
+                    "load_s",
+                )
             },
         }
         for r in records
@@ -143,10 +150,14 @@ def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dic
 
 def overhead(trials: list[dict[str, Any]]) -> dict[str, float]:
     """Per-trial fixed overhead: trial wall time outside the training loop (warm-up steps
-    included: they train) and the evaluation, as a share of trial wall time."""
+    included: they train) and evaluation (of the trained model, and of the untuned base where
+    the trial computed it), as a share of trial wall time."""
     ok = [t for t in trials if t["trial_wall_s"] and t["train_phase_s"]]
     wall = sum(t["trial_wall_s"] for t in ok)
-    fixed = sum(t["trial_wall_s"] - t["train_phase_s"] - (t["eval_s"] or 0) for t in ok)
+    fixed = sum(
+        t["trial_wall_s"] - t["train_phase_s"] - (t["eval_s"] or 0) - (t.get("base_eval_s") or 0)
+        for t in ok
+    )
     return {
         "trials": len(ok),
         "fixed_s_per_trial": fixed / max(1, len(ok)),

@@ -1,7 +1,8 @@
 """The batched evaluator against one-by-one greedy generation on the same prompts.
 
-Both decode greedily with the KV cache; the batched path is the harness's own evaluator
-(`sweep.evaluate.generate`: left-padded batches of eval.batch_size). Answers must be identical;
+Both decode greedily with the KV cache and stop a prompt once its answer line is complete; the
+batched path is the harness's own evaluator (`sweep.evaluate.generate`: left-padded batches of
+eval.batch_size). Answers must be identical;
 tokens/s counts the tokens each answer really has (up to its end of turn), the same for both.
 """
 
@@ -11,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from transformers import StoppingCriteriaList
 
 from sweep import data, evaluate, methods, models
 from sweep.config import Config
@@ -33,6 +35,7 @@ def one_by_one(
             do_sample=False,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([evaluate.answer_line_done(tok, len(p))]),
         )
         outs.append(out[0, len(p) :].tolist())
     return outs
