@@ -70,7 +70,7 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
         "sweep.grid.lora.method.r=[4]",
         *tiny("eval.size=4"),
     ]
-    assert main(["--steps", "4", *overrides]) == 0
+    assert main(["--steps", "4", "--repeats", "2", *overrides]) == 0
     printed = capsys.readouterr().out
     for part in (
         "1. training tokens/s",
@@ -85,3 +85,5 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
     assert {r["approach"] for r in results["throughput"]} == {"full", "lora r=16", "qlora r=16"}
     assert {t["trial"] for t in results["trials"]} == {"full", "lora r=4"}
     assert results["sweep"]["harness_s"] > 0 and results["sweep"]["peer_s"] > 0
+    assert all(t["peer train_s"] > 0 and t["peer eval_s"] > 0 for t in results["trials"])
+    assert all(r["repeats"] == 2 for r in results["throughput"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,28 +62,43 @@ def bare(cfg_overrides: list[str], work: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def throughput(user: list[str], steps: int, work: Path) -> list[dict[str, Any]]:
+def _harness(overrides: list[str], work: Path) -> dict[str, Any]:
+    h = launch(compose(overrides), work, 0)
+    if h.status != "ok":
+        raise RuntimeError(f"harness trial: {h.status} {h.train.get('error')}")
+    return h.metrics
+
+
+def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
+    """Harness trial and bare loop, `repeats` times each in alternating order (bare first, then
+    harness first, ...); the ratio of the medians, and each side's spread over its repeats."""
     rows = []
     for name, approach in APPROACHES.items():
         overrides = merge_overrides(
             user, [*approach, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
         )
-        print(f"[bench] throughput {name}: bare loop", flush=True)
-        b = bare(overrides, work)
-        print(f"[bench] throughput {name}: harness trial", flush=True)
-        h = launch(compose(overrides), work / slug(name), 0)
-        if h.status != "ok":
-            raise RuntimeError(f"harness trial {name}: {h.status} {h.train.get('error')}")
-        hm = h.metrics
+        b: list[float] = []
+        h: list[float] = []
+        for i in range(repeats):
+            print(f"[bench] throughput {name}: round {i + 1}/{repeats}", flush=True)
+            runs = [("bare", b), ("harness", h)]
+            for side, out in runs if i % 2 == 0 else runs[::-1]:
+                if side == "bare":
+                    out.append(bare(overrides, work)["train_tokens_per_s"])
+                else:
+                    out.append(
+                        _harness(overrides, work / f"{slug(name)}-{i}")["train_tokens_per_s"]
+                    )
+        bm, hm = statistics.median(b), statistics.median(h)
         rows.append(
             {
                 "approach": name,
-                "steps measured": b["measured_steps"],
-                "bare tokens/s": b["train_tokens_per_s"],
-                "harness tokens/s": hm["train_tokens_per_s"],
-                "harness / bare": hm["train_tokens_per_s"] / b["train_tokens_per_s"],
-                "bare s/step": b["s_per_step"],
-                "harness s/step": hm["s_per_step"],
+                "repeats": repeats,
+                "bare tokens/s (median)": bm,
+                "harness tokens/s (median)": hm,
+                "harness / bare": hm / bm,
+                "bare spread": f"{min(b):.0f}-{max(b):.0f}",
+                "harness spread": f"{min(h):.0f}-{max(h):.0f}",
             }
         )
         print(f"[bench]   harness / bare = {rows[-1]['harness / bare']:.3f}", flush=True)
@@ -111,20 +127,22 @@ def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dic
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
     out.mkdir(parents=True, exist_ok=True)
     common = [f"output_dir={out / 'outputs'}", f"report.dir={out / 'reports'}", *user]
-    print("[bench] sweep: Trainer.hyperparameter_search peer (one process)", flush=True)
-    peer_log = out / "peer.log"
-    peer_s = _timed([sys.executable, "-m", "sweep.bench.peer", *common], env, peer_log)
-    peer = json.loads(peer_log.read_text().strip().splitlines()[-1])
     for f in Path(cfg.cache_dir, "base_accuracy").glob("*.json"):
         f.unlink()  # the harness computes the untuned base accuracy, as on a fresh machine
     print("[bench] sweep: harness (python -m sweep run)", flush=True)
     harness_s = _timed([sys.executable, "-m", "sweep", "run", *common], env, out / "harness.log")
+    print("[bench] sweep: Trainer.hyperparameter_search peer (one process)", flush=True)
+    peer_log = out / "peer.log"
+    peer_s = _timed([sys.executable, "-m", "sweep.bench.peer", *common], env, peer_log)
+    peer = json.loads(peer_log.read_text().strip().splitlines()[-1])
     records = [record.load(p) for p in sorted((out / "outputs").glob("*/trials/*/result.json"))]
     trials = [
         {
             "trial": r.run.get("label"),
             "accuracy": r.metrics.get("accuracy"),
             "peer accuracy": peer["accuracy"].get(r.run.get("label")),
+            "peer train_s": peer["phases"].get(r.run.get("label"), {}).get("train_s"),
+            "peer eval_s": peer["phases"].get(r.run.get("label"), {}).get("eval_s"),
             **{
                 k: r.metrics.get(k)
                 for k in (
@@ -144,6 +162,8 @@ def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dic
         "peer_s": peer_s,
         "harness / peer": harness_s / peer_s,
         "trials_wall_s": sum(t["trial_wall_s"] or 0 for t in trials),
+        "harness_train_s": sum(t["train_phase_s"] or 0 for t in trials),
+        "peer_train_s": sum(t["peer train_s"] or 0 for t in trials),
     }
     return summary, trials
 
@@ -198,8 +218,9 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
             "",
             f"Same model, examples, batch, sequence length, optimizer and precision; "
             f"{results['throughput_steps']} steps, the first "
-            f"{results['warmup_steps']} not measured. Each runs in a fresh process forked from the "
-            "same server.",
+            f"{results['warmup_steps']} not measured; each side run {results['throughput'][0]['repeats']} "
+            "times in alternating order, each time in a fresh process forked from the same server; "
+            "medians compared, spreads show the machine's run-to-run noise.",
             "",
             _table(results["throughput"]),
         ]
@@ -212,7 +233,10 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
             f"Harness (`python -m sweep run`: trials in fresh processes, untuned-base evaluation, "
             f"MLflow tracking, records, adapters, report): {s['harness_s']:.0f} s. Peer (one "
             f"process, `model_init` per trial, same steps and generation accuracy, nothing "
-            f"recorded): {s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}.",
+            f"recorded): {s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}. The training "
+            f"loops alone (the same Trainer on the same batches): harness "
+            f"{s['harness_train_s']:.0f} s, peer {s['peer_train_s']:.0f} s; the harness ran "
+            "first.",
             "",
             _table(results["trials"]),
             "",
@@ -242,7 +266,10 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20, help="throughput trials' steps (default 20)")
+    ap.add_argument("--steps", type=int, default=12, help="throughput trials' steps (default 12)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="throughput runs per side, alternating (default 3)"
+    )
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every part")
     a = ap.parse_args(argv)
@@ -273,7 +300,7 @@ def main(argv: list[str]) -> int:
                 )
             )
         if "throughput" in parts:
-            rows = results["throughput"] = throughput(a.overrides, a.steps, work)
+            rows = results["throughput"] = throughput(a.overrides, a.steps, a.repeats, work)
             results["throughput_steps"] = a.steps
             results["warmup_steps"] = cfg.train.measure_warmup_steps
             for r in rows:

@@ -28,6 +28,12 @@ from sweep.study import grid_points, trial_overrides
 
 
 class GenerationEvalTrainer(Trainer):
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = super().train(*args, **kwargs)
+        self.state.train_s = time.perf_counter() - start  # the bench compares it per trial
+        return out
+
     """Trainer whose evaluate() is generation accuracy (what the sweep's objective is)."""
 
     def __init__(self, *args: Any, task: data.Task, cfg: Config, **kwargs: Any) -> None:
@@ -35,6 +41,12 @@ class GenerationEvalTrainer(Trainer):
         self.task, self.cfg = task, cfg
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = self._generation_accuracy()
+        metrics["eval_s"] = time.perf_counter() - start
+        return metrics
+
+    def _generation_accuracy(self) -> dict[str, float]:
         tok, e, sp = self.processing_class, self.cfg.eval, self.cfg.dataset.system_prompt
         model = self.model.eval()
         texts = [
@@ -112,8 +124,12 @@ def run(overrides: list[str]) -> dict[str, Any]:
 
     accuracies: dict[str, float] = {}
 
+    phases: dict[str, dict[str, float]] = {}
+
     def objective(metrics: dict[str, float]) -> float:
-        accuracies[trainer._trial.params["point"]] = metrics["eval_accuracy"]
+        point = trainer._trial.params["point"]
+        accuracies[point] = metrics["eval_accuracy"]
+        phases[point] = {"train_s": trainer.state.train_s, "eval_s": metrics["eval_s"]}
         return metrics["eval_accuracy"]
 
     args = TrainingArguments(
@@ -152,7 +168,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
         sampler=optuna.samplers.GridSampler({"point": labels}, seed=t.seed),
     )
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "accuracy": accuracies, "best": best.hyperparameters}
+    return {"wall_s": wall, "accuracy": accuracies, "phases": phases, "best": best.hyperparameters}
 
 
 if __name__ == "__main__":
