@@ -87,3 +87,20 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
     assert results["sweep"]["harness_s"] > 0 and results["sweep"]["peer_s"] > 0
     assert all(t["peer train_s"] > 0 and t["peer eval_s"] > 0 for t in results["trials"])
     assert all(r["repeats"] == 2 for r in results["throughput"])
+
+
+def test_a_bad_override_is_one_line_before_anything_runs():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "sweep.bench", "--only", "eval", "method.r=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: method.r=0 is not allowed; expected an integer >= 1"
+    ]

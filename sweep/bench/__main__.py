@@ -35,7 +35,7 @@ from typing import Any
 from sweep import record
 from sweep.bench import bare_loop, eval_speed
 from sweep.child import trial_context
-from sweep.config import as_dict, compose
+from sweep.config import ConfigError, as_dict, compose
 from sweep.study import launch, merge_overrides
 
 APPROACHES = {
@@ -335,4 +335,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as exc:  # a bad override: one line, before anything runs
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

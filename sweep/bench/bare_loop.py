@@ -24,7 +24,9 @@ from sweep.config import Config, to_config
 from sweep.measure import sync
 
 
-def _model(cfg: Config, path: str) -> torch.nn.Module:
+def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:
+    """The model as one builds it by hand (the bare loop's, and the Trainer peer's model_init):
+    plain from_pretrained, k-bit preparation for QLoRA, get_peft_model for adapters."""
     from transformers import AutoModelForCausalLM
 
     m, t = cfg.method, cfg.train
@@ -61,7 +63,7 @@ def run(cfg: Config) -> dict[str, Any]:
     tok = models.load_tokenizer(path)
     task = data.load_task(cfg.dataset, t.steps * t.batch_size, cfg.eval.size)
     rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
-    model = _model(cfg, path)
+    model = hand_written_model(cfg, path)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(cfg, params)

@@ -20,9 +20,10 @@ from typing import Any
 
 import optuna
 import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from sweep import data, evaluate, methods, models
+from sweep.bench import bare_loop
 from sweep.config import Config, compose
 from sweep.study import grid_points, trial_overrides
 
@@ -101,21 +102,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
         # transformers 5 calls model_init before hp_space; suggesting the same name twice
         # returns the same value, so this is the point the trial runs
         cfg = cfgs[trial.suggest_categorical("point", labels) if trial is not None else labels[0]]
-        m, tr = cfg.method, cfg.train
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=methods.dtype_for(tr.precision),
-            device_map={"": models.device()},
-            **methods.load_kwargs(m, tr.precision),
-        )
-        model.config.use_cache = False
-        if m.name == "full":
-            return model
-        from peft import get_peft_model, prepare_model_for_kbit_training
-
-        if m.quant is not None:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return get_peft_model(model, methods.lora_config(m))
+        return bare_loop.hand_written_model(cfg, path)
 
     def hp_space(trial: optuna.Trial) -> dict[str, Any]:
         point = trial.suggest_categorical("point", labels)
