@@ -9,7 +9,8 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
 fi
 if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
   pg_lsclusters -h | grep -q . || pg_createcluster "$(ls /usr/lib/postgresql | sort -V | tail -1)" main >/dev/null
-  pg_ctlcluster "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main start
+  # 3>&-: the server must not inherit the URL pipe, or whoever reads it waits for EOF forever.
+  pg_ctlcluster "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main start 3>&-
 fi
 port=$(pg_lsclusters -h | awk 'NR==1{print $3}')
 su postgres -c "psql -p $port -qtc \"SELECT 1 FROM pg_roles WHERE rolname='sweep'\"" | grep -q 1 \
