@@ -36,15 +36,34 @@ def gpu_present() -> bool:
         return False
 
 
-def preload_modules(cuda: bool) -> list[str]:
-    """What the fork server imports once for all trials.
+# Imported by the fork server on a GPU host: everything a trial needs that neither imports
+# bitsandbytes (it asks the device for its compute capability at import, which initializes CUDA,
+# and a process forked after CUDA initialized cannot use CUDA) nor initializes CUDA otherwise;
+# torch.cuda.is_available() asks NVML instead of CUDA (PYTORCH_NVML_BASED_CUDA_CHECK). A trial
+# still imports peft, bitsandbytes and transformers' Trainer itself (about a second).
+GPU_PRELOAD = [
+    "torch",
+    "reasoning_gym",
+    "accelerate",
+    "datasets",
+    "transformers.modeling_utils",
+    "transformers.generation",
+    "sweep.data",
+    "sweep.evaluate",
+    "sweep.ledger",
+    "sweep.measure",
+    "sweep.methods",
+    "sweep.models",
+    "sweep.plan",
+    "sweep.record",
+]
 
-    Without a GPU: the whole trial module (torch, transformers, peft, bitsandbytes, ...) and
-    reasoning_gym (the default task, imported lazily by sweep.data). With a GPU only torch and
-    reasoning_gym: bitsandbytes queries the device at import, and a process forked after CUDA
-    initialized cannot use CUDA.
-    """
-    return ["torch", "reasoning_gym"] if cuda else ["sweep.trial", "reasoning_gym"]
+
+def preload_modules(cuda: bool) -> list[str]:
+    """What the fork server imports once for all trials: without a GPU the whole trial module
+    (torch, transformers, peft, bitsandbytes, ...) and reasoning_gym (the default task, imported
+    lazily by sweep.data); with a GPU, GPU_PRELOAD."""
+    return GPU_PRELOAD if cuda else ["sweep.trial", "reasoning_gym"]
 
 
 _CONTEXT: multiprocessing.context.BaseContext | None = None
@@ -55,7 +74,10 @@ def trial_context() -> multiprocessing.context.BaseContext:
     global _CONTEXT
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(preload_modules(gpu_present()))
+        cuda = gpu_present()
+        if cuda:  # the server (started with this environment) must not initialize CUDA
+            os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+        ctx.set_forkserver_preload(preload_modules(cuda))
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -74,7 +96,8 @@ def launch_env() -> dict[str, str]:
 
 def isolate(memory_limit_gib: float) -> None:
     """In a trial process: die with the process that started it, and obey the memory limit
-    (sweep.memory_limit_gib, address space; exceeding it is recorded as oom)."""
+    (sweep.memory_limit_gib; exceeding it is recorded as oom): on a GPU a cap on the CUDA
+    allocator (a smaller card, simulated), on CPU the process's address space."""
     try:
         import ctypes
 
@@ -83,7 +106,13 @@ def isolate(memory_limit_gib: float) -> None:
         pass
     if memory_limit_gib > 0:
         limit = int(memory_limit_gib * 1024**3)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if gpu_present():  # an address-space limit would break CUDA, which maps a lot of it
+            import torch
+
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total))
+        else:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # A process forked by multiprocessing's fork server holds the server's keep-alive pipe (so
     # that it could fork in turn). Close it: the server then exits when the sweep dies, and this
     # process with it (PDEATHSIG); otherwise each keeps the other alive after `kill -9`.

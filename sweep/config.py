@@ -162,6 +162,8 @@ class GpuClass:
     name: str = "?"
     memory_gib: float = 0.0
     usd_per_hour: float = 0.0
+    bf16_tflops: float = 0.0  # dense 16-bit tensor peak (for MFU); 0: unknown
+    fp32_tflops: float = 0.0  # dense fp32 peak, no TF32
 
 
 @dataclass

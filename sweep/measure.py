@@ -25,7 +25,19 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
+from sweep.config import GpuClass
+
 GIB = 1024**3
+
+
+def peak_tflops(device_name: str, precision: str, gpus: list[GpuClass]) -> float | None:
+    """The dense peak TFLOP/s of the GPU class whose name's first word ("H100", "A100") is in
+    the device's name, for the precision's matmul dtype (fp32: no TF32); None if unknown."""
+    for g in gpus:
+        if g.name.split()[0].lower() in device_name.lower():
+            peak = g.fp32_tflops if precision == "fp32" else g.bf16_tflops
+            return peak or None
+    return None
 
 
 def sync() -> None:

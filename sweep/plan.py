@@ -156,6 +156,18 @@ def trainable_tensors(arch: Arch, approach: str, r: int) -> list[int]:
     return full_tensors(arch) if approach == "full" else lora_tensors(arch, r)
 
 
+def train_flops_per_token(arch: Arch, approach: str, r: int, seq_len: int) -> float:
+    """Model FLOPs of one training token, matmuls only (PaLM appendix B): 2 per weight of every
+    linear layer and the lm_head in the forward, as many again for the input gradients, 2 per
+    trainable weight for the weight gradients (full: all of them, so 6N; LoRA/QLoRA: the
+    adapters, so 4N + 6 x adapters), and 12 x layers x seq_len x query width for attention."""
+    matmul = linear_params(arch) + arch.vocab * arch.hidden
+    adapters = 0 if approach == "full" else sum(lora_tensors(arch, r))
+    weight_grads = matmul if approach == "full" else adapters
+    attention = 12 * arch.layers * seq_len * arch.heads * arch.dim
+    return 4 * (matmul + adapters) + 2 * weight_grads + attention
+
+
 # ---------------------------------------------------------------- bytes per component
 
 

@@ -42,6 +42,8 @@ METRIC_COLUMNS = (
     "startup_s",
     "s_per_step",
     "train_tokens_per_s",
+    "train_tflops",
+    "mfu",
     "steps",
     "tokens_seen",
     "trainable_params",
@@ -172,6 +174,8 @@ def headline(df: pd.DataFrame, gpus: list[GpuClass]) -> pd.DataFrame:
         "train_s",
         "total_s",
         "train_tokens_per_s",
+        "train_tflops",
+        "mfu",
         "trainable_params",
         "trainable_pct",
         "adapter_bytes",
@@ -243,6 +247,7 @@ def markdown_table(table: pd.DataFrame) -> str:
                 for v, ci in zip(table.train_s, table.train_s_ci, strict=True)
             ],
             "tokens/s": [_num(v, "{:.0f}") for v in table.train_tokens_per_s],
+            "model TFLOP/s": [_num(v, "{:.3g}") for v in table.train_tflops],
             "accuracy": [
                 _num(v, "{:.1%}") + _num(ci * 100, " ± {:.1f}", "")
                 for v, ci in zip(table.accuracy, table.accuracy_ci, strict=True)
@@ -257,6 +262,12 @@ def markdown_table(table: pd.DataFrame) -> str:
             "cost (USD)": [_num(v, "{:.4f}") for v in table.cost_usd],
         }
     )
+    if table.mfu.notna().any():  # on a GPU with a known peak
+        out.insert(
+            list(out.columns).index("model TFLOP/s") + 1,
+            "MFU",
+            [_num(v, "{:.1%}") for v in table.mfu],
+        )
     return out.to_markdown(index=False, disable_numparse=True)
 
 

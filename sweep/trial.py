@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any
 import psutil
 import torch
 
-from sweep import data, evaluate, ledger, methods, models, plan, record
+from sweep import data, evaluate, ledger, measure, methods, models, plan, record
 from sweep.child import LAUNCHED_ENV
 from sweep.config import Config, ConfigError, as_dict, to_config
 from sweep.measure import Meter
@@ -102,6 +103,25 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
     return out, led
 
 
+def utilisation(cfg: Config, tokens_per_s: float, seq_len: int) -> dict[str, float]:
+    """Achieved model TFLOP/s of the training loop (sweep.plan.train_flops_per_token at the
+    measured non-padding tokens/s) and, on a GPU listed in report.gpus, its MFU."""
+    if not tokens_per_s or math.isnan(tokens_per_s):
+        return {}
+    try:
+        arch = plan.arch_for_model(cfg.model)
+    except (ConfigError, ValueError, OSError):
+        return {}
+    per_token = plan.train_flops_per_token(arch, cfg.method.name, cfg.method.r, seq_len)
+    out = {"train_tflops": per_token * tokens_per_s / 1e12}
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        peak = measure.peak_tflops(name, cfg.train.precision, cfg.report.gpus)
+        if peak:
+            out["mfu"] = out["train_tflops"] / peak
+    return out
+
+
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
@@ -176,6 +196,8 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 e.every,
             )
         metrics.update(stats.metrics())
+        width = (stats.ledger.get("batch_shape") or [t.max_seq_len])[-1]
+        metrics.update(utilisation(cfg, metrics["train_tokens_per_s"], int(width)))
         result.train["loss_curve"] = stats.losses
         ledger_metrics, result.train["ledger"] = memory_ledger(cfg, stats)
         metrics.update(ledger_metrics)
@@ -231,7 +253,9 @@ def summary(result: TrialResult) -> str:
         f"accuracy   {f('accuracy', '{:.1%}')}  (untuned base {f('base_accuracy', '{:.1%}')})"
         f"  eval loss {f('eval_loss', '{:.3f}')}",
         f"loss       {f('first_loss', '{:.3f}')} -> {f('final_loss', '{:.3f}')} over {f('steps', '{}')} steps",
-        f"speed      {f('s_per_step', '{:.2f}')} s/step, {f('train_tokens_per_s', '{:.0f}')} tokens/s",
+        f"speed      {f('s_per_step', '{:.2f}')} s/step, {f('train_tokens_per_s', '{:.0f}')} tokens/s, "
+        f"{f('train_tflops', '{:.3g}')} model TFLOP/s"
+        + (f" (MFU {f('mfu', '{:.1%}')})" if m.get("mfu") is not None else ""),
         f"memory     peak host RSS {f('peak_host_rss_gib', '{:.2f}')} GiB"
         + (
             f", peak VRAM {f('peak_vram_gib', '{:.2f}')} GiB (allocator {f('peak_alloc_gib', '{:.2f}')})"

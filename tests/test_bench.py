@@ -22,7 +22,8 @@ def test_bare_loop_trains_the_same_batches_and_measures_after_warmup(tmp_path):
     assert out["train_tokens_per_s"] > 0 and out["s_per_step"] > 0
     assert out["final_loss"] < out["first_loss"]  # it really trains
     # non-padding tokens per step are at most the padded batch
-    assert out["train_tokens_per_s"] * out["s_per_step"] <= out["padded_tokens_per_step"]
+    per_step = out["train_tokens_per_s"] * out["s_per_step"]  # equal when no batch is padded
+    assert per_step <= out["padded_tokens_per_step"] * (1 + 1e-9)
 
 
 def test_one_by_one_generation_gives_the_batched_evaluators_answers():

@@ -243,3 +243,30 @@ def test_make_plan_prints_the_table(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: model 'nosuch_model_xyz': not in conf/model/")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_train_flops_per_token_by_hand() -> None:
+    # Seven linears of a 4-wide block with intermediate 8: 4 x 16 + 3 x 32 = 160 weights; tied
+    # lm_head 10 x 4 = 40: 200 matmul weights. Attention: 12 x 1 layer x 3 tokens x 4 wide = 144.
+    arch = P.Arch(
+        vocab=10, hidden=4, intermediate=8, layers=1, heads=2, kv_heads=2, tie_embeddings=True
+    )
+    assert P.train_flops_per_token(arch, "full", 0, 3) == 6 * 200 + 144
+    # LoRA r=1 adapters: (4+4) x 4 for q, k, v, o; (4+8) x 3 for gate, up, down: 68 weights.
+    assert sum(P.lora_tensors(arch, 1)) == 68
+    assert P.train_flops_per_token(arch, "lora", 1, 3) == 4 * (200 + 68) + 2 * 68 + 144
+    assert P.train_flops_per_token(arch, "qlora", 1, 3) == P.train_flops_per_token(
+        arch, "lora", 1, 3
+    )
+
+
+def test_peak_tflops_matches_the_device_name_and_precision() -> None:
+    from sweep.measure import peak_tflops
+
+    gpus = P.load_gpus()
+    assert peak_tflops("NVIDIA H200", "bf16-mixed", gpus) == 989
+    assert peak_tflops("NVIDIA H200", "fp32", gpus) == 67
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "bf16", gpus) == 312
+    assert peak_tflops("Tesla T4", "fp16-mixed", gpus) == 65
+    assert peak_tflops("NVIDIA GeForce RTX 5090", "bf16-mixed", gpus) is None
+    assert peak_tflops("NVIDIA H200", "bf16-mixed", [GpuClass(name="H200 141GB")]) is None

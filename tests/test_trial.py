@@ -1,7 +1,9 @@
 import json
 
 import pytest
+import torch
 
+from sweep import plan
 from sweep.config import compose
 from sweep.record import load
 from sweep.trial import run_trial, summary
@@ -58,6 +60,12 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
         assert m["trainable_params"] < m["total_params"]
         assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
     assert m["base_4bit"] is (method == "qlora")
+    width = rec.train["ledger"]["batch_shape"][-1]
+    arch = plan.arch_for_model(cfg.model)
+    per_token = plan.train_flops_per_token(arch, method, cfg.method.r, width)
+    assert m["train_tflops"] == pytest.approx(per_token * m["train_tokens_per_s"] / 1e12)
+    if not torch.cuda.is_available():
+        assert "mfu" not in m  # MFU needs a GPU's peak
     assert "accuracy" in summary(result)
 
 

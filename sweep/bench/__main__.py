@@ -79,6 +79,8 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
         )
         b: list[float] = []
         h: list[float] = []
+        flops: list[float] = []
+        mfu: list[float] = []
         for i in range(repeats):
             print(f"[bench] throughput {name}: round {i + 1}/{repeats}", flush=True)
             runs = [("bare", b), ("harness", h)]
@@ -86,9 +88,10 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
                 if side == "bare":
                     out.append(bare(overrides, work)["train_tokens_per_s"])
                 else:
-                    out.append(
-                        _harness(overrides, work / f"{slug(name)}-{i}")["train_tokens_per_s"]
-                    )
+                    m = _harness(overrides, work / f"{slug(name)}-{i}")
+                    out.append(m["train_tokens_per_s"])
+                    flops += [m["train_tflops"]] if m.get("train_tflops") else []
+                    mfu += [m["mfu"]] if m.get("mfu") else []
         bm, hm = statistics.median(b), statistics.median(h)
         rows.append(
             {
@@ -99,6 +102,8 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
                 "harness / bare": hm / bm,
                 "bare spread": f"{min(b):.0f}-{max(b):.0f}",
                 "harness spread": f"{min(h):.0f}-{max(h):.0f}",
+                "harness model TFLOP/s": statistics.median(flops) if flops else None,
+                **({"harness MFU": f"{statistics.median(mfu):.1%}"} if mfu else {}),
             }
         )
         print(f"[bench]   harness / bare = {rows[-1]['harness / bare']:.3f}", flush=True)
@@ -271,6 +276,7 @@ def main(argv: list[str]) -> int:
         "--repeats", type=int, default=3, help="throughput runs per side, alternating (default 3)"
     )
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    ap.add_argument("--out", default=str(OUT), help=f"where harness.md/json go (default {OUT})")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every part")
     a = ap.parse_args(argv)
     parts = set(a.only.split(","))
@@ -328,7 +334,7 @@ def main(argv: list[str]) -> int:
                     "<= 5% (CPU)",
                 )
             )
-    path = write(results)
+    path = write(results, Path(a.out))
     print("\n".join(f"[bench] {n}: {v}  (target {t})" for n, v, t in ratios), flush=True)
     print(f"[bench] written {path}", flush=True)
     return 0

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU check on a CUDA machine: the GPU tests, a default-grid sweep with its report and inference
+# block, and `make bench` throughput + eval parts, each under its own time limit; logs and
+# reports go to $OUT (default gpu-check/). Runs in the repo root with a python that has CUDA torch.
+#
+#   OUT=/tmp/gpu bash scripts/gpu_check.sh            # on a machine with the project installed
+#
+# Offline machines: a bundle of the project's other dependencies (.gpu/site.tar.xz, Python 3.12)
+# is unpacked onto PYTHONPATH when present. The packaged SmolLM2 GGUF is too large to carry, so
+# the model is SmolLM2-135M's architecture and tokenizer (.gpu/smol/) with random weights: memory,
+# time, tokens/s and MFU are those of the real model; accuracy is meaningless.
+set -uo pipefail
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false SWEEP_CACHE=/tmp/sweep-cache
+PY=${PY:-python3}
+if ! $PY -c "import mlflow, hydra, optuna" 2>/dev/null && [ -f .gpu/site.tar.xz ]; then
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpu/site.tar.xz
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+step() { echo "=== $1 ($(date +%T))"; }
+
+step environment
+{ nvidia-smi; $PY -c "import torch, transformers, peft, bitsandbytes; print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__, peft.__version__, bitsandbytes.__version__)"; } >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt" | tail -3
+
+MODEL=/tmp/smollm2-random
+$PY - "$MODEL" <<'EOF'
+import shutil, sys, torch
+from pathlib import Path
+from transformers import AutoConfig, AutoModelForCausalLM
+src, out = Path(".gpu/smol"), Path(sys.argv[1])
+if not (out / "model.safetensors").exists():
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src)).save_pretrained(out)
+    for f in src.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, out / f.name)
+print("model", out, sorted(p.name for p in out.iterdir()))
+EOF
+read -r -a EXTRA <<<"${EXTRA:-}"   # more overrides, e.g. EXTRA="train.steps=4" for a dry run
+M=(model=hf "model.name_or_path=$MODEL" "${EXTRA[@]}")
+
+PARTS=${PARTS:-sweep inference tests bench cudatests}   # which parts to run
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+
+has sweep && step "default sweep on the GPU" && timeout ${SWEEP_S:-120} $PY -m sweep run sweep=default "${M[@]}" experiment=gpu_default 2>&1 | tee "$OUT/sweep.log" | grep -v "^train\|it/s\]" | tail -25
+has sweep && { [ -f reports/gpu_default/report.md ] || timeout 30 $PY -m sweep report gpu_default >/dev/null 2>&1; }
+has inference && timeout 45 $PY -m sweep inference gpu_default 2>&1 | tail -5
+
+has tests && step "gpu tests" && timeout ${TESTS_S:-120} $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_measure.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+
+has bench && step "bench: throughput and eval" && timeout 130 $PY -m sweep.bench ${BENCH_ARGS:-} --only eval,throughput --out reports/bench-gpu "${M[@]}" 2>&1 | tee "$OUT/bench.log" | grep "^\[bench\]\|Error" | tail -20
+
+has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/test_trial.py tests/test_adapters.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
+
+step done
+tar -czf "$OUT/reports.tar.gz" reports/gpu_default reports/bench-gpu outputs/gpu_default/trials/*/result.json 2>/dev/null
+ls -la "$OUT"

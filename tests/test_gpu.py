@@ -1,0 +1,55 @@
+"""CUDA paths of a trial: device peaks from the allocator and NVML, MFU, bf16 autocast, and
+QLoRA's NF4 base with paged 8-bit AdamW. Skipped without a CUDA device; on a GPU machine the
+rest of the suite runs on the GPU as well (models go to the GPU when there is one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sweep import methods
+from sweep.config import compose
+from sweep.measure import peak_tflops
+from sweep.study import launch
+from sweep.trial import run_trial
+
+from .conftest import tiny
+
+pytestmark = pytest.mark.gpu
+GIB = 1024**3
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_trial_on_cuda_records_device_peaks_and_mfu(tmp_path, method):
+    cfg = compose(tiny(f"method={method}"))
+    bf16 = torch.cuda.is_bf16_supported()
+    assert cfg.train.precision == ("bf16-mixed" if bf16 else "fp32")  # precision=auto
+    result = run_trial(cfg, tmp_path)
+    assert result.status == "ok", result.train.get("error")
+    m = result.metrics
+    assert m["memory_kind"] == "vram" and m["peak_memory_gib"] == m["peak_vram_gib"]
+    assert 0 < m["peak_alloc_gib"] <= m["peak_reserved_gib"]
+    assert m["peak_vram_gib"] >= m["peak_alloc_gib"]  # NVML: context + everything reserved
+    assert m["cuda_context_gib"] > 0
+    # The ledger's parameters are on the device, so the allocator's peak holds them.
+    assert m["ledger_params_bytes"] / GIB <= m["peak_alloc_gib"]
+    assert m["train_tflops"] > 0
+    if peak_tflops(torch.cuda.get_device_name(), cfg.train.precision, cfg.report.gpus):
+        assert 0 < m["mfu"] < 1
+    assert m["base_4bit"] is (method == "qlora")
+    if method == "qlora":
+        assert methods.optimizer_name(cfg.method) == "paged_adamw_8bit"
+        # 8-bit states for tensors of 4096 elements or more, fp32 below: as the planner says
+        plan_bytes = m["plan_optimizer_gib"] * GIB
+        assert m["ledger_optimizer_bytes"] == pytest.approx(plan_bytes, rel=0.05)
+
+
+def test_memory_limit_caps_the_cuda_allocator_and_records_oom(tmp_path):
+    # sweep.memory_limit_gib on a GPU: the trial process's allocator is capped (a small card,
+    # simulated); a trial over the cap ends as `oom`, not as a crash of the sweep.
+    cfg = compose(tiny("method=full", "train.batch_size=64"))
+    result = launch(cfg, tmp_path / "t", 0, None, memory_limit_gib=0.002)
+    assert result.status == "oom", (result.status, result.train.get("error"))
+    assert "out of memory" in result.train["error"].lower()
+    fits = launch(cfg, tmp_path / "u", 0, None, memory_limit_gib=8)
+    assert fits.status == "ok", fits.train.get("error")
