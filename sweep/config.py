@@ -128,6 +128,10 @@ class TrainConfig:
     seed: int = 0
     measure_warmup_steps: int = 2
     diverge_factor: float = 10.0
+    loss_logits: str = "answer"
+
+
+LOSS_LOGITS = ("answer", "all")
 
 
 @dataclass
@@ -373,6 +377,9 @@ def validate(cfg: Config) -> None:
         t.measure_warmup_steps,
     )
     _require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
+    _require(
+        t.loss_logits in LOSS_LOGITS, "train.loss_logits", f"one of {LOSS_LOGITS}", t.loss_logits
+    )
     _require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
     _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
     _require(e.max_new_tokens >= 1, "eval.max_new_tokens", "an integer >= 1", e.max_new_tokens)

@@ -160,8 +160,16 @@ def encode(tok: Any, ex: Example, max_len: int, system_prompt: str | None) -> di
     return {"input_ids": ids[cut:][:max_len], "labels": labels[cut:][:max_len]}
 
 
-def collate(pad_id: int) -> Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]]:
-    """Right-pad a batch; padding is masked in attention and ignored by the loss."""
+def collate(
+    pad_id: int, answer_logits: bool = False
+) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
+    """Right-pad a batch; padding is masked in attention and ignored by the loss.
+
+    answer_logits (train.loss_logits=answer): the model computes logits only from the position
+    before the batch's first answer token on (`logits_to_keep`, labels cut to match). Prompt
+    positions carry no loss, so the loss and its gradients are the same, without the lm_head
+    and the cross-entropy over the prompt (a 49k-word vocabulary makes that a fifth of the step).
+    """
 
     def fn(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(b["input_ids"]) for b in batch)
@@ -173,6 +181,12 @@ def collate(pad_id: int) -> Callable[[list[dict[str, list[int]]]], dict[str, tor
             ids[i, :n] = torch.tensor(b["input_ids"])
             labels[i, :n] = torch.tensor(b["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        out: dict[str, Any] = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        answer = (labels != IGNORE).any(0).nonzero()
+        if answer_logits and len(answer):
+            start = max(int(answer[0]) - 1, 0)
+            out["labels"] = labels[:, start:]
+            out["logits_to_keep"] = width - start
+        return out
 
     return fn

@@ -131,13 +131,20 @@ def eval_loss(
     """Mean cross-entropy per answer token on the eval examples (teacher forcing)."""
     device = next(model.parameters()).device
     rows = [encode(tok, ex, max_len, system_prompt) for ex in examples]
-    pad = collate(tok.pad_token_id)
+    pad = collate(tok.pad_token_id, answer_logits=True)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in pad(rows[start : start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch = {
+            k: v.to(device) if torch.is_tensor(v) else v
+            for k, v in pad(rows[start : start + batch_size]).items()
+        }
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=batch.get("logits_to_keep", 0),
+        ).logits
         labels = batch["labels"][:, 1:]
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"

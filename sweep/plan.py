@@ -112,6 +112,7 @@ class Settings:
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash / memory-efficient: no probabilities kept) | eager
     padded: bool = True  # a batch with padding: SDPA then keeps an additive mask in every block
+    logits_len: int = 0  # positions per sequence with logits (train.loss_logits=answer); 0: seq_len
     cuda_context_gib: float = 0.5
     fragmentation: float = 0.10  # allocator slack, as a fraction of the allocated peak
 
@@ -156,12 +157,15 @@ def trainable_tensors(arch: Arch, approach: str, r: int) -> list[int]:
     return full_tensors(arch) if approach == "full" else lora_tensors(arch, r)
 
 
-def train_flops_per_token(arch: Arch, approach: str, r: int, seq_len: int) -> float:
+def train_flops_per_token(
+    arch: Arch, approach: str, r: int, seq_len: int, logits_share: float = 1.0
+) -> float:
     """Model FLOPs of one training token, matmuls only (PaLM appendix B): 2 per weight of every
     linear layer and the lm_head in the forward, as many again for the input gradients, 2 per
     trainable weight for the weight gradients (full: all of them, so 6N; LoRA/QLoRA: the
-    adapters, so 4N + 6 x adapters), and 12 x layers x seq_len x query width for attention."""
-    matmul = linear_params(arch) + arch.vocab * arch.hidden
+    adapters, so 4N + 6 x adapters), and 12 x layers x seq_len x query width for attention.
+    The lm_head counts on the share of positions that have logits (train.loss_logits)."""
+    matmul = linear_params(arch) + arch.vocab * arch.hidden * logits_share
     adapters = 0 if approach == "full" else sum(lora_tensors(arch, r))
     weight_grads = matmul if approach == "full" else adapters
     attention = 12 * arch.layers * seq_len * arch.heads * arch.dim
@@ -302,8 +306,9 @@ def weight_copy_bytes(arch: Arch, s: Settings, approach: str, r: int) -> float:
 
 def loss_bytes(arch: Arch, s: Settings) -> float:
     """Three fp32 batch x seq x vocab tensors at the start of the backward: the log-probabilities
-    cross-entropy saved (logits are upcast to fp32 first), their gradient and the logits'."""
-    return 3 * 4 * s.batch_size * s.seq_len * arch.vocab
+    cross-entropy saved (logits are upcast to fp32 first), their gradient and the logits'; seq
+    is the positions that have logits (logits_len when set)."""
+    return 3 * 4 * s.batch_size * (s.logits_len or s.seq_len) * arch.vocab
 
 
 def residual_bytes(approach: str, mode: str) -> int:
@@ -566,6 +571,8 @@ def check_settings(s: Settings) -> None:
     _require(s.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", s.precision)
     _require(s.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", s.optimizer)
     _require(s.attention in ATTENTIONS, "attention", f"one of {ATTENTIONS}", s.attention)
+    ll = s.logits_len
+    _require(isinstance(ll, int) and ll >= 0, "logits_len", "an integer >= 0 (0: seq_len)", ll)
     gc = s.gradient_checkpointing
     _require(isinstance(gc, bool), "gradient_checkpointing", "true or false", gc)
     ctx = s.cuda_context_gib

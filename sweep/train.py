@@ -135,6 +135,8 @@ class LedgerCallback(TrainerCallback):
                 self.stats.ledger["batch_shape"] = list(ids.shape)
                 mask = kwargs.get("attention_mask")  # padded batch: SDPA keeps a mask per block
                 self.stats.ledger["padded"] = bool(mask is not None and (mask == 0).any())
+                keep = kwargs.get("logits_to_keep")  # train.loss_logits=answer: logits kept
+                self.stats.ledger["logits_width"] = int(keep or ids.shape[-1])
 
         self._hook = model.register_forward_pre_hook(shape, with_kwargs=True)
 

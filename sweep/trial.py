@@ -96,6 +96,7 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
             arch = plan.arch_for_model(cfg.model)
             s = plan.trial_settings(cfg, cuda, seq_len=int(shape[-1]))
             s.padded = bool(led.get("padded", True))
+            s.logits_len = int(led.get("logits_width") or 0)
             saved = plan.saved_activation_bytes(arch, s, cfg.method.name, cfg.method.r)
             out["plan_saved_activations_gib"] = saved / plan.GIB
     except (ConfigError, ValueError, TypeError) as exc:
@@ -103,7 +104,9 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
     return out, led
 
 
-def utilisation(cfg: Config, tokens_per_s: float, seq_len: int) -> dict[str, float]:
+def utilisation(
+    cfg: Config, tokens_per_s: float, seq_len: int, logits_share: float = 1.0
+) -> dict[str, float]:
     """Achieved model TFLOP/s of the training loop (sweep.plan.train_flops_per_token at the
     measured non-padding tokens/s) and, on a GPU listed in report.gpus, its MFU."""
     if not tokens_per_s or math.isnan(tokens_per_s):
@@ -112,7 +115,9 @@ def utilisation(cfg: Config, tokens_per_s: float, seq_len: int) -> dict[str, flo
         arch = plan.arch_for_model(cfg.model)
     except (ConfigError, ValueError, OSError):
         return {}
-    per_token = plan.train_flops_per_token(arch, cfg.method.name, cfg.method.r, seq_len)
+    per_token = plan.train_flops_per_token(
+        arch, cfg.method.name, cfg.method.r, seq_len, logits_share
+    )
     out = {"train_tflops": per_token * tokens_per_s / 1e12}
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
@@ -188,7 +193,7 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 model,
                 tok,
                 rows,
-                data.collate(tok.pad_token_id),
+                data.collate(tok.pad_token_id, t.loss_logits == "answer"),
                 cfg.method,
                 t,
                 str(out / "trainer"),
@@ -196,8 +201,9 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 e.every,
             )
         metrics.update(stats.metrics())
-        width = (stats.ledger.get("batch_shape") or [t.max_seq_len])[-1]
-        metrics.update(utilisation(cfg, metrics["train_tokens_per_s"], int(width)))
+        width = int((stats.ledger.get("batch_shape") or [t.max_seq_len])[-1])
+        share = int(stats.ledger.get("logits_width") or width) / width
+        metrics.update(utilisation(cfg, metrics["train_tokens_per_s"], width, share))
         result.train["loss_curve"] = stats.losses
         ledger_metrics, result.train["ledger"] = memory_ledger(cfg, stats)
         metrics.update(ledger_metrics)

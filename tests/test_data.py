@@ -39,6 +39,42 @@ def test_collate_pads_right_and_masks_padding(tok):
     assert (batch["labels"][0, n0:] == data.IGNORE).all()
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_answer_logits_give_the_same_loss_and_gradients(tok, method):
+    # train.loss_logits=answer: logits only from the token before the first answer token on;
+    # prompt positions carry no loss, so loss and gradients equal those of full logits.
+    import torch
+
+    from sweep import methods
+
+    from .conftest import tiny
+
+    cfg = compose(tiny(f"method={method}", "train.precision=fp32"))
+    path = models.resolve(cfg.model, cfg.cache_dir)
+    torch.manual_seed(0)
+    model = methods.apply(models.load_model(path, torch.float32, False), cfg.method, cfg.train)
+    rows = [
+        data.encode(tok, data.Example("What is 12 + 7?", "19"), 64, None),
+        data.encode(tok, data.Example("What is 3 + 45 + 2?", "50"), 64, None),
+    ]
+    full = data.collate(tok.pad_token_id)(rows)
+    cut = data.collate(tok.pad_token_id, answer_logits=True)(rows)
+    width, keep = full["input_ids"].shape[1], cut["logits_to_keep"]
+    first = min(r["labels"].index(next(x for x in r["labels"] if x != data.IGNORE)) for r in rows)
+    assert keep == width - (first - 1) and cut["labels"].shape == (2, keep)
+    assert torch.equal(cut["labels"], full["labels"][:, width - keep :])
+    grads = []
+    for batch in (full, cut):
+        model.zero_grad()
+        out = model(**batch)
+        assert out.logits.shape[1] == (keep if "logits_to_keep" in batch else width)
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        grads[-1].insert(0, out.loss.detach())
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_reasoning_gym_task_is_deterministic_and_eval_is_held_out():
     cfg = compose([]).dataset
     a, b = data.load_task(cfg, 64, 16), data.load_task(cfg, 64, 16)

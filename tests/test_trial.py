@@ -61,8 +61,10 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
         assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
     assert m["base_4bit"] is (method == "qlora")
     width = rec.train["ledger"]["batch_shape"][-1]
+    share = rec.train["ledger"]["logits_width"] / width  # train.loss_logits=answer
+    assert 0 < share < 1
     arch = plan.arch_for_model(cfg.model)
-    per_token = plan.train_flops_per_token(arch, method, cfg.method.r, width)
+    per_token = plan.train_flops_per_token(arch, method, cfg.method.r, width, share)
     assert m["train_tflops"] == pytest.approx(per_token * m["train_tokens_per_s"] / 1e12)
     if not torch.cuda.is_available():
         assert "mfu" not in m  # MFU needs a GPU's peak

@@ -72,7 +72,10 @@ def run(cfg: Config) -> dict[str, Any]:
     # the order Trainer draws with data_seed (accelerate's seedable sampler): same batches
     order = RandomSampler(rows, generator=torch.Generator().manual_seed(t.seed))
     loader = DataLoader(
-        rows, batch_size=t.batch_size, sampler=order, collate_fn=data.collate(tok.pad_token_id)
+        rows,
+        batch_size=t.batch_size,
+        sampler=order,
+        collate_fn=data.collate(tok.pad_token_id, t.loss_logits == "answer"),
     )
     dev = models.device()
     autocast = (
@@ -85,7 +88,7 @@ def run(cfg: Config) -> dict[str, Any]:
     sync()
     mark = time.perf_counter()
     for batch in loader:
-        batch = {k: v.to(dev) for k, v in batch.items()}
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast:
             loss = model(**batch).loss
         loss.backward()

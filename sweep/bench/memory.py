@@ -51,6 +51,7 @@ def measure(model: str, seq_len: int, approach: list[str], out: Path) -> dict[st
         "eval.base=false",
         "eval.max_new_tokens=1",
         "train.precision=fp32",
+        "train.loss_logits=all",  # logits at every position, as the published tables assume
         f"dataset.task_args.min_terms={max(2, seq_len // 12)}",
         f"dataset.task_args.max_terms={max(2, seq_len // 12)}",
     ]

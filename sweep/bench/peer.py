@@ -140,7 +140,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
         model_init=model_init,
         args=args,
         train_dataset=rows,
-        data_collator=data.collate(tok.pad_token_id),
+        data_collator=data.collate(tok.pad_token_id),  # logits everywhere, as Trainer users get
         processing_class=tok,
         task=task,
         cfg=first,
