@@ -88,6 +88,32 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
     assert results["sweep"]["harness_s"] > 0 and results["sweep"]["peer_s"] > 0
     assert all(t["peer train_s"] > 0 and t["peer eval_s"] > 0 for t in results["trials"])
     assert all(r["repeats"] == 2 for r in results["throughput"])
+    s = results["sweep"]  # ABBA: two runs per side, the ratio of the sums
+    assert s["rounds"] == 2 and len(s["harness_walls_s"]) == len(s["peer_walls_s"]) == 2
+    assert s["harness / peer"] == pytest.approx(sum(s["harness_walls_s"]) / sum(s["peer_walls_s"]))
+
+
+def test_a_partial_run_keeps_the_other_parts_of_the_last_run(tmp_path):
+    from sweep.bench.__main__ import keep_previous
+
+    old = {
+        "date": "then",
+        "overrides": ["a=1"],
+        "throughput": [{"approach": "full"}],
+        "throughput_steps": 12,
+        "warmup_steps": 2,
+        "eval": {"prompts": 40},
+        "ratios": [["4. eval", "5x", ">1"], ["1. training, full", "1.0", ">= 0.97"]],
+    }
+    (tmp_path / "harness.json").write_text(json.dumps(old))
+    new = {"date": "now", "overrides": ["a=1"], "ratios": [["2. sweep", "0.9", "<= 1.0"]]}
+    keep_previous(new, {"sweep", "eval"}, tmp_path / "harness.json")
+    assert new["throughput"] == [{"approach": "full"}] and "eval" not in new
+    assert [r[0] for r in new["ratios"]] == ["2. sweep", "1. training, full"]
+    assert new["kept"] == {"throughput": "then"}
+    other = {"date": "now", "overrides": ["a=2"], "ratios": []}
+    keep_previous(other, {"sweep"}, tmp_path / "harness.json")  # other overrides: nothing kept
+    assert "throughput" not in other and other["ratios"] == []
 
 
 def test_a_bad_override_is_one_line_before_anything_runs():

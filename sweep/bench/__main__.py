@@ -44,6 +44,12 @@ APPROACHES = {
     "qlora r=16": ["method=qlora", "method.r=16"],
 }
 PARTS = ("eval", "throughput", "sweep")
+# What each part writes into the results, and the prefix of its ratios' names.
+PART_KEYS = {
+    "eval": (["eval"], ("4.",)),
+    "throughput": (["throughput", "throughput_steps", "warmup_steps"], ("1.",)),
+    "sweep": (["sweep", "trials", "overhead"], ("2.", "3.")),
+}
 OUT = Path("reports/bench")
 
 
@@ -124,23 +130,46 @@ def _timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
     return wall
 
 
-def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Wall time of the sweep and of the Trainer.hyperparameter_search peer, each a fresh
-    process; the harness pays for its untuned-base evaluation (cache cleared first)."""
+def _harness_sweep(user: list[str], out: Path) -> tuple[float, list[Any]]:
+    """One harness sweep in a fresh process and store; the untuned-base cache cleared first, so
+    it pays for that evaluation as on a fresh machine. Returns its wall time and records."""
     cfg = compose(user)
-    out = work / "sweep"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
     out.mkdir(parents=True, exist_ok=True)
-    common = [f"output_dir={out / 'outputs'}", f"report.dir={out / 'reports'}", *user]
     for f in Path(cfg.cache_dir, "base_accuracy").glob("*.json"):
-        f.unlink()  # the harness computes the untuned base accuracy, as on a fresh machine
-    print("[bench] sweep: harness (python -m sweep run)", flush=True)
-    harness_s = _timed([sys.executable, "-m", "sweep", "run", *common], env, out / "harness.log")
-    print("[bench] sweep: Trainer.hyperparameter_search peer (one process)", flush=True)
-    peer_log = out / "peer.log"
-    peer_s = _timed([sys.executable, "-m", "sweep.bench.peer", *common], env, peer_log)
-    peer = json.loads(peer_log.read_text().strip().splitlines()[-1])
-    records = [record.load(p) for p in sorted((out / "outputs").glob("*/trials/*/result.json"))]
+        f.unlink()
+    common = [f"output_dir={out / 'outputs'}", f"report.dir={out / 'reports'}", *user]
+    wall = _timed([sys.executable, "-m", "sweep", "run", *common], env, out / "harness.log")
+    return wall, [record.load(p) for p in sorted((out / "outputs").glob("*/trials/*/result.json"))]
+
+
+def _peer_sweep(user: list[str], out: Path) -> tuple[float, dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "peer.log"
+    wall = _timed([sys.executable, "-m", "sweep.bench.peer", *user], dict(os.environ), log)
+    return wall, json.loads(log.read_text().strip().splitlines()[-1])
+
+
+def sweep_vs_peer(
+    user: list[str], work: Path, rounds: int = 2
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Wall time of the sweep and of the Trainer.hyperparameter_search peer, each a fresh
+    process, `rounds` times each in ABBA order (harness, peer, peer, harness, ...): a machine
+    that drifts faster or slower over the half hour weighs on both sides alike. The ratio is of
+    the summed wall times; the per-trial table is the first round's."""
+    walls: dict[str, list[float]] = {"harness": [], "peer": []}
+    records: list[Any] = []
+    peer: dict[str, Any] = {}
+    for i in range(rounds):
+        for side in ("harness", "peer") if i % 2 == 0 else ("peer", "harness"):
+            print(f"[bench] sweep round {i + 1}/{rounds}: {side}", flush=True)
+            if side == "harness":
+                wall, recs = _harness_sweep(user, work / f"sweep-{i}")
+                records = records or recs
+            else:
+                wall, result = _peer_sweep(user, work / f"peer-{i}")
+                peer = peer or result
+            walls[side].append(wall)
     trials = [
         {
             "trial": r.run.get("label"),
@@ -163,9 +192,12 @@ def sweep_vs_peer(user: list[str], work: Path) -> tuple[dict[str, Any], list[dic
         for r in records
     ]
     summary = {
-        "harness_s": harness_s,
-        "peer_s": peer_s,
-        "harness / peer": harness_s / peer_s,
+        "rounds": rounds,
+        "harness_walls_s": walls["harness"],
+        "peer_walls_s": walls["peer"],
+        "harness_s": sum(walls["harness"]),
+        "peer_s": sum(walls["peer"]),
+        "harness / peer": sum(walls["harness"]) / sum(walls["peer"]),
         "trials_wall_s": sum(t["trial_wall_s"] or 0 for t in trials),
         "harness_train_s": sum(t["train_phase_s"] or 0 for t in trials),
         "peer_train_s": sum(t["peer train_s"] or 0 for t in trials),
@@ -192,6 +224,25 @@ def overhead(trials: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+RATIO_ORDER = ["4.", "1.", "2.", "3."]
+
+
+def keep_previous(results: dict[str, Any], parts: set[str], previous: Path) -> None:
+    """Carry over the parts not run this time from the last run at the same overrides, so that
+    `--only sweep` refreshes one part of the reference results and keeps the others."""
+    if not previous.exists():
+        return
+    old = json.loads(previous.read_text())
+    if old.get("overrides") != results["overrides"]:
+        return
+    for part, (keys, prefixes) in PART_KEYS.items():
+        if part in parts or not all(k in old for k in keys):
+            continue
+        results.update({k: old[k] for k in keys})
+        results["ratios"] += [r for r in old["ratios"] if r[0].startswith(prefixes)]
+        results.setdefault("kept", {})[part] = old.get("date")
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     import pandas as pd
 
@@ -209,7 +260,8 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
         f"Measured {results['date']} on {env.get('cpu')} x {env.get('cpu_count')} "
         f"({env.get('device')}, {env.get('device_name')}); torch {env['versions'].get('torch')}, "
         f"transformers {env['versions'].get('transformers')}. Overrides: "
-        f"`{' '.join(results['overrides']) or '(defaults)'}`. Regenerate with `make bench`.",
+        f"`{' '.join(results['overrides']) or '(defaults)'}`. Regenerate with `make bench`."
+        + "".join(f" Part {p}: from the run of {d}." for p, d in results.get("kept", {}).items()),
         "",
         "| comparison | ratio | target |",
         "|---|---|---|",
@@ -236,12 +288,16 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
             '## 2. Sweep wall time: harness vs Trainer.hyperparameter_search(backend="optuna")',
             "",
             f"Harness (`python -m sweep run`: trials in fresh processes, untuned-base evaluation, "
-            f"MLflow tracking, records, adapters, report): {s['harness_s']:.0f} s. Peer (one "
-            f"process, `model_init` per trial, same steps and generation accuracy, nothing "
-            f"recorded): {s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}. The training "
-            f"loops alone (the same Trainer on the same batches): harness "
-            f"{s['harness_train_s']:.0f} s, peer {s['peer_train_s']:.0f} s; the harness ran "
-            "first.",
+            f"MLflow tracking, records, adapters, report) against the peer (one process, "
+            f"`model_init` per trial, same steps and generation accuracy, nothing recorded), "
+            f"{s.get('rounds', 1)} run(s) each in ABBA order (harness, peer, peer, harness): "
+            f"harness {' + '.join(f'{w:.0f}' for w in s.get('harness_walls_s', [s['harness_s']]))}"
+            f" = {s['harness_s']:.0f} s, peer "
+            f"{' + '.join(f'{w:.0f}' for w in s.get('peer_walls_s', [s['peer_s']]))} = "
+            f"{s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}. Per trial, first round: the "
+            f"training loops took {s['harness_train_s']:.0f} s (harness: logits only where the "
+            f"loss is, `train.loss_logits=answer`) and {s['peer_train_s']:.0f} s (peer: a plain "
+            "Trainer, logits everywhere).",
             "",
             _table(results["trials"]),
             "",
@@ -276,6 +332,9 @@ def main(argv: list[str]) -> int:
         "--repeats", type=int, default=3, help="throughput runs per side, alternating (default 3)"
     )
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    ap.add_argument(
+        "--sweep-rounds", type=int, default=2, help="sweep runs per side, ABBA order (default 2)"
+    )
     ap.add_argument("--out", default=str(OUT), help=f"where harness.md/json go (default {OUT})")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every part")
     a = ap.parse_args(argv)
@@ -318,7 +377,7 @@ def main(argv: list[str]) -> int:
                     )
                 )
         if "sweep" in parts:
-            results["sweep"], results["trials"] = sweep_vs_peer(a.overrides, work)
+            results["sweep"], results["trials"] = sweep_vs_peer(a.overrides, work, a.sweep_rounds)
             results["overhead"] = overhead(results["trials"])
             ratios.append(
                 (
@@ -334,6 +393,8 @@ def main(argv: list[str]) -> int:
                     "<= 5% (CPU)",
                 )
             )
+    keep_previous(results, parts, Path(a.out) / "harness.json")
+    ratios.sort(key=lambda r: RATIO_ORDER.index(r[0][:2]))
     path = write(results, Path(a.out))
     print("\n".join(f"[bench] {n}: {v}  (target {t})" for n, v, t in ratios), flush=True)
     print(f"[bench] written {path}", flush=True)
