@@ -160,6 +160,11 @@ def encode(tok: Any, ex: Example, max_len: int, system_prompt: str | None) -> di
     return {"input_ids": ids[cut:][:max_len], "labels": labels[cut:][:max_len]}
 
 
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """A collated batch on `device` (its tensors; `logits_to_keep` is a plain int)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def collate(
     pad_id: int, answer_logits: bool = False
 ) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
@@ -182,8 +187,8 @@ def collate(
             labels[i, :n] = torch.tensor(b["labels"])
             mask[i, :n] = 1
         out: dict[str, Any] = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        answer = (labels != IGNORE).any(0).nonzero()
-        if answer_logits and len(answer):
+        answer = (labels != IGNORE).any(0).nonzero() if answer_logits else []
+        if len(answer):
             start = max(int(answer[0]) - 1, 0)
             out["labels"] = labels[:, start:]
             out["logits_to_keep"] = width - start

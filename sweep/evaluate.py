@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sweep.data import IGNORE, Example, Task, collate, encode, prompt_ids
+from sweep.data import IGNORE, Example, Task, collate, encode, prompt_ids, to_device
 
 
 def extract_answer(text: str) -> str:
@@ -136,10 +136,7 @@ def eval_loss(
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = {
-            k: v.to(device) if torch.is_tensor(v) else v
-            for k, v in pad(rows[start : start + batch_size]).items()
-        }
+        batch = to_device(pad(rows[start : start + batch_size]), device)
         logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

@@ -28,7 +28,6 @@ import torch
 from sweep import data, evaluate, ledger, measure, methods, models, plan, record
 from sweep.child import LAUNCHED_ENV
 from sweep.config import Config, ConfigError, as_dict, to_config
-from sweep.measure import Meter
 from sweep.record import TrialResult, run_info
 from sweep.train import train
 
@@ -157,7 +156,7 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
     result = TrialResult(run=run_info(cfg), meta=record.environment())
     metrics: dict[str, Any] = {"startup_s": time.time() - _launched()}
     result.train = {"status": "failed", "error": None, "metrics": metrics}
-    meter = Meter()
+    meter = measure.Meter()
     stats = None
     try:
         meter.start_device()

@@ -131,3 +131,11 @@ def test_a_bad_override_is_one_line_before_anything_runs():
     assert out.stderr.strip().splitlines() == [
         "error: method.r=0 is not allowed; expected an integer >= 1"
     ]
+
+
+@pytest.mark.parametrize("arg", [["--sweep-rounds", "0"], ["--repeats", "-1"], ["--steps", "x"]])
+def test_counts_below_one_are_refused_before_anything_runs(arg, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*arg, "--only", "sweep"])
+    assert exc.value.code == 2
+    assert "expected an integer >= 1" in capsys.readouterr().err

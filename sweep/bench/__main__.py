@@ -325,15 +325,30 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
     return path
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1, else one clear line."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected an integer >= 1")
+    return int(text)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="throughput trials' steps (default 12)")
     ap.add_argument(
-        "--repeats", type=int, default=3, help="throughput runs per side, alternating (default 3)"
+        "--steps", type=_positive, default=12, help="throughput trials' steps (default 12)"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=_positive,
+        default=3,
+        help="throughput runs per side, alternating (default 3)",
     )
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument(
-        "--sweep-rounds", type=int, default=2, help="sweep runs per side, ABBA order (default 2)"
+        "--sweep-rounds",
+        type=_positive,
+        default=2,
+        help="sweep runs per side, ABBA order (default 2)",
     )
     ap.add_argument("--out", default=str(OUT), help=f"where harness.md/json go (default {OUT})")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every part")

@@ -88,7 +88,7 @@ def run(cfg: Config) -> dict[str, Any]:
     sync()
     mark = time.perf_counter()
     for batch in loader:
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = data.to_device(batch, dev)
         with autocast:
             loss = model(**batch).loss
         loss.backward()
