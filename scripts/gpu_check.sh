@@ -41,7 +41,7 @@ EOF
 read -r -a EXTRA <<<"${EXTRA:-}"   # more overrides, e.g. EXTRA="train.steps=4" for a dry run
 M=(model=hf "model.name_or_path=$MODEL" "${EXTRA[@]}")
 
-PARTS=${PARTS:-sweep inference tests bench cudatests}   # which parts to run
+PARTS=${PARTS:-sweep inference tests bench mfu cudatests}   # which parts to run
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 
@@ -51,10 +51,33 @@ has inference && timeout 45 $PY -m sweep inference gpu_default 2>&1 | tail -5
 
 has tests && step "gpu tests" && timeout ${TESTS_S:-120} $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_measure.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
 
-has bench && step "bench: throughput and eval" && timeout 130 $PY -m sweep.bench ${BENCH_ARGS:-} --only eval,throughput --out reports/bench-gpu "${M[@]}" 2>&1 | tee "$OUT/bench.log" | grep "^\[bench\]\|Error" | tail -20
+# make bench, one part at a time (each keeps the parts already written): BENCH_ONLY="throughput sweep"
+for part in ${BENCH_ONLY:-eval throughput}; do
+  has bench && step "bench: $part" && timeout ${BENCH_S:-130} $PY -m sweep.bench ${BENCH_ARGS:-} --only "$part" --out reports/bench-gpu "${M[@]}" 2>&1 | tee -a "$OUT/bench.log" | grep "^\[bench\]\|Error" | tail -20
+done
+
+# MFU where the GPU has work to do: batch 16 x 512 tokens (long prompts, short answers)
+if has mfu; then
+  step "MFU at batch 16 x 512 tokens"
+  $PY - <<'EOF'
+import json, random
+rng = random.Random(0)
+words = "the of and to in is was for on that with as by at from it his an were are which this".split()
+with open("/tmp/long.jsonl", "w") as f:
+    for _ in range(400):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        filler = " ".join(rng.choice(words) for _ in range(520))
+        f.write(json.dumps({"prompt": f"{filler}\nWhat is {a} + {b}?", "answer": str(a + b)}) + "\n")
+EOF
+  for m in full lora qlora; do
+    timeout ${MFU_S:-40} $PY -m sweep trial "method=$m" "${M[@]}" dataset=file dataset.path=/tmp/long.jsonl \
+      train.batch_size=16 train.max_seq_len=512 train.steps=20 eval.size=4 eval.base=false experiment=gpu_mfu \
+      2>&1 | tee -a "$OUT/mfu.log" | grep "trial \|^speed\|^memory\|rror"
+  done
+fi
 
 has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/test_trial.py tests/test_adapters.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
 
 step done
-tar -czf "$OUT/reports.tar.gz" reports/gpu_default reports/bench-gpu outputs/gpu_default/trials/*/result.json 2>/dev/null
+tar -czf "$OUT/reports.tar.gz" reports/gpu_default reports/bench-gpu outputs/gpu_*/*/*/result.json 2>/dev/null
 ls -la "$OUT"

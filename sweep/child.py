@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 LAUNCHED_ENV = "SWEEP_TRIAL_LAUNCHED"  # when the sweep asked for this trial's process (epoch s)
+CPUS_ENV = "SWEEP_CPUS"  # the CPU cores trial processes run on, e.g. "0-7" (unset: all)
 
 
 def gpu_present() -> bool:
@@ -129,6 +130,29 @@ def enter(cwd: str, env: dict[str, str], memory_limit_gib: float = 0.0) -> None:
     os.environ.clear()
     os.environ.update(env)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get(CPUS_ENV):
+        pin_cpus(parse_cpus(os.environ[CPUS_ENV]))
+
+
+def parse_cpus(spec: str) -> set[int]:
+    """CPU cores from "0-3,6" (the taskset/cgroup list format)."""
+    try:
+        cpus: set[int] = set()
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"{CPUS_ENV}={spec!r} is not allowed; expected cores like 0-3,6") from None
+    return cpus
+
+
+def pin_cpus(cpus: set[int]) -> None:
+    """Run this process on `cpus` only, with one torch thread per core: two workers on one
+    machine then do not fight over cores (SWEEP_CPUS=0-7 on one, 8-15 on the other)."""
+    os.sched_setaffinity(0, cpus)
+    import torch
+
+    torch.set_num_threads(len(cpus))
 
 
 def trial_child(

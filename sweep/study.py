@@ -221,8 +221,10 @@ def launch(
     timeout_s: int,
     pruning: tuple[str, str, int] | None = None,
     memory_limit_gib: float = 0.0,
+    env: dict[str, str] | None = None,
 ) -> TrialResult:
-    """Run one trial in a fresh process and return its record (a failed one if it left none)."""
+    """Run one trial in a fresh process and return its record (a failed one if it left none);
+    `env` adds to the environment it gets."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(as_dict(trial_cfg), indent=2))
     result_file = trial_dir / "result.json"
@@ -230,7 +232,13 @@ def launch(
     # the storage URL travels in memory, never on a command line: it may hold a password
     proc = trial_context().Process(
         target=trial_child,
-        args=(str(trial_dir), os.getcwd(), launch_env(), pruning, memory_limit_gib),
+        args=(
+            str(trial_dir),
+            os.getcwd(),
+            {**launch_env(), **(env or {})},
+            pruning,
+            memory_limit_gib,
+        ),
         name=f"trial {trial_dir.name}",
     )
     start = time.perf_counter()

@@ -11,6 +11,7 @@ tokens/s exclude the first `measure_warmup_steps` steps and any periodic evaluat
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,11 +45,14 @@ class TrainStats:
 
     def metrics(self) -> dict[str, Any]:
         n = self.measured_steps
+        measured = self.step_s[len(self.step_s) - n :] if n else []
         return {
             "steps": self.steps,
             "tokens_seen": self.tokens_seen,
             "train_s": self.measured_s,
             "s_per_step": self.measured_s / n if n else math.nan,
+            # robust to a slow step or two (a neighbour on the machine, a GC pause)
+            "s_per_step_median": statistics.median(measured) if measured else math.nan,
             "train_tokens_per_s": self.measured_tokens / self.measured_s
             if self.measured_s
             else math.nan,

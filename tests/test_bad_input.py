@@ -86,3 +86,16 @@ def test_report_for_unknown_experiment(capsys):
 
 def test_missing_required_model_path(capsys):
     assert "model.name_or_path" in _error(capsys, "check", "model=hf")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("0-x", "SWEEP_CPUS='0-x' is not allowed; expected cores like 0-3,6"),
+        ("4096", "SWEEP_CPUS='4096': no core(s) [4096] here; allowed: "),
+    ],
+)
+def test_bad_sweep_cpus_is_refused_before_any_trial(capsys, monkeypatch, tmp_path, spec, expected):
+    monkeypatch.setenv("SWEEP_CPUS", spec)
+    assert expected in _error(capsys, "run", "sweep=smoke", "model=tiny_llama")
+    assert not (tmp_path / "outputs").exists()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from sweep.child import GPU_PRELOAD, preload_modules
 
@@ -25,3 +28,29 @@ def test_gpu_preload_never_imports_bitsandbytes():
 def test_preload_on_cpu_is_the_whole_trial_module():
     assert preload_modules(False) == ["sweep.trial", "reasoning_gym"]
     assert preload_modules(True) == GPU_PRELOAD and "sweep.trial" not in GPU_PRELOAD
+
+
+def test_sweep_cpus_pins_a_trial_process_and_its_torch_threads():
+    import multiprocessing
+
+    from sweep.child import CPUS_ENV, parse_cpus
+
+    assert parse_cpus("0-2,5") == {0, 1, 2, 5}
+    with pytest.raises(ValueError, match="expected cores like 0-3,6"):
+        parse_cpus("0-x")
+    core = min(os.sched_getaffinity(0))
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_report_pinning, args=(q, {**os.environ, CPUS_ENV: str(core)}))
+    p.start()
+    assert q.get(timeout=60) == ({core}, 1)
+    p.join()
+
+
+def _report_pinning(q, env):  # noqa: ANN001, ANN202
+    import torch
+
+    from sweep.child import enter
+
+    enter(os.getcwd(), env)
+    q.put((os.sched_getaffinity(0), torch.get_num_threads()))

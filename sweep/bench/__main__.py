@@ -29,13 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sweep import record
 from sweep.bench import bare_loop, eval_speed
-from sweep.child import trial_context
-from sweep.config import ConfigError, as_dict, compose
+from sweep.child import CPUS_ENV, gpu_present, trial_context
+from sweep.config import Config, ConfigError, as_dict, compose
 from sweep.study import launch, merge_overrides
 
 APPROACHES = {
@@ -43,23 +44,28 @@ APPROACHES = {
     "lora r=16": ["method=lora", "method.r=16"],
     "qlora r=16": ["method=qlora", "method.r=16"],
 }
-PARTS = ("eval", "throughput", "sweep")
+PARTS = ("eval", "throughput", "step", "sweep")
 # What each part writes into the results, and the prefix of its ratios' names.
 PART_KEYS = {
     "eval": (["eval"], ("4.",)),
-    "throughput": (["throughput", "throughput_steps", "warmup_steps"], ("1.",)),
+    "throughput": (
+        ["throughput", "throughput_steps", "warmup_steps", "pairing"],
+        ("1.",),
+    ),
+    "step": (["step_cost"], ()),
     "sweep": (["sweep", "trials", "overhead"], ("2.", "3.")),
 }
 OUT = Path("reports/bench")
 
 
-def bare(cfg_overrides: list[str], work: Path) -> dict[str, Any]:
+def bare(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The bare loop in a fresh process forked from the same server as harness trials."""
+    work.mkdir(parents=True, exist_ok=True)
     out = work / "bare.json"
     out.unlink(missing_ok=True)
     proc = trial_context().Process(
         target=bare_loop.child,
-        args=(as_dict(compose(cfg_overrides)), str(out), os.getcwd(), dict(os.environ)),
+        args=(as_dict(cfg), str(out), os.getcwd(), {**os.environ, **(env or {})}),
     )
     proc.start()
     proc.join()
@@ -68,16 +74,56 @@ def bare(cfg_overrides: list[str], work: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def _harness(overrides: list[str], work: Path) -> dict[str, Any]:
-    h = launch(compose(overrides), work, 0)
+def _harness(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    h = launch(cfg, work, 0, env=env)
     if h.status != "ok":
         raise RuntimeError(f"harness trial: {h.status} {h.train.get('error')}")
     return h.metrics
 
 
+def steady_rate(m: dict[str, Any]) -> float:
+    """A run's tokens/s at its median step time: the same tokens over n median steps. Both sides
+    train on the same batches, so this ratio compares their steps, not a neighbour's burst."""
+    return m["train_tokens_per_s"] * m["s_per_step"] / m["s_per_step_median"]
+
+
+def core_halves() -> tuple[str, str] | None:
+    """Two disjoint halves of this process's CPU cores ("0", "1" on 2 cores), or None where
+    there is a GPU (both sides would share it) or a single core."""
+    if not hasattr(os, "sched_getaffinity") or gpu_present():
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return ",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half : 2 * half]))
+
+
+def _pair(
+    overrides: list[str], work: Path, i: int, concurrent: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One round: the bare loop and a harness trial. On CPU both at once, each pinned to its own
+    half of the cores (halves swapped every round): a neighbour's burst or the machine's drift
+    hits both sides alike. On a GPU (or not `concurrent`) one after the other, bare first in
+    even rounds."""
+    cfg = compose(overrides)  # here: Hydra is not thread-safe
+    halves = core_halves() if concurrent else None
+    if halves is None:
+        if i % 2 == 0:
+            b = bare(cfg, work)
+            return b, _harness(cfg, work / f"h{i}")
+        h = _harness(cfg, work / f"h{i}")
+        return bare(cfg, work), h
+    mine, theirs = halves if i % 2 == 0 else halves[::-1]
+    with ThreadPoolExecutor(1) as pool:
+        h = pool.submit(_harness, cfg, work / f"h{i}", {CPUS_ENV: mine})
+        b = bare(cfg, work, {CPUS_ENV: theirs})
+        return b, h.result()
+
+
 def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
-    """Harness trial and bare loop, `repeats` times each in alternating order (bare first, then
-    harness first, ...); the ratio of the medians, and each side's spread over its repeats."""
+    """Harness trial and bare loop, `repeats` rounds (_pair); each round's ratio of steady
+    tokens/s (steady_rate), and the median of those paired ratios."""
     rows = []
     for name, approach in APPROACHES.items():
         overrides = merge_overrides(
@@ -85,27 +131,28 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
         )
         b: list[float] = []
         h: list[float] = []
+        b_step: list[float] = []
         flops: list[float] = []
         mfu: list[float] = []
         for i in range(repeats):
             print(f"[bench] throughput {name}: round {i + 1}/{repeats}", flush=True)
-            runs = [("bare", b), ("harness", h)]
-            for side, out in runs if i % 2 == 0 else runs[::-1]:
-                if side == "bare":
-                    out.append(bare(overrides, work)["train_tokens_per_s"])
-                else:
-                    m = _harness(overrides, work / f"{slug(name)}-{i}")
-                    out.append(m["train_tokens_per_s"])
-                    flops += [m["train_tflops"]] if m.get("train_tflops") else []
-                    mfu += [m["mfu"]] if m.get("mfu") else []
-        bm, hm = statistics.median(b), statistics.median(h)
+            bm, hm = _pair(overrides, work / slug(name), i)
+            b.append(steady_rate(bm))
+            h.append(steady_rate(hm))
+            b_step.append(bm["s_per_step_median"])
+            flops += [hm["train_tflops"]] if hm.get("train_tflops") else []
+            mfu += [hm["mfu"]] if hm.get("mfu") else []
+            print(f"[bench]   round ratio {h[-1] / b[-1]:.3f}", flush=True)
+        paired = [x / y for x, y in zip(h, b, strict=True)]
         rows.append(
             {
                 "approach": name,
                 "repeats": repeats,
-                "bare tokens/s (median)": bm,
-                "harness tokens/s (median)": hm,
-                "harness / bare": hm / bm,
+                "bare tokens/s (median)": statistics.median(b),
+                "harness tokens/s (median)": statistics.median(h),
+                "harness / bare": statistics.median(paired),
+                "round ratios": " ".join(f"{r:.3f}" for r in paired),
+                "bare s/step (median)": statistics.median(b_step),
                 "bare spread": f"{min(b):.0f}-{max(b):.0f}",
                 "harness spread": f"{min(h):.0f}-{max(h):.0f}",
                 "harness model TFLOP/s": statistics.median(flops) if flops else None,
@@ -114,6 +161,40 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
         )
         print(f"[bench]   harness / bare = {rows[-1]['harness / bare']:.3f}", flush=True)
     return rows
+
+
+def step_cost(user: list[str], repeats: int, work: Path, steps: int = 200) -> dict[str, Any]:
+    """The harness's fixed cost per step (Trainer, callbacks, progress, loss logging) on the
+    tiny model, where a step is milliseconds and that cost is not lost in the machine's noise.
+    One side after the other on all cores, as trials run (pinned halves differ by more than
+    the milliseconds measured here)."""
+    overrides = merge_overrides(
+        user,
+        [
+            "model=tiny_llama",
+            "method=lora",
+            "method.r=16",
+            f"train.steps={steps}",
+            "train.measure_warmup_steps=10",
+            "eval.size=2",
+            "eval.base=false",
+        ],
+    )
+    b: list[float] = []
+    h: list[float] = []
+    for i in range(repeats):
+        print(f"[bench] per-step cost (tiny model): round {i + 1}/{repeats}", flush=True)
+        bm, hm = _pair(overrides, work / "step-cost", i, concurrent=False)
+        b.append(bm["s_per_step_median"])
+        h.append(hm["s_per_step_median"])
+    cost = statistics.median(y - x for x, y in zip(b, h, strict=True))
+    return {
+        "bare_ms": statistics.median(b) * 1e3,
+        "harness_ms": statistics.median(h) * 1e3,
+        "cost_ms": cost * 1e3,
+        "steps": steps,
+        "repeats": repeats,
+    }
 
 
 def slug(text: str) -> str:
@@ -236,11 +317,12 @@ def keep_previous(results: dict[str, Any], parts: set[str], previous: Path) -> N
     if old.get("overrides") != results["overrides"]:
         return
     for part, (keys, prefixes) in PART_KEYS.items():
-        if part in parts or not all(k in old for k in keys):
+        if part in parts or keys[0] not in old:
             continue
-        results.update({k: old[k] for k in keys})
-        results["ratios"] += [r for r in old["ratios"] if r[0].startswith(prefixes)]
-        results.setdefault("kept", {})[part] = old.get("date")
+        results.update({k: old[k] for k in keys if k in old})
+        results["ratios"] += [r for r in old["ratios"] if prefixes and r[0].startswith(prefixes)]
+        # the date of the run that measured it (an older one if that run kept it too)
+        results.setdefault("kept", {})[part] = old.get("kept", {}).get(part, old.get("date"))
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -275,11 +357,34 @@ def write(results: dict[str, Any], out: Path = OUT) -> Path:
             "",
             f"Same model, examples, batch, sequence length, optimizer and precision; "
             f"{results['throughput_steps']} steps, the first "
-            f"{results['warmup_steps']} not measured; each side run {results['throughput'][0]['repeats']} "
-            "times in alternating order, each time in a fresh process forked from the same server; "
-            "medians compared, spreads show the machine's run-to-run noise.",
+            f"{results['warmup_steps']} not measured; {results['throughput'][0]['repeats']} rounds, "
+            f"each a bare run and a harness trial in fresh processes forked from the same server: "
+            f"{results.get('pairing', 'one side after the other, the order alternating')}. "
+            "A run's tokens/s is taken at its median step time (a slow step from a neighbour "
+            "does not count); the ratio is the median of the rounds' own ratios. "
+            "Spreads show the machine's run-to-run noise.",
             "",
             _table(results["throughput"]),
+        ]
+    if "step_cost" in results:
+        c = results["step_cost"]
+        step = next(
+            (
+                r["bare s/step (median)"]
+                for r in results.get("throughput", [])
+                if r["approach"].startswith("lora") and "bare s/step (median)" in r
+            ),
+            None,
+        )
+        share = f", {c['cost_ms'] / 1e3 / step:.2%} of the LoRA r=16 step above" if step else ""
+        lines += [
+            "",
+            "### The harness's fixed cost per step",
+            "",
+            "Trainer, callbacks, progress bar and loss logging, measured where a step takes "
+            f"milliseconds: the tiny model, LoRA r=16, {c['steps']} steps, {c['repeats']} rounds "
+            f"one side after the other; median step {c['bare_ms']:.1f} ms bare, "
+            f"{c['harness_ms']:.1f} ms harness: {c['cost_ms']:.1f} ms per step{share}.",
         ]
     if "sweep" in results:
         s, o = results["sweep"], results["overhead"]
@@ -335,13 +440,19 @@ def _positive(text: str) -> int:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--steps", type=_positive, default=12, help="throughput trials' steps (default 12)"
+        "--steps", type=_positive, default=16, help="throughput trials' steps (default 16)"
     )
     ap.add_argument(
         "--repeats",
         type=_positive,
-        default=3,
-        help="throughput runs per side, alternating (default 3)",
+        default=4,
+        help="throughput rounds (a run per side each, alternating order; default 4)",
+    )
+    ap.add_argument(
+        "--cost-steps",
+        type=_positive,
+        default=200,
+        help="steps of the per-step cost runs on the tiny model (default 200)",
     )
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument(
@@ -383,6 +494,12 @@ def main(argv: list[str]) -> int:
             rows = results["throughput"] = throughput(a.overrides, a.steps, a.repeats, work)
             results["throughput_steps"] = a.steps
             results["warmup_steps"] = cfg.train.measure_warmup_steps
+            halves = core_halves()
+            results["pairing"] = (
+                f"both sides at once, on cores {halves[0]} and {halves[1]} (swapped every round)"
+                if halves
+                else "one side after the other, the order alternating"
+            )
             for r in rows:
                 ratios.append(
                     (
@@ -391,6 +508,8 @@ def main(argv: list[str]) -> int:
                         ">= 0.97",
                     )
                 )
+        if "step" in parts:
+            results["step_cost"] = step_cost(a.overrides, a.repeats, work, a.cost_steps)
         if "sweep" in parts:
             results["sweep"], results["trials"] = sweep_vs_peer(a.overrides, work, a.sweep_rounds)
             results["overhead"] = overhead(results["trials"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def run(cfg: Config) -> dict[str, Any]:
     )
     measured_s, measured_tokens, padded_tokens, step = 0.0, 0, 0, 0
     losses: list[float] = []
+    step_s: list[float] = []
     sync()
     mark = time.perf_counter()
     for batch in loader:
@@ -102,6 +104,7 @@ def run(cfg: Config) -> dict[str, Any]:
         step += 1
         if step > t.measure_warmup_steps:
             measured_s += now - mark
+            step_s.append(now - mark)
             measured_tokens += int(batch["attention_mask"].sum())
             padded_tokens += batch["input_ids"].numel()
         mark = now
@@ -111,6 +114,7 @@ def run(cfg: Config) -> dict[str, Any]:
     return {
         "train_tokens_per_s": measured_tokens / measured_s,
         "s_per_step": measured_s / n,
+        "s_per_step_median": statistics.median(step_s),
         "padded_tokens_per_step": padded_tokens / n,
         "measured_steps": n,
         "first_loss": losses[0],
