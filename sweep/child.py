@@ -140,7 +140,10 @@ def parse_cpus(spec: str) -> set[int]:
         cpus: set[int] = set()
         for part in spec.split(","):
             lo, _, hi = part.strip().partition("-")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
+            first, last = int(lo), int(hi or lo)
+            if last < first:  # "3-1" would name no core at all
+                raise ValueError(part)
+            cpus.update(range(first, last + 1))
     except ValueError:
         raise ValueError(f"{CPUS_ENV}={spec!r} is not allowed; expected cores like 0-3,6") from None
     return cpus

@@ -92,6 +92,7 @@ def test_missing_required_model_path(capsys):
     ("spec", "expected"),
     [
         ("0-x", "SWEEP_CPUS='0-x' is not allowed; expected cores like 0-3,6"),
+        ("3-1", "SWEEP_CPUS='3-1' is not allowed; expected cores like 0-3,6"),
         ("4096", "SWEEP_CPUS='4096': no core(s) [4096] here; allowed: "),
     ],
 )
