@@ -11,7 +11,9 @@ pairs are accuracy versus peak memory and accuracy versus train time.
 from __future__ import annotations
 
 import math
+import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +332,7 @@ def plots(table: pd.DataFrame, base_acc: float | None, out_dir: Path) -> list[Pa
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"accuracy_vs_{x}.png"
-        fig.savefig(path)
+        _replace(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         plt.close(fig)
         paths.append(path)
     return paths
@@ -420,13 +422,22 @@ def _environment(records: list[dict[str, Any]], df: pd.DataFrame) -> list[str]:
     ]
 
 
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """Write beside the file, then swap it in: two workers finishing on one host at the same
+    moment each leave a whole report, never one interleaved with the other. The temporary file
+    sits outside the report folder, which the other worker may be uploading to MLflow."""
+    tmp = path.parent.parent / f".{path.parent.name}-{path.name}.{os.getpid()}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write(
     records: list[dict[str, Any]], out_dir: Path, experiment: str, gpus: list[GpuClass]
 ) -> Path:
     """Write report.md, results.csv and the plots for these records; returns the report path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df = to_frame(records)
-    df.to_csv(out_dir / "results.csv", index=False)
+    _replace(out_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     table = headline(df, gpus)
     base = df.loc[df.quant.isna(), "base_accuracy"].dropna()
     base = base if not base.empty else df["base_accuracy"].dropna()
@@ -494,7 +505,7 @@ def write(
     lines += [*_overhead(df), *([inference.read_text(), ""] if inference.exists() else [])]
     lines += ["## Environment", "", *_environment(records, df), ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    _replace(path, lambda tmp: tmp.write_text("\n".join(lines)))
     return path
 
 

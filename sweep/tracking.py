@@ -21,6 +21,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweep.config import ConfigError
@@ -92,7 +93,15 @@ def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | Non
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return c.create_experiment(name) if create else None
+    if not create:
+        return None
+    try:
+        return c.create_experiment(name)
+    except MlflowException:
+        exp = c.get_experiment_by_name(name)  # another worker created it at the same moment
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _oldest_parent(c: MlflowClient, exp_id: str) -> str:
@@ -183,7 +192,9 @@ def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
 
 
 def trial_records(experiment: str) -> list[dict[str, Any]]:
-    """Every trial record logged under the sweep's parent run, oldest first."""
+    """Every trial record logged under the sweep's parent run, oldest first. A nested run still
+    RUNNING is one another worker is logging right now (its record may not be uploaded yet), or
+    one whose logging was killed: it is left out, and the report counts it once it is complete."""
     c = client()
     parent = find_parent(experiment)
     if parent is None:
@@ -191,7 +202,7 @@ def trial_records(experiment: str) -> list[dict[str, Any]]:
     exp_id = c.get_run(parent).info.experiment_id
     runs = c.search_runs(
         [exp_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' AND attributes.status != 'RUNNING'",
         order_by=["attributes.start_time ASC"],
         max_results=5000,
     )
