@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -71,13 +72,20 @@ class TrialResult:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
 
 
+def write_whole(path: Path, write: Callable[[Path], object], tmp_dir: Path | None = None) -> None:
+    """`write(tmp)`, then swap tmp in for `path`: a crash never leaves half a file, and two
+    processes writing one file each leave a whole one. `tmp_dir` (same filesystem) keeps the
+    temporary file out of a folder someone else may be reading, e.g. uploading to MLflow."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save(result: TrialResult, path: str | Path) -> Path:
-    """Write atomically, so a crash never leaves half a record."""
+    """Write the record whole (write_whole)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(result.to_json())
-    os.replace(tmp, path)
+    write_whole(path, lambda tmp: tmp.write_text(result.to_json()))
     return path
 
 

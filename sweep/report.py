@@ -11,7 +11,6 @@ pairs are accuracy versus peak memory and accuracy versus train time.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from sweep.config import GpuClass
-from sweep.record import HIGHER_IS_BETTER
+from sweep.record import HIGHER_IS_BETTER, write_whole
 
 RUN_COLUMNS = ("label", "method", "rank", "quant", "precision", "seed", "lr", "model", "dataset")
 PARETO_PAIRS = (("accuracy", "peak_memory_gib"), ("accuracy", "train_s"))
@@ -423,12 +422,9 @@ def _environment(records: list[dict[str, Any]], df: pd.DataFrame) -> list[str]:
 
 
 def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    """Write beside the file, then swap it in: two workers finishing on one host at the same
-    moment each leave a whole report, never one interleaved with the other. The temporary file
-    sits outside the report folder, which the other worker may be uploading to MLflow."""
-    tmp = path.parent.parent / f".{path.parent.name}-{path.name}.{os.getpid()}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    """Two workers finishing on one host at once each leave a whole report file; the temporary
+    file sits outside the report folder, which the other may be uploading to MLflow."""
+    write_whole(path, write, tmp_dir=path.parent.parent)
 
 
 def write(
