@@ -36,6 +36,7 @@ PRUNERS = ("none", "median")
 OBJECTIVES = {
     "accuracy": "maximize",
     "eval_loss": "minimize",
+    "select_loss": "minimize",
     "peak_memory_gib": "minimize",
     "train_s": "minimize",
     "train_tokens_per_s": "maximize",
@@ -141,6 +142,9 @@ class EvalConfig:
     max_new_tokens: int = 12
     base: bool = True
     every: int = 0
+    select_size: int = 0
+    retention_size: int = 32
+    retention_tokens: int = 64
 
 
 @dataclass
@@ -158,6 +162,7 @@ class SweepConfig:
     memory_limit_gib: float = 0.0
     max_memory_gib: float = 0.0
     seeds: list[int] = field(default_factory=list)
+    seed_data: bool = False
     heartbeat_s: int = 60
 
 
@@ -384,6 +389,11 @@ def validate(cfg: Config) -> None:
     _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
     _require(e.max_new_tokens >= 1, "eval.max_new_tokens", "an integer >= 1", e.max_new_tokens)
     _require(e.every >= 0, "eval.every", "an integer >= 0", e.every)
+    _require(e.select_size >= 0, "eval.select_size", "an integer >= 0", e.select_size)
+    _require(e.retention_size >= 0, "eval.retention_size", "an integer >= 0", e.retention_size)
+    _require(
+        8 <= e.retention_tokens <= 4096, "eval.retention_tokens", "8..4096", e.retention_tokens
+    )
     _require(s.kind in SWEEP_KINDS, "sweep.kind", f"one of {SWEEP_KINDS}", s.kind)
     _require(s.pruner in PRUNERS, "sweep.pruner", f"one of {PRUNERS}", s.pruner)
     _require(s.n_trials >= 1, "sweep.n_trials", "an integer >= 1", s.n_trials)

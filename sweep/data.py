@@ -37,6 +37,7 @@ class Task:
     train: list[Example]
     eval: list[Example]
     score: Callable[[str, Example], float]  # (model's answer, example) -> score in [0, 1]
+    select: list[Example] = field(default_factory=list)  # selection split (search sweeps)
 
 
 def normalize(text: str) -> str:
@@ -47,22 +48,26 @@ def exact_match(answer: str, ex: Example) -> float:
     return float(normalize(answer) == normalize(ex.answer))
 
 
-def load_task(cfg: DatasetConfig, n_train: int, n_eval: int) -> Task:
-    """Build the train and eval examples; eval prompts never repeat a train prompt."""
+def load_task(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) -> Task:
+    """Build the train, eval and selection examples. Eval prompts never repeat a train prompt;
+    the selection split (for choosing a setting in a search sweep) repeats neither."""
     if cfg.source == "reasoning_gym":
-        return _reasoning_gym(cfg, n_train, n_eval)
+        return _reasoning_gym(cfg, n_train, n_eval, n_select)
     rows = _read_file(Path(str(cfg.path)), cfg) if cfg.source == "file" else _read_hub(cfg)
     if len(rows) < 2:
         raise ConfigError(f"dataset.path={cfg.path!r}: {len(rows)} usable rows; need at least 2")
     random.Random(cfg.seed).shuffle(rows)
     n_eval = min(n_eval, max(1, len(rows) // 5))  # eval takes at most a fifth of the rows
-    eval_rows, train_rows = rows[:n_eval], rows[n_eval:]
+    n_select = min(n_select, len(rows) // 5)  # and the selection split another fifth
+    eval_rows, select_rows = rows[:n_eval], rows[n_eval : n_eval + n_select]
+    train_rows = rows[n_eval + n_select :]
     seen = {r.prompt for r in train_rows}
     eval_rows = [r for r in eval_rows if r.prompt not in seen] or eval_rows
-    return Task(train=train_rows, eval=eval_rows, score=exact_match)
+    select_rows = [r for r in select_rows if r.prompt not in seen]
+    return Task(train=train_rows, eval=eval_rows, score=exact_match, select=select_rows)
 
 
-def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int) -> Task:
+def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) -> Task:
     import reasoning_gym as rg
 
     args = dict(cfg.task_args)
@@ -80,11 +85,23 @@ def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int) -> Task:
     seen = {ex.prompt for ex in train}
     evals = [
         Example(e["question"], str(e["answer"]), e) for e in eval_ds if e["question"] not in seen
-    ]
+    ][:n_eval]
+    select: list[Example] = []
+    if n_select:
+        seen |= {ex.prompt for ex in evals}
+        select_ds = rg.create_dataset(
+            cfg.task, seed=cfg.seed + 2 * EVAL_SEED_OFFSET, size=4 * n_select + 16, **args
+        )
+        select = [
+            Example(e["question"], str(e["answer"]), e)
+            for e in select_ds
+            if e["question"] not in seen
+        ][:n_select]
     return Task(
         train=train,
-        eval=evals[:n_eval],
+        eval=evals,
         score=lambda answer, ex: float(train_ds.score_answer(answer, ex.entry) or 0.0),
+        select=select,
     )
 
 
@@ -106,7 +123,7 @@ def _row(rec: Any, cfg: DatasetConfig, where: str) -> Example:
 def _read_file(path: Path, cfg: DatasetConfig) -> list[Example]:
     rows: list[Example] = []
     if path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -115,7 +132,7 @@ def _read_file(path: Path, cfg: DatasetConfig) -> list[Example]:
                 raise ConfigError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
             rows.append(_row(rec, cfg, f"{path}:{i}"))
     else:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM
             for i, rec in enumerate(csv.DictReader(fh), start=2):
                 rows.append(_row(rec, cfg, f"{path}:{i}"))
     if not rows:
@@ -128,6 +145,25 @@ def _read_hub(cfg: DatasetConfig) -> list[Example]:
 
     ds = load_dataset(str(cfg.path), cfg.subset, split=cfg.split)
     return [_row(rec, cfg, f"{cfg.path}[{i}]") for i, rec in enumerate(ds)]
+
+
+def retention_passages(tok: Any, n: int, tokens: int) -> list[list[int]]:
+    """`n` passages of general English text the trial never trains on, `tokens` long each: the
+    retention probe (does fine-tuning on the task make the model worse at plain text?). The text
+    is Python's own documentation as shipped with every Python (`pydoc_data.topics`), so the probe
+    needs no download; topics in a fixed order, one passage from the start of each."""
+    if n <= 0:
+        return []
+    from pydoc_data.topics import topics
+
+    passages = []
+    for name in sorted(topics):
+        ids = tok(" ".join(topics[name].split()), add_special_tokens=False)["input_ids"]
+        if len(ids) >= tokens:
+            passages.append(list(ids[:tokens]))
+        if len(passages) == n:
+            break
+    return passages
 
 
 def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:

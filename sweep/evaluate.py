@@ -10,12 +10,22 @@ forward pass, so the prompts are run through the model once, not twice.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 import torch
 
-from sweep.data import IGNORE, Example, Task, collate, encode, prompt_ids, to_device
+from sweep.data import (
+    IGNORE,
+    Example,
+    Task,
+    collate,
+    encode,
+    exact_match,
+    prompt_ids,
+    to_device,
+)
 
 
 def extract_answer(text: str) -> str:
@@ -87,22 +97,41 @@ def generate(
     return outputs
 
 
+def item_id(ex: Example) -> str:
+    """A stable id of an eval item: the same prompt and expected answer give the same id in every
+    trial, sweep and seed, so per-item results pair up across approaches."""
+    return hashlib.sha1(f"{ex.prompt}\x1f{ex.answer}".encode()).hexdigest()[:12]
+
+
 def _score(
     tok: Any, task: Task, texts: list[str], examples: list[Example] | None = None
 ) -> dict[str, Any]:
+    """Per-item results and their means: `accuracy` is exact match (the answer line equals the
+    expected answer, ignoring case, surrounding space and a final period); `task_score` is the
+    task's own scorer, which may give partial credit (reasoning-gym: '-5' for '5' scores 0.5)."""
     examples = task.eval if examples is None else examples
-    answers = [extract_answer(t) for t in texts]
-    scores = [task.score(a, ex) for a, ex in zip(answers, examples, strict=True)]
-    samples = [
-        {"prompt": ex.prompt, "expected": ex.answer, "answer": a, "score": s}
-        for ex, a, s in list(zip(examples, answers, scores, strict=True))[:5]
-    ]
+    items = []
+    for ex, text in zip(examples, texts, strict=True):
+        answer = extract_answer(text)
+        items.append(
+            {
+                "id": item_id(ex),
+                "prompt": ex.prompt,
+                "expected": ex.answer,
+                "answer": answer,
+                "exact": int(exact_match(answer, ex)),
+                "score": float(task.score(answer, ex)),
+            }
+        )
     generated = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    n = max(1, len(items))
     return {
-        "accuracy": sum(scores) / max(1, len(scores)),
-        "n_eval": len(scores),
+        "accuracy": sum(i["exact"] for i in items) / n,
+        "task_score": sum(i["score"] for i in items) / n,
+        "n_eval": len(items),
         "generated_tokens": generated,
-        "samples": samples,
+        "items": items,
+        "samples": items[:5],
     }
 
 
@@ -152,6 +181,18 @@ def eval_loss(
     return total / count if count else math.nan
 
 
+def shared_prefix(prompts: list[list[int]], minimum: int = 4) -> int:
+    """Length of the token prefix every prompt shares (chat template, system prompt, a fixed
+    instruction), leaving each prompt at least one token of its own; 0 if under `minimum`."""
+    if not prompts:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = next((k for k in range(n) if p[k] != first[k]), n)
+    return n if n >= minimum else 0
+
+
 @torch.no_grad()
 def loss_and_accuracy(
     model: Any,
@@ -164,11 +205,15 @@ def loss_and_accuracy(
 ) -> dict[str, Any]:
     """`accuracy` and `eval_loss` in one pass: the answers come out of the same greedy decoding.
 
-    Each batch is laid out as [left padding | prompt | answer | right padding], prompts ending
-    in the same column P. One forward pass scores the answers (logits only from column P-1 on)
-    and leaves the prompts' keys and values in the cache; cropped to P-1 columns, that cache is
-    the prefill `generate` would compute, so decoding starts right away. A batch with a prompt
-    cut by max_len is scored in two passes instead.
+    The prefix all prompts share (chat template, system prompt, a fixed instruction: 28 of the
+    default task's 38 prompt tokens) is run once per batch, with batch size 1, and its keys and
+    values are repeated for every row. Each row is then laid out after it as
+    [padding | own prompt tokens | answer | right padding], own prompts ending in the same column
+    P. One forward pass scores the answers (logits only from column P-1 on) and leaves the
+    prompts' keys and values in the cache; cropped to P-1 columns, that cache is the prefill
+    `generate` would compute, so decoding starts right away. Padding in the middle is masked and
+    position ids count only real tokens, so each row sees what it would see alone. A batch with
+    a prompt cut by max_len is scored in two passes instead.
     """
     device = next(model.parameters()).device
     pad = tok.pad_token_id
@@ -176,9 +221,11 @@ def loss_and_accuracy(
     model.eval()
     texts: list[str] = []
     total, count = 0.0, 0
+    all_prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in task.eval]
+    shared = shared_prefix(all_prompts)
     for start in range(0, len(task.eval), batch_size):
         chunk = task.eval[start : start + batch_size]
-        prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in chunk]
+        prompts = all_prompts[start : start + batch_size]
         rows = [encode(tok, ex, max_len, system_prompt) for ex in chunk]
         if any(r["input_ids"][: len(p)] != p for r, p in zip(rows, prompts, strict=True)):
             texts += generate(model, tok, prompts, max_new_tokens, len(chunk))
@@ -188,18 +235,25 @@ def loss_and_accuracy(
             continue
         answers = [r["input_ids"][len(p) :] for r, p in zip(rows, prompts, strict=True)]
         width = max(len(a) for a in answers)
-        ids, mask = _left_pad(prompts, pad)
+        ids, mask = _left_pad([p[shared:] for p in prompts], pad)
         tail = torch.full((len(chunk), width), pad, dtype=torch.long)
         tail_mask = torch.zeros_like(tail)
         for i, a in enumerate(answers):
             tail[i, : len(a)] = torch.tensor(a, dtype=torch.long)
             tail_mask[i, : len(a)] = 1
-        full, full_mask = torch.cat([ids, tail], 1).to(device), torch.cat([mask, tail_mask], 1)
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        head = torch.tensor([prompts[0][:shared]] * len(chunk), dtype=torch.long)
+        cache = None
+        if shared:
+            cache = model(input_ids=head[:1].to(device), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(chunk))
+        body = torch.cat([ids, tail], 1).to(device)
+        seen = torch.cat([torch.ones_like(head), mask, tail_mask], 1)
+        positions = (seen.cumsum(-1) - 1).clamp(min=0)[:, shared:].to(device)
         out = model(
-            input_ids=full,
-            attention_mask=full_mask.to(device),
+            input_ids=body,
+            attention_mask=seen.to(device),
             position_ids=positions,
+            past_key_values=cache,
             use_cache=True,
             logits_to_keep=width + 1,
         )
@@ -210,11 +264,37 @@ def loss_and_accuracy(
         total += loss.item()
         count += int(tail_mask.sum())
         cache = out.past_key_values
-        cache.crop(-(full.shape[1] - ids.shape[1] + 1))  # keep the prompt columns but the last
+        cache.crop(-(width + 1))  # keep the prompt columns but the last
+        prompt_ids_, prompt_mask = torch.cat([head, ids], 1), torch.cat([seen[:, :shared], mask], 1)
         texts += _greedy(
-            model, tok, ids.to(device), mask.to(device), max_new_tokens, past_key_values=cache
+            model,
+            tok,
+            prompt_ids_.to(device),
+            prompt_mask.to(device),
+            max_new_tokens,
+            past_key_values=cache,
         )
     model.train(was_training)
     result = _score(tok, task, texts)
     result["eval_loss"] = total / count if count else math.nan
     return result
+
+
+@torch.no_grad()
+def passage_losses(model: Any, passages: list[list[int]], batch_size: int) -> list[float]:
+    """Mean next-token cross-entropy (nats) of each passage (equal lengths): the retention probe."""
+    if not passages:
+        return []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    for start in range(0, len(passages), batch_size):
+        ids = torch.tensor(passages[start : start + batch_size], dtype=torch.long, device=device)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), ids[:, 1:], reduction="none"
+        )
+        out += loss.mean(-1).tolist()
+    model.train(was_training)
+    return out

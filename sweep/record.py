@@ -28,7 +28,10 @@ STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom"
 # Direction of every headline metric: the report's Pareto pairs and Optuna objectives use it.
 HIGHER_IS_BETTER = {
     "accuracy": True,
+    "task_score": True,
     "delta_vs_full_pts": True,
+    "select_loss": False,
+    "retention_delta": False,
     "train_tokens_per_s": True,
     "eval_loss": False,
     "peak_memory_gib": False,

@@ -111,11 +111,15 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def grid_points(grid: dict[str, Any], seeds: list[int] | None = None) -> list[Point]:
+def grid_points(
+    grid: dict[str, Any], seeds: list[int] | None = None, data_seed: int | None = None
+) -> list[Point]:
     """Expand {approach: {axes}} into points; each approach crosses only its own axes.
 
     A list is a grid axis; a {low, high, log} mapping is a search range for that approach's trials.
-    `seeds` (sweep.seeds) repeats every point once per train.seed: 'lora r=16 seed=1'.
+    `seeds` (sweep.seeds) repeats every point once per train.seed: 'lora r=16 seed=1'. With
+    `data_seed` (sweep.seed_data: the dataset's own seed) seed s also draws its own data sample,
+    dataset.seed = data_seed + s; every approach of seed s still sees the same examples.
     """
     points = []
     for approach, axes in grid.items():
@@ -133,7 +137,12 @@ def grid_points(grid: dict[str, Any], seeds: list[int] | None = None) -> list[Po
         if any("train.seed" in o.split("=", 1)[0] for p in points for o in p.overrides):
             raise ConfigError("sweep.seeds and a train.seed grid axis: use one of them")
         points = [
-            Point(f"{p.label} seed={s}", [*p.overrides, f"train.seed={s}"], p.search)
+            Point(
+                f"{p.label} seed={s}",
+                [*p.overrides, f"train.seed={s}"]
+                + ([f"dataset.seed={data_seed + s}"] if data_seed is not None else []),
+                p.search,
+            )
             for p in points
             for s in seeds
         ]
@@ -289,7 +298,8 @@ class Sweep:
         self.user = user_overrides
         self.cfg = compose(user_overrides)
         s = self.cfg.sweep
-        self.points = grid_points(s.grid, list(s.seeds))
+        data_seed = self.cfg.dataset.seed if s.seed_data else None
+        self.points = grid_points(s.grid, list(s.seeds), data_seed)
         self.max_memory_gib = memory_limit_gib(self.cfg)
         self.search = _flatten(s.search)
         for key, dist in self.search.items():
@@ -317,6 +327,13 @@ class Sweep:
             if key not in seen:
                 seen.add(key)
                 preflight(cfg)
+        if "select_loss" in s.objectives and not all(
+            c.eval.select_size for c in self.point_cfgs.values()
+        ):
+            raise ConfigError(
+                "sweep.objectives=[select_loss] needs eval.select_size > 0 (a selection split "
+                "apart from the eval set, so the choice does not bias the reported accuracy)"
+            )
         if s.pruner != "none" and not any(c.eval.every for c in self.point_cfgs.values()):
             raise ConfigError("sweep.pruner=median needs eval.every > 0 (intermediate eval loss)")
         self.root = Path(self.cfg.output_dir, self.cfg.experiment)

@@ -35,6 +35,7 @@ for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "sweep.parent"
+ITEM_FILES = ("eval_items", "base_items")  # record keys naming per-item files beside result.json
 PARAM_KEYS = (
     "label",
     "model",
@@ -184,6 +185,10 @@ def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
     for i in range(0, len(metrics), 900):
         c.log_batch(rid, metrics=metrics[i : i + 900])
     c.log_artifact(rid, str(trial_dir / "result.json"))
+    for key in ITEM_FILES:  # per-item eval results: the report's paired statistics need them
+        name = result.train.get(key)
+        if name and (trial_dir / name).is_file():
+            c.log_artifact(rid, str(trial_dir / name))
     adapter = trial_dir / "adapter"
     if adapter.is_dir() and result.run.get("method") != "full":  # full checkpoints stay on disk
         c.log_artifacts(rid, str(adapter), "adapter")
@@ -210,8 +215,19 @@ def trial_records(experiment: str) -> list[dict[str, Any]]:
     for run in runs:
         with tempfile.TemporaryDirectory() as tmp:
             path = c.download_artifacts(run.info.run_id, "result.json", tmp)
-            records.append(json.loads(Path(path).read_text()))
+            rec = json.loads(Path(path).read_text())
+            for key in ITEM_FILES:
+                name = rec.get("train", {}).get(key)
+                if name:
+                    local = Path(c.download_artifacts(run.info.run_id, name, tmp))
+                    rec.setdefault("items", {})[key] = read_items(local)
+            records.append(rec)
     return records
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    """Per-item results from a JSON-lines file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def log_report(experiment: str, report_dir: Path) -> None:

@@ -35,32 +35,66 @@ from sweep.train import train
 Reporter = Callable[[int, float], bool]
 
 
+ITEMS_FILE = "eval_items.jsonl"  # the trial's per-item results, beside result.json
+BASE_ITEMS_FILE = "base_items.jsonl"  # the untuned base model's, on the same items
+
+
 def _base_cache_file(cfg: Config, model_path: str) -> Path:
     d = as_dict(cfg)
-    e = d["eval"]  # only what changes the answers: not eval.every or eval.base
+    e = d["eval"]  # only what changes the answers: not eval.every
     key = {
         "model": model_path,
         "precision": cfg.train.precision,
         "dataset": d["dataset"],
         "quant": d["method"]["quant"],
-        "eval": [e["size"], e["batch_size"], e["max_new_tokens"]],
+        "eval": [e[k] for k in ("size", "batch_size", "max_new_tokens", "base")],
+        "retention": [e["retention_size"], e["retention_tokens"]],
+        "version": 2,  # per-item results and retention losses
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "base_accuracy" / f"{digest}.json"
 
 
-def base_accuracy(cfg: Config, model: Any, tok: Any, task: data.Task, model_path: str) -> float:
-    """Untuned accuracy on the same eval set (the zero point), cached per model+task+eval set."""
+def base_eval(
+    cfg: Config,
+    model: Any,
+    tok: Any,
+    task: data.Task,
+    model_path: str,
+    passages: list[list[int]],
+) -> dict[str, Any]:
+    """The untuned model on the same eval items (the zero point; with eval.base) and on the
+    retention passages (before training), cached per model+task+eval set."""
     cache = _base_cache_file(cfg, model_path)
     if cache.exists():
-        return float(json.loads(cache.read_text())["accuracy"])
-    e = cfg.eval
-    acc = evaluate.accuracy(
-        model, tok, task, e.max_new_tokens, e.batch_size, cfg.dataset.system_prompt
-    )
+        return json.loads(cache.read_text())
+    e, t = cfg.eval, cfg.train
+    out: dict[str, Any] = {}
+    if e.base:
+        acc = evaluate.loss_and_accuracy(
+            model,
+            tok,
+            task,
+            t.max_seq_len,
+            e.max_new_tokens,
+            e.batch_size,
+            cfg.dataset.system_prompt,
+        )
+        out = {k: acc[k] for k in ("accuracy", "task_score", "eval_loss", "items")}
+    out["retention"] = evaluate.passage_losses(model, passages, e.batch_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"accuracy": acc["accuracy"], "samples": acc["samples"]}))
-    return float(acc["accuracy"])
+    record.write_whole(cache, lambda tmp: tmp.write_text(json.dumps(out)))
+    return out
+
+
+def write_items(path: Path, items: list[dict[str, Any]]) -> None:
+    """Per-item results as JSON lines, written whole."""
+    text = "".join(json.dumps(i) + "\n" for i in items)
+    record.write_whole(path, lambda tmp: tmp.write_text(text))
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def _ledger(model: torch.nn.Module) -> dict[str, Any]:
@@ -172,18 +206,30 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 **methods.load_kwargs(cfg.method, t.precision),
             )
         with meter.phase("data"):
-            task = data.load_task(cfg.dataset, t.steps * t.batch_size, e.size)
+            task = data.load_task(cfg.dataset, t.steps * t.batch_size, e.size, e.select_size)
             rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
-        if e.base:
+            passages = data.retention_passages(tok, e.retention_size, e.retention_tokens)
+        retention: dict[str, list[float]] = {}
+        if e.base or passages:
             with meter.phase("base_eval"):
-                metrics["base_accuracy"] = base_accuracy(cfg, model, tok, task, path)
+                base = base_eval(cfg, model, tok, task, path, passages)
+            retention["before"] = base.get("retention", [])
+            if e.base:
+                metrics.update(
+                    base_accuracy=base["accuracy"],
+                    base_task_score=base["task_score"],
+                    base_eval_loss=base["eval_loss"],
+                )
+                write_items(out / BASE_ITEMS_FILE, base["items"])
+                result.train["base_items"] = BASE_ITEMS_FILE
         model = methods.apply(model, cfg.method, t)
         metrics.update(_ledger(model))
         curve: list[list[float]] = []
         result.train["eval_loss_curve"] = curve
+        watched = task.select or task.eval  # the selection split when there is one
 
         def hook(step: int) -> bool:
-            loss = evaluate.eval_loss(model, tok, task.eval, t.max_seq_len, e.batch_size, sp)
+            loss = evaluate.eval_loss(model, tok, watched, t.max_seq_len, e.batch_size, sp)
             curve.append([step, loss])
             return reporter(step, loss) if reporter is not None else False
 
@@ -217,9 +263,25 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 acc = evaluate.loss_and_accuracy(
                     model, tok, task, t.max_seq_len, e.max_new_tokens, e.batch_size, sp
                 )
-            keys = ("accuracy", "eval_loss", "n_eval", "generated_tokens")
+                if task.select:
+                    metrics["select_loss"] = evaluate.eval_loss(
+                        model, tok, task.select, t.max_seq_len, e.batch_size, sp
+                    )
+                if passages:
+                    retention["after"] = evaluate.passage_losses(model, passages, e.batch_size)
+            keys = ("accuracy", "task_score", "eval_loss", "n_eval", "generated_tokens")
             metrics.update({k: acc[k] for k in keys})
+            write_items(out / ITEMS_FILE, acc["items"])
+            result.train["eval_items"] = ITEMS_FILE
             result.train["samples"] = acc["samples"]
+            if retention.get("after"):
+                result.train["retention"] = retention
+                before, after = _mean(retention["before"]), _mean(retention["after"])
+                metrics.update(
+                    retention_loss_before=before,
+                    retention_loss_after=after,
+                    retention_delta=after - before,
+                )
             with meter.phase("save"):
                 metrics["adapter_bytes"] = methods.save(model, out / "adapter")
             result.train["status"] = "pruned" if stats.pruned else "ok"
@@ -238,7 +300,13 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
     if stats is not None:
         metrics["train_s"] = stats.measured_s  # warm-up excluded; train_phase_s has it all
         metrics["train_phase_s"] = meter.phases["train"].seconds
-    metrics["peak_memory_gib"] = metrics.get("peak_vram_gib") or metrics.get("peak_host_rss_gib")
+    # the headline peak is the training phase's on CPU as on a GPU (evaluation and the base
+    # model's scoring have their own batch sizes and are not what a method costs)
+    metrics["peak_memory_gib"] = (
+        metrics.get("peak_vram_gib")
+        or metrics.get("train_peak_host_rss_gib")
+        or metrics.get("peak_host_rss_gib")
+    )
     metrics["memory_kind"] = "vram" if metrics.get("peak_vram_gib") else "host_rss"
     record.save(result, out / "result.json")
     return result
@@ -255,8 +323,11 @@ def summary(result: TrialResult) -> str:
     lines = [
         f"trial      {r.get('label')}  model={r.get('model')}  task={r.get('dataset')}  "
         f"precision={r.get('precision')}  status={result.status}",
-        f"accuracy   {f('accuracy', '{:.1%}')}  (untuned base {f('base_accuracy', '{:.1%}')})"
+        f"accuracy   {f('accuracy', '{:.1%}')} exact match on {f('n_eval', '{}')} items, task score "
+        f"{f('task_score', '{:.1%}')}  (untuned base {f('base_accuracy', '{:.1%}')})"
         f"  eval loss {f('eval_loss', '{:.3f}')}",
+        f"retention  general-text loss {f('retention_loss_before', '{:.3f}')} -> "
+        f"{f('retention_loss_after', '{:.3f}')} nats/token (+ is forgetting)",
         f"loss       {f('first_loss', '{:.3f}')} -> {f('final_loss', '{:.3f}')} over {f('steps', '{}')} steps",
         f"speed      {f('s_per_step', '{:.2f}')} s/step, {f('train_tokens_per_s', '{:.0f}')} tokens/s, "
         f"{f('train_tflops', '{:.3g}')} model TFLOP/s"

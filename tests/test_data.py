@@ -86,6 +86,33 @@ def test_reasoning_gym_task_is_deterministic_and_eval_is_held_out():
     assert a.score("not a number", ex) == 0.0
 
 
+def test_selection_split_is_apart_from_train_and_eval():
+    cfg = compose([]).dataset
+    task = data.load_task(cfg, 64, 16, n_select=12)
+    assert len(task.select) == 12
+    sel = {e.prompt for e in task.select}
+    assert not sel & {e.prompt for e in task.eval} and not sel & {e.prompt for e in task.train}
+    plain = data.load_task(cfg, 64, 16)  # asking for a selection split changes nothing else
+    assert [e.prompt for e in plain.eval] == [e.prompt for e in task.eval] and not plain.select
+
+
+def test_partial_credit_is_the_task_score_not_exact_match():
+    """reasoning-gym gives '-5' for '5' partial credit; exact match gives none."""
+    cfg = compose([]).dataset
+    task = data.load_task(cfg, 4, 40)
+    ex = next(e for e in task.eval if not e.answer.startswith("-") and e.answer != "0")
+    assert 0 < task.score(f"-{ex.answer}", ex) < 1
+    assert data.exact_match(f"-{ex.answer}", ex) == 0.0
+
+
+def test_retention_passages_are_fixed_general_text():
+    tok = models.char_tokenizer()
+    a, b = data.retention_passages(tok, 5, 40), data.retention_passages(tok, 5, 40)
+    assert a == b and len(a) == 5 and all(len(p) == 40 for p in a)
+    assert len({tuple(p) for p in a}) == 5
+    assert data.retention_passages(tok, 0, 40) == []
+
+
 def _file_cfg(path):
     return compose(["dataset=file", f"dataset.path={path}"]).dataset
 
@@ -100,6 +127,13 @@ def test_jsonl_and_csv_files_load(tmp_path):
         task = data.load_task(_file_cfg(path), 100, 4)
         assert len(task.eval) == 2 and len(task.train) == 8  # eval takes at most a fifth
         assert task.score(" A0. ", data.Example("q0", "a0")) == 1.0
+
+
+def test_a_spreadsheet_csv_with_byte_order_mark_and_crlf_loads(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("prompt,answer\r\nq1,a1\r\nq2,a2\r\n".encode("utf-8-sig"))
+    task = data.load_task(_file_cfg(p), 10, 1)
+    assert sorted(e.prompt for e in task.train + task.eval) == ["q1", "q2"]
 
 
 def test_malformed_json_line_is_named(tmp_path):

@@ -40,6 +40,16 @@ def test_seeds_repeat_every_point_under_the_approach_label():
         grid_points({"full": {"train": {"seed": [0, 1]}}}, seeds=[0])
 
 
+def test_seed_data_gives_each_seed_its_own_data_sample_shared_by_every_approach():
+    pts = grid_points({"full": {}, "lora": {"method": {"r": [4]}}}, seeds=[0, 2], data_seed=100)
+    by = {p.label: p.overrides for p in pts}
+    assert "dataset.seed=102" in by["full seed=2"] and "dataset.seed=102" in by["lora r=4 seed=2"]
+    assert "dataset.seed=100" in by["lora r=4 seed=0"]
+    assert not any(
+        "dataset.seed" in o for p in grid_points({"full": {}}, [0, 1]) for o in p.overrides
+    )
+
+
 def test_rank_grid_override_from_the_command_line():
     cfg = compose(["sweep=rank_grid", "sweep.grid.lora.method.r=[2,8]"])
     assert [p.label for p in grid_points(cfg.sweep.grid)] == ["full", "lora r=2", "lora r=8"]
@@ -119,7 +129,7 @@ TINY_SWEEP = '["model=tiny_llama","train.steps=4","train.batch_size=4","train.ma
 def test_lr_search_samples_per_approach_ranges_and_can_prune(tmp_path):
     import optuna
 
-    overrides = TINY_SWEEP[:-1] + ',"eval.every=2","train.steps=6"]'
+    overrides = TINY_SWEEP[:-1] + ',"eval.every=2","train.steps=6","eval.select_size=6"]'
     args = [
         "sweep=lr_search",
         "sweep.n_trials=3",
@@ -139,6 +149,21 @@ def test_lr_search_samples_per_approach_ranges_and_can_prune(tmp_path):
         load(d / "result.json") for d in (tmp_path / "outputs" / "lr_search" / "trials").iterdir()
     ]
     assert sorted(r.run["lr"] for r in recs) == sorted(t.params["method.lr"] for t in trials)
+    # the study optimizes the selection split's loss; the report shows the trial chosen on it
+    done = [r for r in recs if r.status == "ok"]
+    assert all(r.metrics["select_loss"] > 0 for r in done)
+    best = min(done, key=lambda r: r.metrics["select_loss"])
+    csv = pd.read_csv(tmp_path / "reports" / "lr_search" / "results.csv")
+    assert csv.selected.sum() == 1
+    assert csv.loc[csv.selected, "lr"].item() == pytest.approx(best.run["lr"])
+    text = (tmp_path / "reports" / "lr_search" / "report.md").read_text()
+    assert "the trial with the lowest `select_loss`" in text
+
+
+def test_choosing_on_the_selection_split_needs_one(tmp_path):
+    overrides = TINY_SWEEP[:-1] + ',"eval.every=2"]'
+    with pytest.raises(ConfigError, match="eval.select_size > 0"):
+        run_sweep(["sweep=lr_search", f"sweep.overrides={overrides}"])
 
 
 @pytest.mark.slow

@@ -44,3 +44,36 @@ def test_experiment_created_by_another_worker_meanwhile_is_joined(monkeypatch):
     monkeypatch.setattr(c, "get_experiment_by_name", racing)
     exp_id = tracking._experiment_id(c, "exp")
     assert exp_id == real("exp").experiment_id and len(calls) == 2
+
+
+def test_per_item_results_round_trip_through_mlflow(tmp_path):
+    """The report rebuilds its paired statistics from MLflow alone: the items come back whole."""
+    from sweep.trial import BASE_ITEMS_FILE, ITEMS_FILE, write_items
+
+    trial = tmp_path / "t"
+    items = [
+        {
+            "id": f"{i:03d}",
+            "prompt": f"{i} + 1 =",
+            "expected": str(i + 1),
+            "answer": "7",
+            "exact": int(i == 6),
+            "score": 1.0 if i == 6 else 0.25,
+        }
+        for i in range(50)
+    ]
+    base = [dict(i, answer="", exact=0, score=0.0) for i in items]
+    trial.mkdir()
+    write_items(trial / ITEMS_FILE, items)
+    write_items(trial / BASE_ITEMS_FILE, base)
+    result = TrialResult(
+        run={"label": "lora r=16", "method": "lora"},
+        train={"status": "ok", "eval_items": ITEMS_FILE, "base_items": BASE_ITEMS_FILE},
+    )
+    save(result, trial / "result.json")
+    parent = tracking.parent_run("exp", {}, [])
+    rid = tracking.log_trial(parent, result, trial)
+    names = {a.path for a in tracking.client().list_artifacts(rid)}
+    assert {ITEMS_FILE, BASE_ITEMS_FILE, "result.json"} <= names
+    (rec,) = tracking.trial_records("exp")
+    assert rec["items"]["eval_items"] == items and rec["items"]["base_items"] == base

@@ -23,8 +23,14 @@ REQUIRED = [
     "total_params",
     "adapter_bytes",
     "accuracy",
+    "task_score",
+    "n_eval",
     "eval_loss",
     "base_accuracy",
+    "base_task_score",
+    "retention_loss_before",
+    "retention_loss_after",
+    "retention_delta",
     "s_per_step",
     "startup_s",
     "peak_memory_gib",
@@ -69,6 +75,22 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
     if not torch.cuda.is_available():
         assert "mfu" not in m  # MFU needs a GPU's peak
     assert "accuracy" in summary(result)
+    # per-item results beside the record, for the trial and the untuned base, on the same items
+    trial_items = [json.loads(x) for x in (tmp_path / method / "eval_items.jsonl").open()]
+    base_items = [json.loads(x) for x in (tmp_path / method / "base_items.jsonl").open()]
+    assert rec.train["eval_items"] == "eval_items.jsonl" and len(trial_items) == m["n_eval"]
+    assert [i["id"] for i in trial_items] == [i["id"] for i in base_items]
+    assert len({i["id"] for i in trial_items}) == len(trial_items)
+    for item in trial_items:
+        assert {"id", "prompt", "expected", "answer", "exact", "score"} <= set(item)
+        assert item["exact"] in (0, 1) and 0 <= item["score"] <= 1
+    assert m["accuracy"] == pytest.approx(sum(i["exact"] for i in trial_items) / len(trial_items))
+    assert m["task_score"] == pytest.approx(sum(i["score"] for i in trial_items) / len(trial_items))
+    before, after = rec.train["retention"]["before"], rec.train["retention"]["after"]
+    assert len(before) == len(after) == cfg.eval.retention_size
+    assert m["retention_delta"] == pytest.approx(
+        sum(after) / len(after) - sum(before) / len(before)
+    )
 
 
 def test_loss_goes_down_on_a_learnable_toy_task(tmp_path):
@@ -127,5 +149,9 @@ def test_base_accuracy_is_cached_per_model_and_eval_set(tmp_path):
     first = run_trial(cfg, tmp_path / "1")
     second = run_trial(cfg, tmp_path / "2")
     assert first.metrics["base_accuracy"] == second.metrics["base_accuracy"]
+    assert first.train["retention"]["before"] == second.train["retention"]["before"]
+    assert (tmp_path / "2" / "base_items.jsonl").read_text() == (
+        tmp_path / "1" / "base_items.jsonl"
+    ).read_text()
     assert second.metrics["base_eval_s"] < first.metrics["base_eval_s"]  # read, not recomputed
     assert len(list((tmp_path / "cache" / "base_accuracy").glob("*.json"))) == 1

@@ -74,8 +74,8 @@ class GenerationEvalTrainer(Trainer):
                 )
                 width = enc["input_ids"].shape[1]
                 answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
-        scores = [
-            self.task.score(evaluate.extract_answer(a), ex)
+        scores = [  # exact match, the harness's headline accuracy
+            data.exact_match(evaluate.extract_answer(a), ex)
             for a, ex in zip(answers, self.task.eval, strict=True)
         ]
         model.train()

@@ -1,0 +1,140 @@
+"""The trial records as a pandas frame: one row per trial, the run info and metrics the report uses.
+
+    python -c "from sweep import frame, tracking; print(frame.to_frame(tracking.trial_records('default')))"
+
+Also the small number helpers the report's tables share: formatting and the Student t interval
+of a mean over seeds (for resources such as train time).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import pandas as pd
+
+RUN_COLUMNS = ("label", "method", "rank", "quant", "precision", "seed", "lr", "model", "dataset")
+METRIC_COLUMNS = (
+    "accuracy",
+    "task_score",
+    "n_eval",
+    "base_accuracy",
+    "base_task_score",
+    "eval_loss",
+    "select_loss",
+    "retention_loss_before",
+    "retention_loss_after",
+    "retention_delta",
+    "peak_memory_gib",
+    "memory_kind",
+    "peak_vram_gib",
+    "peak_alloc_gib",
+    "peak_reserved_gib",
+    "cuda_context_gib",
+    "peak_host_rss_gib",
+    "train_peak_host_rss_gib",
+    "train_s",
+    "train_phase_s",
+    "total_s",
+    "load_s",
+    "eval_s",
+    "base_eval_s",
+    "startup_s",
+    "s_per_step",
+    "train_tokens_per_s",
+    "train_tflops",
+    "mfu",
+    "steps",
+    "tokens_seen",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "adapter_bytes",
+    "first_loss",
+    "final_loss",
+    "trial_wall_s",
+    "ledger_params_bytes",
+    "ledger_grads_bytes",
+    "ledger_optimizer_bytes",
+    "ledger_activations_bytes",
+    "plan_weights_gib",
+    "plan_grads_gib",
+    "plan_optimizer_gib",
+    "plan_activations_gib",
+    "plan_saved_activations_gib",
+    "plan_total_gib",
+)
+
+# Student t quantiles t(0.975, df) for df = 1..30 (two-sided 95%); beyond 30 see t975().
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: float) -> float:
+    """t(0.975, df): the table up to 30 (df rounded down, as Welch's df is not an integer),
+    then 40: 2.021, 60: 2.000, 120: 1.980, normal 1.960 (the next lower df, conservative)."""
+    if df < 1 or math.isnan(df):
+        return math.nan
+    d = int(df)
+    if d <= 30:
+        return T975[d - 1]
+    for limit, t in ((40, 2.042), (60, 2.021), (120, 2.000)):
+        if d < limit:
+            return t
+    return 1.980 if d < 1000 else 1.960
+
+
+def mean_ci(values: Any) -> tuple[float, float]:
+    """(mean, half-width of the 95% Student t confidence interval); half-width NaN for n < 2."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan
+    mean = statistics.fmean(xs)
+    if len(xs) < 2:
+        return mean, math.nan
+    return mean, t975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per trial: run info, status and the metrics the report uses."""
+    rows = []
+    for rec in records:
+        run, train = rec.get("run", {}), rec.get("train", {})
+        metrics = train.get("metrics", {})
+        row = {k: run.get(k) for k in RUN_COLUMNS}
+        row.update(status=train.get("status", "failed"), error=train.get("error"))
+        row["selected"] = bool(rec.get("selected", train.get("status") == "ok"))
+        row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
+        rows.append(row)
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            *RUN_COLUMNS,
+            "status",
+            "error",
+            "selected",
+            *METRIC_COLUMNS,
+        ],
+    )
+    for col in METRIC_COLUMNS:
+        if col != "memory_kind":
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _bytes(n: float) -> str:
+    if n is None or math.isnan(n):
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _num(v: Any, fmt: str, missing: str = "-") -> str:
+    return missing if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
