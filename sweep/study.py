@@ -78,6 +78,23 @@ def fail_stale_trials(study: optuna.Study) -> int:
     return stale
 
 
+class PointSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler over the sweep's points. A point run again after an interruption is
+    queued with `enqueue_trial` and carries no `grid_id`; Optuna 5.0's `after_trial` looks that
+    up when exactly one point is left unvisited and raised KeyError: 'grid_id', ending the
+    re-run. Such a trial has nothing to tell the sampler, so it is skipped there."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Any,
+    ) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
+
+
 class TrialFailed(Exception):
     """A trial ended as oom or failed: Optuna records it as FAIL and the sweep goes on."""
 
@@ -417,7 +434,7 @@ class Sweep:
     def run_grid(self) -> None:
         labels = [p.label for p in self.points]
         by_label = {p.label: p for p in self.points}
-        sampler = optuna.samplers.GridSampler({"point": labels}, seed=self.cfg.train.seed)
+        sampler = PointSampler({"point": labels}, seed=self.cfg.train.seed)
         study = optuna.create_study(
             study_name=self.cfg.experiment,
             storage=self.storage,
