@@ -137,8 +137,8 @@ LOSS_LOGITS = ("answer", "all")
 
 @dataclass
 class EvalConfig:
-    size: int = 40
-    batch_size: int = 20
+    size: int = 400
+    batch_size: int = 128
     max_new_tokens: int = 12
     base: bool = True
     every: int = 0

@@ -207,77 +207,110 @@ def loss_and_accuracy(
 
     The prefix all prompts share (chat template, system prompt, a fixed instruction: 28 of the
     default task's 38 prompt tokens) is run once per batch, with batch size 1, and its keys and
-    values are repeated for every row. Each row is then laid out after it as
-    [padding | own prompt tokens | answer | right padding], own prompts ending in the same column
-    P. One forward pass scores the answers (logits only from column P-1 on) and leaves the
-    prompts' keys and values in the cache; cropped to P-1 columns, that cache is the prefill
-    `generate` would compute, so decoding starts right away. Padding in the middle is masked and
-    position ids count only real tokens, so each row sees what it would see alone. A batch with
-    a prompt cut by max_len is scored in two passes instead.
+    values are repeated for every row (`_one_batch`). Batches are of equal size (at most
+    `batch_size`); a batch that runs out of memory is retried at half the size, so a large eval
+    batch never costs a trial its training.
     """
-    device = next(model.parameters()).device
-    pad = tok.pad_token_id
     was_training = model.training
     model.eval()
+    prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in task.eval]
+    shared = shared_prefix(prompts)
     texts: list[str] = []
     total, count = 0.0, 0
-    all_prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in task.eval]
-    shared = shared_prefix(all_prompts)
-    for start in range(0, len(task.eval), batch_size):
-        chunk = task.eval[start : start + batch_size]
-        prompts = all_prompts[start : start + batch_size]
-        rows = [encode(tok, ex, max_len, system_prompt) for ex in chunk]
-        if any(r["input_ids"][: len(p)] != p for r, p in zip(rows, prompts, strict=True)):
-            texts += generate(model, tok, prompts, max_new_tokens, len(chunk))
-            n = sum(sum(x != IGNORE for x in r["labels"][1:]) for r in rows)
-            total += eval_loss(model, tok, chunk, max_len, len(chunk), system_prompt) * n
-            count += n
+    n = len(task.eval)
+    size = math.ceil(n / max(1, math.ceil(n / batch_size))) if n else 1
+    start = 0
+    while start < n:
+        end = start + size
+        try:
+            out, loss, tokens = _one_batch(
+                model, tok, task.eval[start:end], prompts[start:end], shared, max_len,
+                max_new_tokens, system_prompt,
+            )  # fmt: skip
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             continue
-        answers = [r["input_ids"][len(p) :] for r, p in zip(rows, prompts, strict=True)]
-        width = max(len(a) for a in answers)
-        ids, mask = _left_pad([p[shared:] for p in prompts], pad)
-        tail = torch.full((len(chunk), width), pad, dtype=torch.long)
-        tail_mask = torch.zeros_like(tail)
-        for i, a in enumerate(answers):
-            tail[i, : len(a)] = torch.tensor(a, dtype=torch.long)
-            tail_mask[i, : len(a)] = 1
-        head = torch.tensor([prompts[0][:shared]] * len(chunk), dtype=torch.long)
-        cache = None
-        if shared:
-            cache = model(input_ids=head[:1].to(device), use_cache=True).past_key_values
-            cache.batch_repeat_interleave(len(chunk))
-        body = torch.cat([ids, tail], 1).to(device)
-        seen = torch.cat([torch.ones_like(head), mask, tail_mask], 1)
-        positions = (seen.cumsum(-1) - 1).clamp(min=0)[:, shared:].to(device)
-        out = model(
-            input_ids=body,
-            attention_mask=seen.to(device),
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=width + 1,
-        )
-        labels = torch.where(tail_mask.bool(), tail, IGNORE).to(device)
-        loss = torch.nn.functional.cross_entropy(
-            out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
-        )
-        total += loss.item()
-        count += int(tail_mask.sum())
-        cache = out.past_key_values
-        cache.crop(-(width + 1))  # keep the prompt columns but the last
-        prompt_ids_, prompt_mask = torch.cat([head, ids], 1), torch.cat([seen[:, :shared], mask], 1)
-        texts += _greedy(
-            model,
-            tok,
-            prompt_ids_.to(device),
-            prompt_mask.to(device),
-            max_new_tokens,
-            past_key_values=cache,
-        )
+        texts += out
+        total, count = total + loss, count + tokens
+        start = end
     model.train(was_training)
     result = _score(tok, task, texts)
     result["eval_loss"] = total / count if count else math.nan
+    result["eval_batch_size"] = size
     return result
+
+
+def _one_batch(
+    model: Any,
+    tok: Any,
+    chunk: list[Example],
+    prompts: list[list[int]],
+    shared: int,
+    max_len: int,
+    max_new_tokens: int,
+    system_prompt: str | None,
+) -> tuple[list[str], float, int]:
+    """One batch: (generated texts, summed answer loss, answer tokens).
+
+    Each row is laid out after the shared prefix as [padding | own prompt tokens | answer |
+    right padding], own prompts ending in the same column P. One forward pass scores the
+    answers (logits only from column P-1 on) and leaves the prompts' keys and values in the
+    cache; cropped to P-1 columns, that cache is the prefill `generate` would compute, so
+    decoding starts right away. Padding in the middle is masked and position ids count only
+    real tokens, so each row sees what it would see alone. A batch with a prompt cut by max_len
+    is scored in two passes instead.
+    """
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id
+    rows = [encode(tok, ex, max_len, system_prompt) for ex in chunk]
+    if any(r["input_ids"][: len(p)] != p for r, p in zip(rows, prompts, strict=True)):
+        texts = generate(model, tok, prompts, max_new_tokens, len(chunk))
+        n = sum(sum(x != IGNORE for x in r["labels"][1:]) for r in rows)
+        return texts, eval_loss(model, tok, chunk, max_len, len(chunk), system_prompt) * n, n
+    answers = [r["input_ids"][len(p) :] for r, p in zip(rows, prompts, strict=True)]
+    width = max(len(a) for a in answers)
+    ids, mask = _left_pad([p[shared:] for p in prompts], pad)
+    tail = torch.full((len(chunk), width), pad, dtype=torch.long)
+    tail_mask = torch.zeros_like(tail)
+    for i, a in enumerate(answers):
+        tail[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+        tail_mask[i, : len(a)] = 1
+    head = torch.tensor([prompts[0][:shared]] * len(chunk), dtype=torch.long)
+    cache = None
+    if shared:
+        cache = model(input_ids=head[:1].to(device), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(chunk))
+    body = torch.cat([ids, tail], 1).to(device)
+    seen = torch.cat([torch.ones_like(head), mask, tail_mask], 1)
+    positions = (seen.cumsum(-1) - 1).clamp(min=0)[:, shared:].to(device)
+    out = model(
+        input_ids=body,
+        attention_mask=seen.to(device),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=width + 1,
+    )
+    labels = torch.where(tail_mask.bool(), tail, IGNORE).to(device)
+    loss = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
+    )
+    cache = out.past_key_values
+    cache.crop(-(width + 1))  # keep the prompt columns but the last
+    prompt_ids_, prompt_mask = torch.cat([head, ids], 1), torch.cat([seen[:, :shared], mask], 1)
+    texts = _greedy(
+        model,
+        tok,
+        prompt_ids_.to(device),
+        prompt_mask.to(device),
+        max_new_tokens,
+        past_key_values=cache,
+    )
+    return texts, loss.item(), int(tail_mask.sum())
 
 
 @torch.no_grad()

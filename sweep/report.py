@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweep import stats
 from sweep.config import GpuClass
 from sweep.frame import _num, to_frame
 from sweep.headline import PARETO_PAIRS, headline, section
@@ -154,6 +155,20 @@ def _environment(records: list[dict[str, Any]], df: pd.DataFrame) -> list[str]:
     ]
 
 
+def _zero_line(base: pd.DataFrame) -> str:
+    """The untuned base model's exact-match accuracy (with its Wilson interval) and task score."""
+    if base.empty:
+        return "The untuned base model was not scored (eval.base=false)."
+    row = base.iloc[0]
+    n = int(row.n_eval) if not math.isnan(row.n_eval) else 0
+    lo, hi = stats.wilson(row.base_accuracy * n, n)
+    interval = f" [{lo:.1%}, {hi:.1%}]" if n else ""
+    return (
+        f"Untuned base model on the same {n or 'eval'} items: **{row.base_accuracy:.1%}** exact "
+        f"match{interval}, task score {_num(row.base_task_score, '{:.1%}')} (the zero line)."
+    )
+
+
 def _replace(path: Path, write: Callable[[Path], object]) -> None:
     """Two workers finishing on one host at once each leave a whole report file; the temporary
     file sits outside the report folder, which the other may be uploading to MLflow."""
@@ -168,15 +183,14 @@ def write(
     table = headline(records, gpus)  # marks each record `selected` (compare.select)
     df = to_frame(records)
     _replace(out_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
-    base = df.loc[df.quant.isna(), "base_accuracy"].dropna()
-    base = base if not base.empty else df["base_accuracy"].dropna()
-    base_acc = float(base.iloc[0]) if not base.empty else None
+    base = df[df.quant.isna() & df.base_accuracy.notna()]
+    base = base if not base.empty else df[df.base_accuracy.notna()]
+    base_acc = float(base.base_accuracy.iloc[0]) if not base.empty else None
     lines = [
         f"# Fine-tuning sweep: {experiment}",
         "",
         f"{len(df)} trial(s): {int((df.status == 'ok').sum())} ok, "
-        f"{int((df.status != 'ok').sum())} not ok. Untuned base model accuracy on the same eval "
-        f"set: **{_num(base_acc, '{:.1%}')}** (the zero line).",
+        f"{int((df.status != 'ok').sum())} not ok. {_zero_line(base)}",
         "",
     ]
     if not table.empty:

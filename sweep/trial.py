@@ -270,6 +270,7 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 if passages:
                     retention["after"] = evaluate.passage_losses(model, passages, e.batch_size)
             keys = ("accuracy", "task_score", "eval_loss", "n_eval", "generated_tokens")
+            keys += ("eval_batch_size",)
             metrics.update({k: acc[k] for k in keys})
             write_items(out / ITEMS_FILE, acc["items"])
             result.train["eval_items"] = ITEMS_FILE

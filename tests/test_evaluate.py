@@ -70,3 +70,26 @@ def test_generation_stops_a_row_once_its_answer_line_is_complete():
     assert done.tolist() == [False, True, False, True]
     # what it cuts off never changes the answer
     assert [evaluate.extract_answer(r) for r in rows] == ["42", "42", "42", "7"]
+
+
+def test_an_eval_batch_out_of_memory_is_retried_smaller_with_the_same_answers():
+    cfg = compose(tiny("eval.size=8", "eval.batch_size=8", "eval.max_new_tokens=4"))
+    path = models.resolve(cfg.model, cfg.cache_dir)
+    tok = models.load_tokenizer(path)
+    model = models.load_model(path, torch.float32)
+    task = data.load_task(cfg.dataset, 4, cfg.eval.size)
+    args = (model, tok, task, cfg.train.max_seq_len, 4)
+    whole = evaluate.loss_and_accuracy(*args, 8)
+    real = model.forward
+
+    def small_memory(*a, **kw):  # a device that holds at most 2 rows at a time
+        ids = kw.get("input_ids", a[0] if a else None)
+        if ids is not None and ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*a, **kw)
+
+    model.forward = small_memory
+    shrunk = evaluate.loss_and_accuracy(*args, 8)
+    assert shrunk["eval_batch_size"] == 2 and whole["eval_batch_size"] == 8
+    assert [i["answer"] for i in shrunk["items"]] == [i["answer"] for i in whole["items"]]
+    assert shrunk["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)
