@@ -8,6 +8,7 @@
     python -m sweep generate RUN PROMPT [--merged] [key=value...]   a trial's greedy answer (make generate)
     python -m sweep export RUN OUT_DIR      a trial's merged standalone model (make export)
     python -m sweep inference EXPERIMENT   separate vs merged adapters for every trial, into the report (make inference)
+    python -m sweep repair-journal PATH    keep the whole records of a damaged Optuna journal
 
 Overrides are Hydra's: `method=qlora method.r=8 train.steps=30 sweep=rank_grid`.
 A bad value stops here with one line naming the key and what is allowed (exit 2).
@@ -118,6 +119,17 @@ def _inference(args: list[str]) -> int:
     return 0
 
 
+def _repair(args: list[str]) -> int:
+    from sweep.storage import repair_journal
+
+    if len(args) != 1 or not Path(args[0]).is_file():
+        raise ConfigError("usage: python -m sweep repair-journal PATH (an optuna.journal file)")
+    kept, dropped = repair_journal(Path(args[0]))
+    print(f"[repair] {args[0]}: kept {kept} record(s), dropped {dropped} damaged line(s)"
+          + (f"; original saved as {args[0]}.damaged" if dropped else ""))  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "trial": _trial,
     "run": _run,
@@ -127,6 +139,7 @@ COMMANDS = {
     "export": _export,
     "plan": _plan,
     "inference": _inference,
+    "repair-journal": _repair,
 }
 
 

@@ -173,4 +173,7 @@ def trial_child(
         args += [pruning[1], str(pruning[2])]
     from sweep.trial import main
 
-    sys.exit(main(args))
+    try:
+        sys.exit(main(args))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep says what
+        sys.exit(130)  # happened in one line; a traceback from here would only bury it

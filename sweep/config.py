@@ -137,7 +137,7 @@ LOSS_LOGITS = ("answer", "all")
 
 @dataclass
 class EvalConfig:
-    size: int = 400
+    size: int = 500
     batch_size: int = 128
     max_new_tokens: int = 12
     base: bool = True
@@ -163,6 +163,7 @@ class SweepConfig:
     max_memory_gib: float = 0.0
     seeds: list[int] = field(default_factory=list)
     seed_data: bool = False
+    max_retries: int = 1
     heartbeat_s: int = 60
 
 
@@ -413,6 +414,7 @@ def validate(cfg: Config) -> None:
         "distinct integers, e.g. [0,1,2]",
         s.seeds,
     )
+    _require(s.max_retries >= 0, "sweep.max_retries", "an integer >= 0", s.max_retries)
     _require(s.heartbeat_s >= 1, "sweep.heartbeat_s", "an integer >= 1", s.heartbeat_s)
     for o in s.objectives:
         _require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)

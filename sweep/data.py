@@ -48,6 +48,18 @@ def exact_match(answer: str, ex: Example) -> float:
     return float(normalize(answer) == normalize(ex.answer))
 
 
+def distinct(examples: list[Example]) -> list[Example]:
+    """Each prompt once (the first): an eval item counted twice would double its weight and
+    overstate n (reasoning-gym repeats small problems: chain_sum has 200 one-digit ones)."""
+    seen: set[str] = set()
+    out = []
+    for ex in examples:
+        if ex.prompt not in seen:
+            seen.add(ex.prompt)
+            out.append(ex)
+    return out
+
+
 def load_task(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) -> Task:
     """Build the train, eval and selection examples. Eval prompts never repeat a train prompt;
     the selection split (for choosing a setting in a search sweep) repeats neither."""
@@ -62,7 +74,7 @@ def load_task(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) 
     eval_rows, select_rows = rows[:n_eval], rows[n_eval : n_eval + n_select]
     train_rows = rows[n_eval + n_select :]
     seen = {r.prompt for r in train_rows}
-    eval_rows = [r for r in eval_rows if r.prompt not in seen] or eval_rows
+    eval_rows = distinct([r for r in eval_rows if r.prompt not in seen] or eval_rows)
     select_rows = [r for r in select_rows if r.prompt not in seen]
     return Task(train=train_rows, eval=eval_rows, score=exact_match, select=select_rows)
 
@@ -83,20 +95,22 @@ def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int 
         ) from None
     train = [Example(e["question"], str(e["answer"]), e) for e in train_ds]
     seen = {ex.prompt for ex in train}
-    evals = [
-        Example(e["question"], str(e["answer"]), e) for e in eval_ds if e["question"] not in seen
-    ][:n_eval]
+    evals = distinct(
+        [Example(e["question"], str(e["answer"]), e) for e in eval_ds if e["question"] not in seen]
+    )[:n_eval]
     select: list[Example] = []
     if n_select:
         seen |= {ex.prompt for ex in evals}
         select_ds = rg.create_dataset(
             cfg.task, seed=cfg.seed + 2 * EVAL_SEED_OFFSET, size=4 * n_select + 16, **args
         )
-        select = [
-            Example(e["question"], str(e["answer"]), e)
-            for e in select_ds
-            if e["question"] not in seen
-        ][:n_select]
+        select = distinct(
+            [
+                Example(e["question"], str(e["answer"]), e)
+                for e in select_ds
+                if e["question"] not in seen
+            ]
+        )[:n_select]
     return Task(
         train=train,
         eval=evals,

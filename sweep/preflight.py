@@ -27,9 +27,47 @@ def preflight(cfg: Config) -> None:
         models.resolve(cfg.model, cfg.cache_dir)  # a local path must hold safetensors weights
     if cfg.method.quant is not None and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("method=qlora needs bitsandbytes (make install adds it)")
-    task = data.load_task(cfg.dataset, cfg.train.steps * cfg.train.batch_size, cfg.eval.size)
-    if not task.train or not task.eval:
-        raise ConfigError(f"dataset {cfg.dataset.name}: no train or no eval examples")
+    n_train = cfg.train.steps * cfg.train.batch_size
+    task = data.load_task(cfg.dataset, n_train, cfg.eval.size)
+    if not task.train:
+        raise ConfigError(f"dataset {cfg.dataset.name}: no train examples")
+    if not task.eval:
+        raise ConfigError(
+            f"dataset {cfg.dataset.name}: no eval items left: every prompt drawn for eval is "
+            f"among the {len(task.train)} train examples (train.steps x train.batch_size = "
+            f"{n_train}); the task has too few distinct prompts: lower train.steps or widen "
+            "the task (dataset.task_args)"
+        )
+    if len(task.eval) < cfg.eval.size:
+        warn(
+            f"eval.size={cfg.eval.size}: the dataset gives only {len(task.eval)} held-out items "
+            f"apart from the train set; scoring {len(task.eval)}"
+        )
+
+
+def warn(message: str) -> None:
+    """One line on stderr for a setting that runs but makes little sense."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_point(cfg: Config) -> None:
+    """Per sweep point: warn where a setting is outside what makes sense for the model."""
+    m = cfg.method
+    if m.name == "full":
+        return
+    from sweep import plan
+
+    try:
+        hidden = plan.arch_for_model(cfg.model).hidden
+    except (ConfigError, ValueError, OSError):
+        return  # a hub model offline: nothing to compare with
+    if m.r > hidden:
+        warn(
+            f"method.r={m.r} is above the model's hidden size ({hidden}): each adapter has more "
+            "parameters than the layer it adapts, and no more rank than the layer has"
+        )
 
 
 def check_cpus(spec: str) -> None:

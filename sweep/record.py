@@ -80,8 +80,12 @@ def write_whole(path: Path, write: Callable[[Path], object], tmp_dir: Path | Non
     processes writing one file each leave a whole one. `tmp_dir` (same filesystem) keeps the
     temporary file out of a folder someone else may be reading, e.g. uploading to MLflow."""
     tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: no half file, no temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save(result: TrialResult, path: str | Path) -> Path:

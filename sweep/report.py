@@ -243,7 +243,7 @@ def rebuild(experiment: str, overrides: list[str] | None = None) -> Path:
     from sweep.config import ConfigError, compose
 
     cfg = compose(list(overrides or []))
-    records = tracking.trial_records(experiment)
+    records = tracking.retrying(lambda: tracking.trial_records(experiment), "reading the records")
     if not records:
         raise ConfigError(
             f"experiment {experiment!r}: no trials logged at {tracking.uri()} "
@@ -251,5 +251,5 @@ def rebuild(experiment: str, overrides: list[str] | None = None) -> Path:
         )
     out_dir = Path(cfg.report.dir) / experiment
     path = write(records, out_dir, experiment, cfg.report.gpus)
-    tracking.log_report(experiment, out_dir)
+    tracking.retrying(lambda: tracking.log_report(experiment, out_dir), "logging the report")
     return path

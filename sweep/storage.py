@@ -9,6 +9,7 @@ machines share it. SQLite is for a single process and is accepted for that.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -32,6 +33,7 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(path)
         return JournalStorage(JournalFileBackend(str(path)))
     shown = redact(url)
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; we ship psycopg2
@@ -55,6 +57,55 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
                 continue
             raise ConfigError(f"sweep.storage={shown}: cannot open ({reason[:200]})") from None
     raise AssertionError("unreachable")
+
+
+def _first_damage(path: Path) -> tuple[int, str] | None:
+    """(line number, what is wrong) of the first damaged line of a journal, or None."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            return number, "not a whole JSON record"
+        if number == len(lines):  # a last record without its newline: cut mid-write
+            return number, "its last record has no end of line"
+    return None
+
+
+def check_journal(path: Path) -> None:
+    """Read an Optuna journal whole before anything writes to it; a damaged one stops here
+    with its line number and the command that repairs it."""
+    if not path.is_file():
+        return
+    damage = _first_damage(path)
+    if damage is not None:
+        number, what = damage
+        raise ConfigError(
+            f"{path}:{number}: damaged Optuna journal ({what}); nothing was written to it. "
+            f"Repair: python -m sweep repair-journal {path} (keeps the records before line "
+            f"{number}, the original is saved as {path.name}.damaged), then run the sweep again"
+        )
+
+
+def repair_journal(path: Path) -> tuple[int, int]:
+    """Keep the whole records before the first damaged line; save the original beside it.
+    Returns (records kept, lines dropped)."""
+    damage = _first_damage(path)
+    lines = path.read_bytes().split(b"\n")
+    if damage is None:
+        return sum(bool(x.strip()) for x in lines), 0
+    number = damage[0]
+    kept = [x for x in lines[: number - 1] if x.strip()]
+    dropped = sum(bool(x.strip()) for x in lines[number - 1 :])
+    backup = path.with_name(path.name + ".damaged")
+    backup.write_bytes(path.read_bytes())
+    tmp = path.with_name(f".{path.name}.repair")
+    tmp.write_bytes(b"".join(x + b"\n" for x in kept))
+    tmp.replace(path)
+    return len(kept), dropped
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -29,13 +29,15 @@ import psutil
 
 from sweep import record, storage, tracking
 from sweep.child import launch_env, start_trial_server, trial_child, trial_context
-from sweep.config import OBJECTIVES, Config, ConfigError, as_dict, compose
-from sweep.preflight import preflight
+from sweep.config import OBJECTIVES, Config, ConfigError, as_dict, compose, config_hash
+from sweep.preflight import check_point, preflight, warn
 from sweep.record import TrialResult
 
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
 # Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.
 FINAL_FAILURES = ("oom",)
+# A record on disk with one of these is a finished point: reused, never trained again.
+REUSABLE = ("ok", "oom", "diverged", "pruned", "skipped_predicted_oom")
 
 
 def is_final(t: optuna.trial.FrozenTrial) -> bool:
@@ -79,10 +81,10 @@ def fail_stale_trials(study: optuna.Study) -> int:
 
 
 class PointSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler over the sweep's points. A point run again after an interruption is
-    queued with `enqueue_trial` and carries no `grid_id`; Optuna 5.0's `after_trial` looks that
-    up when exactly one point is left unvisited and raised KeyError: 'grid_id', ending the
-    re-run. Such a trial has nothing to tell the sampler, so it is skipped there."""
+    """Optuna's GridSampler over the sweep's points, without its `after_trial`. That hook stops
+    the study once no point is left unvisited, which left queued retries WAITING for ever, and
+    it looks up a `grid_id` a queued retry does not carry (KeyError 'grid_id' when exactly one
+    point was left). The sweep counts its own trials (`run_grid`), so nothing is lost."""
 
     def after_trial(
         self,
@@ -91,8 +93,12 @@ class PointSampler(optuna.samplers.GridSampler):
         state: optuna.trial.TrialState,
         values: Any,
     ) -> None:
-        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
-            super().after_trial(study, trial, state, values)
+        return None
+
+
+class SweepStopped(ConfigError):
+    """The sweep cannot go on (e.g. the disk is full): one line naming the cause and the way to
+    recover; nothing recorded is lost and a re-run resumes."""
 
 
 class TrialFailed(Exception):
@@ -338,6 +344,8 @@ class Sweep:
             p.label: compose(trial_overrides(self.cfg, self.user, p.overrides)) for p in self.points
         }
         seen: set[str] = set()
+        for cfg in self.point_cfgs.values():
+            check_point(cfg)
         for cfg in self.point_cfgs.values():  # model files and dataset rows, once per variant
             d = as_dict(cfg)
             key = json.dumps([d["model"], d["dataset"]], sort_keys=True)
@@ -354,14 +362,70 @@ class Sweep:
         if s.pruner != "none" and not any(c.eval.every for c in self.point_cfgs.values()):
             raise ConfigError("sweep.pruner=median needs eval.every > 0 (intermediate eval loss)")
         self.root = Path(self.cfg.output_dir, self.cfg.experiment)
+        self._remember_settings()
         self.storage_url = s.storage or storage.default_url(
             self.cfg.output_dir, self.cfg.experiment
         )
         self.storage = storage.open_storage(self.storage_url, s.heartbeat_s)
         tracking.check_reachable()
-        self.parent = tracking.parent_run(self.cfg.experiment, as_dict(self.cfg), self.user)
+        self.parent = tracking.retrying(
+            lambda: tracking.parent_run(self.cfg.experiment, as_dict(self.cfg), self.user),
+            f"MLflow parent run of {self.cfg.experiment} at {tracking.uri()}",
+        )
+        self.sync()
         self.count = 0
+        self._gave_up: set[str] = set()
+        self._first = 0  # the first Optuna trial number of this run
         self.total = len(self.points) * (s.n_trials if s.kind == "search" else 1)
+
+    def _remember_settings(self) -> None:
+        """Warn in one line when a re-run's settings differ from the experiment's first run:
+        finished points keep the results of the old settings."""
+        path = self.root / "sweep_config.json"
+        now = _flatten(as_dict(self.cfg))
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            record.write_whole(path, lambda tmp: tmp.write_text(json.dumps(now, indent=1)))
+            return
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            return
+        changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            warn(
+                f"experiment {self.cfg.experiment} ran before with other settings ({shown}{more});"
+                " finished points keep their results: use experiment=<new name> to compare anew"
+            )
+
+    def sync(self) -> None:
+        """Log the finished records MLflow lacks (a lost store, an outage, a killed logging)."""
+        try:
+            n = tracking.retrying(
+                lambda: tracking.sync(self.parent, self.root / "trials"), "logging records"
+            )
+        except tracking.TrackingUnavailable as exc:
+            print(f"[sweep] tracking unavailable ({exc}); records kept, logged next run")
+            return
+        if n:
+            print(f"[sweep] {n} finished trial record(s) were missing from MLflow: logged now")
+
+    def _finished_record(self, label: str, cfg: Config) -> tuple[Path, TrialResult] | None:
+        """A record this point already left on disk with a final outcome and the same config
+        (its sweep was stopped after the trial ended, before Optuna heard of it): reused, so a
+        finished point is never trained twice."""
+        for trial_dir in sorted((self.root / "trials").glob(f"*-{slug(label)}"), reverse=True):
+            if trial_dir.name.split("-", 1)[-1] != slug(label):
+                continue
+            try:
+                result = record.load(trial_dir / "result.json")
+            except (OSError, ValueError):
+                continue
+            if result.status in REUSABLE and result.run.get("config_hash") == config_hash(cfg):
+                return trial_dir, result
+        return None
 
     def run_point(self, trial: optuna.Trial, point: Point, study_name: str) -> list[float]:
         """Optuna objective body: sample, compose, launch, record, log, return the objectives."""
@@ -376,20 +440,30 @@ class Sweep:
             raise optuna.TrialPruned(f"{point.label} already done or running in another worker")
         cfg = compose(trial_overrides(self.cfg, self.user, point.overrides + sampled))
         trial_dir = self.root / "trials" / f"{trial.number:04d}-{slug(point.label)}"
+        reused = None if sampled else self._finished_record(point.label, cfg)
+        attempt = self._attempts(trial, point.label)
         self.count += 1
-        print(
-            f"[trial {self.count}/{self.total}] {point.label}{' ' + ' '.join(sampled) if sampled else ''}"
-            f": start ({trial_dir})",
-            flush=True,
-        )
+        again = f" (attempt {attempt + 1})" if attempt else ""
+        if reused is not None:
+            trial_dir = reused[0]
+            print(f"[trial {self.count}/{self.total}] {point.label}: finished before, "
+                  f"record reused ({trial_dir})", flush=True)  # fmt: skip
+        else:
+            print(
+                f"[trial {self.count}/{self.total}] {point.label}{' ' + ' '.join(sampled) if sampled else ''}"
+                f"{again}: start ({trial_dir})",
+                flush=True,
+            )
         prune = (
             (self.storage_url, study_name, trial._trial_id)
             if self.cfg.sweep.pruner != "none"
             else None
         )
         trial.set_user_attr("worker", _worker())
-        skipped = predicted_oom(cfg, self.max_memory_gib)
-        if skipped is not None:
+        skipped = None if reused else predicted_oom(cfg, self.max_memory_gib)
+        if reused is not None:
+            result = reused[1]
+        elif skipped is not None:
             trial_dir.mkdir(parents=True, exist_ok=True)
             result = skipped
         else:
@@ -404,16 +478,41 @@ class Sweep:
             optuna_trial=trial.number,
             study=study_name,
         )
-        record.save(result, trial_dir / "result.json")
-        tracking.log_trial(self.parent, result, trial_dir)
+        try:
+            record.save(result, trial_dir / "result.json")
+        except OSError as exc:
+            raise SweepStopped(
+                f"cannot write {trial_dir / 'result.json'} ({exc.strerror or exc}); free space "
+                "(or fix the folder), then run the same command again: finished trials are kept"
+            ) from None
+        try:
+            tracking.retrying(
+                lambda: tracking.log_trial(self.parent, result, trial_dir),
+                f"logging {trial_dir.name}",
+            )
+        except tracking.TrackingUnavailable as exc:
+            print(f"[sweep] tracking unavailable ({exc}); the record is kept in {trial_dir} "
+                  "and logged on the next run", flush=True)  # fmt: skip
         print(_line(self.count, self.total, result), flush=True)
         trial.set_user_attr("status", result.status)
+        trial.set_user_attr("error", str(result.train.get("error") or "")[:300])
         trial.set_user_attr("trial_dir", str(trial_dir))
         if result.status in ("pruned", "diverged", "skipped_predicted_oom"):
             raise optuna.TrialPruned(result.train.get("error") or result.status)
         if result.status != "ok":
             raise TrialFailed(result.train.get("error") or result.status)
         return _objective_values(self.cfg, result)
+
+    @staticmethod
+    def _attempts(trial: optuna.Trial, label: str) -> int:
+        """Earlier tries of this point that ended without a final outcome (crash, kill, time-out)."""
+        return sum(
+            t.number != trial.number
+            and t.params.get("point") == label
+            and t.state == optuna.trial.TrialState.FAIL
+            and not is_final(t)
+            for t in trial.study.get_trials(deepcopy=False)
+        )
 
     @staticmethod
     def _taken_elsewhere(trial: optuna.Trial, label: str) -> bool:
@@ -445,6 +544,7 @@ class Sweep:
         objective = lambda t: self.run_point(  # noqa: E731
             t, by_label[t.suggest_categorical("point", labels)], study.study_name
         )
+        self._first = len(study.get_trials(deepcopy=False))
         for round_ in range(2 * len(labels) + 2):  # rounds: retries queued meanwhile run too
             remaining, waiting, busy, done = self._grid_todo(study, labels)
             if not remaining and not waiting:
@@ -455,15 +555,29 @@ class Sweep:
             self.count = len(done)
             study.optimize(objective, n_trials=len(remaining) + waiting, catch=(TrialFailed,))
 
-    @staticmethod
-    def _grid_todo(study: optuna.Study, labels: list[str]) -> tuple[list[str], int, set, set]:
-        """Points nobody has finished or is running (queued again if tried before), and the
-        number of queued retries; dead workers' trials are failed first so they count as todo."""
+    def _grid_todo(self, study: optuna.Study, labels: list[str]) -> tuple[list[str], int, set, set]:
+        """Points nobody has finished or is running (queued again if tried before, up to
+        sweep.max_retries times), and the number of queued retries; dead workers' trials are
+        failed first so they count as todo."""
         fail_stale_trials(study)  # our own host: a dead process
         optuna.storages.fail_stale_trials(study)  # RDB heartbeats: a worker elsewhere went silent
         trials = study.get_trials(deepcopy=False)
         done = {t.params.get("point") for t in trials if is_final(t)}
         busy = {t.params.get("point") for t in trials if t.state in (RUNNING, WAITING)}
+        failures: dict[str, list[optuna.trial.FrozenTrial]] = {}
+        for t in trials:  # failures of this run: a re-run of the sweep tries every point again
+            retryable = t.state == optuna.trial.TrialState.FAIL and not is_final(t)
+            if retryable and t.number >= self._first:
+                failures.setdefault(t.params.get("point"), []).append(t)
+        retries = self.cfg.sweep.max_retries
+        for label, failed in failures.items():
+            if label not in done and label not in busy and len(failed) > retries:
+                done.add(label)
+                if label not in self._gave_up:
+                    self._gave_up.add(label)
+                    error = failed[-1].user_attrs.get("error") or "crashed or interrupted"
+                    print(f"[sweep] {label}: tried {len(failed)} time(s) without an outcome "
+                          f"(sweep.max_retries={retries}), not run again: {error}", flush=True)  # fmt: skip
         remaining = [x for x in labels if x not in done and x not in busy]
         tried = {t.params.get("point") for t in trials}
         for label in remaining:  # interrupted or crashed before: run it again from the start
@@ -507,13 +621,24 @@ def run_sweep(user_overrides: list[str]) -> int:
         f"tracking {tracking.uri()}",
         flush=True,
     )
-    if cfg.sweep.kind == "grid":
-        sweep.run_grid()
-    else:
-        sweep.run_search()
+    try:
+        if cfg.sweep.kind == "grid":
+            sweep.run_grid()
+        else:
+            sweep.run_search()
+    except BaseException:  # interrupted or crashed: no parent run is left RUNNING
+        tracking.close_parent(sweep.parent, "KILLED")
+        raise
     from sweep.report import rebuild
 
-    path = rebuild(cfg.experiment, user_overrides)
-    tracking.finish_parent(sweep.parent, time.time() - start)
+    sweep.sync()  # records an outage kept back are logged before the report reads MLflow
+    try:
+        path = rebuild(cfg.experiment, user_overrides)
+        tracking.finish_parent(sweep.parent, time.time() - start)
+    except tracking.TrackingUnavailable as exc:
+        print(f"[sweep] tracking unavailable ({exc}): the report was not written; every "
+              f"record is kept under {sweep.root}; run `make report EXP={cfg.experiment}` "
+              "once the store answers", flush=True)  # fmt: skip
+        return 1
     print(f"[sweep] done in {time.time() - start:.0f} s; report: {path}", flush=True)
     return 0

@@ -4,11 +4,14 @@
 
 A trial's nested run is created after its process has ended, from its result record, so a killed
 trial never leaves a run stuck in RUNNING. The parent run is found again by its tag on a re-run,
-so a resumed sweep keeps one parent. Nothing secret is logged: URLs are redacted in the config.
+so a resumed sweep keeps one parent. The records on disk are the source of truth: `sync` logs
+those the store lacks, one run per trial directory, so a lost store, an outage or an interrupted
+logging is repaired by running the sweep again. Nothing secret is logged: URLs are redacted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -16,8 +19,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -27,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from sweep.config import ConfigError
 from sweep.record import TrialResult
 
+T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per record: noise
 
 # MLflow configures its loggers on import; its "Creating initial MLflow database tables" is noise here.
@@ -35,6 +40,7 @@ for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "sweep.parent"
+TRIAL_TAG = "sweep.trial"  # a nested run's trial directory name: one run per finished trial
 ITEM_FILES = ("eval_items", "base_items")  # record keys naming per-item files beside result.json
 PARAM_KEYS = (
     "label",
@@ -159,15 +165,58 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+class TrackingUnavailable(ConfigError):
+    """The tracking store stayed locked or unreachable through every retry: one line, exit 2."""
+
+
+RETRY_WAITS_S = (1, 2, 4, 8, 16)  # ~30 s in all: a store busy for longer is retried next run
+
+
+def retrying(call: Callable[[], T], what: str, waits: tuple[float, ...] = RETRY_WAITS_S) -> T:
+    """`call()`, retried with backoff while the store is locked or unreachable; then
+    TrackingUnavailable naming what could not be done."""
+    for wait in (*waits, None):
+        try:
+            return call()
+        except (MlflowException, OSError) as exc:
+            if wait is None:
+                reason = (
+                    str(exc).strip().splitlines()[0][:200]
+                    if str(exc).strip()
+                    else type(exc).__name__
+                )
+                raise TrackingUnavailable(f"{what}: {reason}") from None
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _logged_runs(c: MlflowClient, parent_id: str) -> dict[str, Any]:
+    """Nested runs of the parent by their trial directory's name (TRIAL_TAG)."""
+    exp_id = c.get_run(parent_id).info.experiment_id
+    runs = c.search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000
+    )
+    return {r.data.tags[TRIAL_TAG]: r for r in runs if TRIAL_TAG in r.data.tags}
+
+
 def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
-    """A finished nested run for one trial: params, metrics, loss curve, record and adapter."""
+    """A finished nested run for one trial: params, metrics, loss curve, record and adapter.
+
+    One run per trial directory (tag TRIAL_TAG): a trial already logged is not logged again,
+    and a run left RUNNING by an interrupted logging is replaced."""
     c = client()
+    previous = _logged_runs(c, parent_id).get(trial_dir.name)
+    if previous is not None:
+        if previous.info.status != "RUNNING":
+            return previous.info.run_id
+        c.delete_run(previous.info.run_id)
     parent = c.get_run(parent_id)
     run = c.create_run(
         parent.info.experiment_id,
         run_name=result.run.get("label"),
         tags={
             "mlflow.parentRunId": parent_id,
+            TRIAL_TAG: trial_dir.name,
             "status": result.status,
             "error": str(result.train.get("error") or "")[:4000],
         },
@@ -194,6 +243,28 @@ def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
         c.log_artifacts(rid, str(adapter), "adapter")
     c.set_terminated(rid, "FINISHED" if result.status in ("ok", "pruned") else "FAILED")
     return rid
+
+
+def sync(parent_id: str, trials_root: Path) -> int:
+    """Log every finished trial record under `trials_root` that the tracking store lacks (a
+    lost or damaged store, an outage, an interrupted logging): the records on disk are the
+    source of truth. Returns how many were logged."""
+    from sweep.record import load
+
+    if not trials_root.is_dir():
+        return 0
+    logged = {k for k, r in _logged_runs(client(), parent_id).items() if r.info.status != "RUNNING"}
+    count = 0
+    for trial_dir in sorted(trials_root.iterdir()):
+        if trial_dir.name in logged or not (trial_dir / "result.json").is_file():
+            continue
+        try:
+            result = load(trial_dir / "result.json")
+        except ValueError:  # a damaged record: the trial runs again instead
+            continue
+        log_trial(parent_id, result, trial_dir)
+        count += 1
+    return count
 
 
 def trial_records(experiment: str) -> list[dict[str, Any]]:
@@ -238,5 +309,11 @@ def log_report(experiment: str, report_dir: Path) -> None:
 
 def finish_parent(parent_id: str, seconds: float) -> None:
     c = client()
-    c.log_metric(parent_id, "sweep_wall_s", seconds)
-    c.set_terminated(parent_id, "FINISHED")
+    retrying(lambda: c.log_metric(parent_id, "sweep_wall_s", seconds), "closing the parent run")
+    retrying(lambda: c.set_terminated(parent_id, "FINISHED"), "closing the parent run")
+
+
+def close_parent(parent_id: str, status: str) -> None:
+    """Best effort on the way out of an interrupted or crashed sweep: never raises."""
+    with contextlib.suppress(Exception):  # the store itself may be what failed
+        client().set_terminated(parent_id, status)

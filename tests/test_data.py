@@ -86,6 +86,14 @@ def test_reasoning_gym_task_is_deterministic_and_eval_is_held_out():
     assert a.score("not a number", ex) == 0.0
 
 
+def test_eval_items_are_distinct_prompts():
+    """chain_sum repeats its 200 one-digit problems; each counts once in the eval set."""
+    cfg = compose([]).dataset
+    task = data.load_task(cfg, 480, 400, n_select=100)
+    assert len(task.eval) == 400 and len({e.prompt for e in task.eval}) == 400
+    assert len({e.prompt for e in task.select}) == len(task.select) == 100
+
+
 def test_selection_split_is_apart_from_train_and_eval():
     cfg = compose([]).dataset
     task = data.load_task(cfg, 64, 16, n_select=12)
