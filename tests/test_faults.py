@@ -57,19 +57,21 @@ def _journal(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_while_logging_a_finished_trial(tmp_path, monkeypatch, capsys):
-    """Ctrl-C after a trial's record is written, while its MLflow run is being logged: the run
-    is left RUNNING and Optuna marks the trial failed. The re-run reuses the record (no second
-    training), replaces the half-logged run and closes everything."""
+@pytest.mark.parametrize("run_created", [False, True])
+def test_interrupted_after_a_record_is_written(tmp_path, monkeypatch, capsys, run_created):
+    """Ctrl-C after a trial's record is written: before its MLflow run exists, or while it is
+    logged (the run is left RUNNING). Optuna marks the trial failed. The re-run reuses the
+    record (no second training), logs it once (replacing a half-logged run) and closes all."""
     real, calls = tracking.log_trial, []
 
     def half_logged(parent, result, trial_dir):
         calls.append(trial_dir.name)
         if len(calls) == 2:
-            c = tracking.client()
-            exp_id = c.get_run(parent).info.experiment_id
-            tags = {"mlflow.parentRunId": parent, tracking.TRIAL_TAG: trial_dir.name}
-            c.create_run(exp_id, run_name=result.run["label"], tags=tags)
+            if run_created:
+                c = tracking.client()
+                exp_id = c.get_run(parent).info.experiment_id
+                tags = {"mlflow.parentRunId": parent, tracking.TRIAL_TAG: trial_dir.name}
+                c.create_run(exp_id, run_name=result.run["label"], tags=tags)
             raise KeyboardInterrupt
         return real(parent, result, trial_dir)
 
@@ -127,6 +129,36 @@ def test_a_busy_tracking_store_defers_logging_and_the_sweep_goes_on(tmp_path, mo
     monkeypatch.setattr(tracking, "log_trial", locked_once)
     assert run_sweep(ARGS) == 0
     assert len(set(calls)) == 2  # the second trial ran although the first could not be logged
+    _as_one_uninterrupted_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_tracking_store_held_locked_by_another_process(tmp_path):
+    """Another process holds an exclusive lock on mlflow.db for a few seconds as trial 1 ends
+    (sqlite's BEGIN EXCLUSIVE): logging waits or retries, and the sweep finishes whole."""
+    import sqlite3
+    import threading
+    import time
+
+    trials = tmp_path / "outputs" / "faults" / "trials"
+    held = threading.Event()
+
+    def hold_lock():
+        end = time.time() + 120
+        while time.time() < end and not list(trials.glob("*/result.json")):
+            time.sleep(0.05)
+        db = sqlite3.connect(tmp_path / "mlflow.db", timeout=30, isolation_level=None)
+        db.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(4)
+        db.execute("COMMIT")
+        db.close()
+
+    locker = threading.Thread(target=hold_lock, daemon=True)
+    locker.start()
+    assert run_sweep(ARGS) == 0
+    locker.join(timeout=60)
+    assert held.is_set()
     _as_one_uninterrupted_run(tmp_path)
 
 
