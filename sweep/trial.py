@@ -39,20 +39,35 @@ ITEMS_FILE = "eval_items.jsonl"  # the trial's per-item results, beside result.j
 BASE_ITEMS_FILE = "base_items.jsonl"  # the untuned base model's, on the same items
 
 
-def _base_cache_file(cfg: Config, model_path: str) -> Path:
+def _base_cache_file(cfg: Config, model_path: str, part: str, quant: bool) -> Path:
+    """Cache of the untuned model's results: `part` "accuracy" (the eval items) or "retention"
+    (the general-text passages), for the base as loaded with (quant) or without quantization."""
     d = as_dict(cfg)
     e = d["eval"]  # only what changes the answers: not eval.every
-    key = {
+    key: dict[str, Any] = {
+        "part": part,
         "model": model_path,
         "precision": cfg.train.precision,
-        "dataset": d["dataset"],
-        "quant": d["method"]["quant"],
-        "eval": [e[k] for k in ("size", "batch_size", "max_new_tokens", "base")],
-        "retention": [e["retention_size"], e["retention_tokens"]],
-        "version": 2,  # per-item results and retention losses
+        "quant": d["method"]["quant"] if quant else None,
+        "version": 3,
     }
+    if part == "accuracy":
+        key["dataset"] = d["dataset"]
+        key["eval"] = [e[k] for k in ("size", "batch_size", "max_new_tokens")]
+        key["max_len"] = cfg.train.max_seq_len
+    else:
+        key["retention"] = [e["retention_size"], e["retention_tokens"]]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir) / "base_accuracy" / f"{digest}.json"
+    return Path(cfg.cache_dir) / "base_accuracy" / f"{part}-{digest}.json"
+
+
+def _cached(path: Path, compute: Callable[[], Any]) -> Any:
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record.write_whole(path, lambda tmp: tmp.write_text(json.dumps(value)))
+    return value
 
 
 def base_eval(
@@ -63,27 +78,33 @@ def base_eval(
     model_path: str,
     passages: list[list[int]],
 ) -> dict[str, Any]:
-    """The untuned model on the same eval items (the zero point; with eval.base) and on the
-    retention passages (before training), cached per model+task+eval set."""
-    cache = _base_cache_file(cfg, model_path)
-    if cache.exists():
-        return json.loads(cache.read_text())
+    """The untuned model on the same eval items (the zero line; with eval.base) and on the
+    retention passages (before training), each cached per model and settings.
+
+    The zero line is the unquantized base's: a QLoRA trial reuses it where a trial on the same
+    base scored it already (in the default grid QLoRA runs last), and otherwise scores its own
+    4-bit base (`base_quant` in the result says which). Retention is always the loaded model's
+    own "before", so its change is what training did."""
     e, t = cfg.eval, cfg.train
+    quant = cfg.method.quant is not None
     out: dict[str, Any] = {}
     if e.base:
-        acc = evaluate.loss_and_accuracy(
-            model,
-            tok,
-            task,
-            t.max_seq_len,
-            e.max_new_tokens,
-            e.batch_size,
-            cfg.dataset.system_prompt,
-        )
-        out = {k: acc[k] for k in ("accuracy", "task_score", "eval_loss", "items")}
-    out["retention"] = evaluate.passage_losses(model, passages, e.batch_size)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    record.write_whole(cache, lambda tmp: tmp.write_text(json.dumps(out)))
+        plain = _base_cache_file(cfg, model_path, "accuracy", quant=False)
+        own = _base_cache_file(cfg, model_path, "accuracy", quant=quant)
+
+        def score() -> dict[str, Any]:
+            acc = evaluate.loss_and_accuracy(
+                model, tok, task, t.max_seq_len, e.max_new_tokens, e.batch_size,
+                cfg.dataset.system_prompt,
+            )  # fmt: skip
+            keys = ("accuracy", "task_score", "eval_loss", "items")
+            return {**{k: acc[k] for k in keys}, "base_quant": record.run_info(cfg)["quant"]}
+
+        out = _cached(plain if plain.exists() else own, score)
+    retention = _base_cache_file(cfg, model_path, "retention", quant=quant)
+    out["retention"] = _cached(
+        retention, lambda: evaluate.passage_losses(model, passages, e.batch_size)
+    )
     return out
 
 
@@ -222,6 +243,7 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 )
                 write_items(out / BASE_ITEMS_FILE, base["items"])
                 result.train["base_items"] = BASE_ITEMS_FILE
+                result.train["base_quant"] = base.get("base_quant")
         model = methods.apply(model, cfg.method, t)
         metrics.update(_ledger(model))
         curve: list[list[float]] = []
@@ -259,7 +281,10 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                 f"{stats.steps} (first loss {stats.losses[0]:.4g})",
             )
         else:
+            with meter.phase("save"):  # first: evaluation may fold the adapter in
+                metrics["adapter_bytes"] = methods.save(model, out / "adapter")
             with meter.phase("eval"):
+                model, metrics["eval_merged"] = methods.merged_for_eval(model)
                 acc = evaluate.loss_and_accuracy(
                     model, tok, task, t.max_seq_len, e.max_new_tokens, e.batch_size, sp
                 )
@@ -283,8 +308,6 @@ def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None
                     retention_loss_after=after,
                     retention_delta=after - before,
                 )
-            with meter.phase("save"):
-                metrics["adapter_bytes"] = methods.save(model, out / "adapter")
             result.train["status"] = "pruned" if stats.pruned else "ok"
     except (torch.OutOfMemoryError, MemoryError) as exc:
         result.train.update(status="oom", error=f"{type(exc).__name__}: {str(exc)[:300]}")

@@ -93,3 +93,30 @@ def test_an_eval_batch_out_of_memory_is_retried_smaller_with_the_same_answers():
     assert shrunk["eval_batch_size"] == 2 and whole["eval_batch_size"] == 8
     assert [i["answer"] for i in shrunk["items"]] == [i["answer"] for i in whole["items"]]
     assert shrunk["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)
+
+
+def test_a_lora_adapter_folded_in_for_evaluation_gives_the_same_answers():
+    cfg = compose(tiny("eval.size=8", "eval.batch_size=4", "eval.max_new_tokens=6"))
+    path = models.resolve(cfg.model, cfg.cache_dir)
+    tok = models.load_tokenizer(path)
+    torch.manual_seed(0)
+    model = methods.apply(models.load_model(path, torch.float32), cfg.method, cfg.train)
+    for p in model.parameters():  # non-zero LoRA B: the adapter changes the answers
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    task = data.load_task(cfg.dataset, 4, cfg.eval.size)
+    args = (tok, task, cfg.train.max_seq_len, 6, 4)
+    separate = evaluate.loss_and_accuracy(model, *args)
+    merged, folded = methods.merged_for_eval(model)
+    assert folded and not any("lora" in n for n, _ in merged.named_parameters())
+    together = evaluate.loss_and_accuracy(merged, *args)
+    assert [i["answer"] for i in together["items"]] == [i["answer"] for i in separate["items"]]
+    assert together["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-4)
+    qlora = methods.apply(
+        models.load_model(
+            path, torch.float32, **methods.load_kwargs(compose(tiny("method=qlora")).method, "fp32")
+        ),
+        compose(tiny("method=qlora")).method,
+        cfg.train,
+    )
+    assert methods.merged_for_eval(qlora)[1] is False  # folding into 4-bit weights would round

@@ -154,4 +154,17 @@ def test_base_accuracy_is_cached_per_model_and_eval_set(tmp_path):
         tmp_path / "1" / "base_items.jsonl"
     ).read_text()
     assert second.metrics["base_eval_s"] < first.metrics["base_eval_s"]  # read, not recomputed
-    assert len(list((tmp_path / "cache" / "base_accuracy").glob("*.json"))) == 1
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "base_accuracy").iterdir())
+    assert cached == ["accuracy", "retention"]
+    # QLoRA on the same base: the zero line is the unquantized base's (reused, not rescored);
+    # the retention "before" is its own 4-bit model's
+    qlora = run_trial(
+        compose(tiny("method=qlora", f"cache_dir={tmp_path / 'cache'}")), tmp_path / "3"
+    )
+    assert qlora.train["base_quant"] is None and first.train["base_quant"] is None
+    assert (tmp_path / "3" / "base_items.jsonl").read_text() == (
+        tmp_path / "1" / "base_items.jsonl"
+    ).read_text()
+    assert qlora.train["retention"]["before"] != first.train["retention"]["before"]
+    alone = run_trial(compose(tiny("method=qlora", f"cache_dir={tmp_path / 'c2'}")), tmp_path / "4")
+    assert alone.train["base_quant"] == "nf4-4bit"  # no unquantized result yet: its own base
