@@ -18,6 +18,18 @@ def _two_ways(cfg, model, tok):
     return separate, one_pass
 
 
+def _tiny_lora(cfg):
+    """The tiny model with a LoRA adapter whose B is not zero, so it changes the answers."""
+    path = models.resolve(cfg.model, cfg.cache_dir)
+    tok = models.load_tokenizer(path)
+    torch.manual_seed(0)
+    model = methods.apply(models.load_model(path, torch.float32), cfg.method, cfg.train)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    return model, tok, path
+
+
 def _same(separate, one_pass):
     assert one_pass["samples"] == separate["samples"]  # prompts, answers, scores
     assert one_pass["generated_tokens"] == separate["generated_tokens"]
@@ -37,13 +49,7 @@ def test_one_pass_gives_the_answers_and_loss_of_two_passes_tiny_lora(max_len):
             f"train.max_seq_len={max_len}",
         )
     )
-    path = models.resolve(cfg.model, cfg.cache_dir)
-    tok = models.load_tokenizer(path)
-    torch.manual_seed(0)
-    model = methods.apply(models.load_model(path, torch.float32), cfg.method, cfg.train)
-    for p in model.parameters():  # non-zero LoRA B: the adapter changes the answers
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    model, tok, path = _tiny_lora(cfg)
     _same(*_two_ways(cfg, model, tok))
 
 
@@ -97,13 +103,7 @@ def test_an_eval_batch_out_of_memory_is_retried_smaller_with_the_same_answers():
 
 def test_a_lora_adapter_folded_in_for_evaluation_gives_the_same_answers():
     cfg = compose(tiny("eval.size=8", "eval.batch_size=4", "eval.max_new_tokens=6"))
-    path = models.resolve(cfg.model, cfg.cache_dir)
-    tok = models.load_tokenizer(path)
-    torch.manual_seed(0)
-    model = methods.apply(models.load_model(path, torch.float32), cfg.method, cfg.train)
-    for p in model.parameters():  # non-zero LoRA B: the adapter changes the answers
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    model, tok, path = _tiny_lora(cfg)
     task = data.load_task(cfg.dataset, 4, cfg.eval.size)
     args = (tok, task, cfg.train.max_seq_len, 6, 4)
     separate = evaluate.loss_and_accuracy(model, *args)
