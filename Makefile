@@ -62,7 +62,8 @@ plan: $(STAMP) ## predicted peak memory per approach, no download: make plan MOD
 
 worker: $(STAMP) ## join a shared sweep as one more worker: make worker SWEEP=default STORAGE=postgresql://...
 	@test -n "$(STORAGE)" || { echo "error: STORAGE=postgresql://user:pass@host/db is required"; exit 2; }
-	$(BIN)/python -m sweep run sweep=$(SWEEP) sweep.storage=$(STORAGE) $(ARGS)
+	@# no echo: make would print the storage URL, password included; the sweep prints it redacted
+	@$(BIN)/python -m sweep run sweep=$(SWEEP) sweep.storage=$(STORAGE) $(ARGS)
 
 inference: $(STAMP) ## inference block (adapter separate vs merged) for every trial, added to the report: make inference EXP=default
 	$(BIN)/python -m sweep inference $(EXP)

@@ -28,7 +28,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweep.config import ConfigError
+from sweep.config import ConfigError, redact
 from sweep.record import TrialResult
 
 T = TypeVar("T")
@@ -145,7 +145,8 @@ def parent_run(experiment: str, cfg: dict[str, Any], overrides: list[str]) -> st
         run = c.create_run(exp_id, run_name=f"sweep {experiment}", tags={PARENT_TAG: "true"})
         run_id = run.info.run_id
         c.log_dict(run_id, cfg, "sweep_config.json")
-        c.log_param(run_id, "overrides", " ".join(overrides)[:6000] or "(none)")
+        shown = " ".join(redact(o) for o in overrides)  # sweep.storage=postgresql://u:pw@...
+        c.log_param(run_id, "overrides", shown[:6000] or "(none)")
         first = _oldest_parent(c, exp_id)
         if first != run_id:  # another worker created one at the same moment: join the first
             c.delete_run(run_id)

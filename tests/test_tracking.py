@@ -77,3 +77,11 @@ def test_per_item_results_round_trip_through_mlflow(tmp_path):
     assert {ITEMS_FILE, BASE_ITEMS_FILE, "result.json"} <= names
     (rec,) = tracking.trial_records("exp")
     assert rec["items"]["eval_items"] == items and rec["items"]["base_items"] == base
+
+
+def test_a_storage_password_never_reaches_the_parent_run():
+    secret = "pw-Zq81x"
+    url = f"postgresql://sweep:{secret}@127.0.0.1:5432/optuna"
+    parent = tracking.parent_run("exp", {}, ["sweep=smoke", f"sweep.storage={url}"])
+    param = tracking.client().get_run(parent).data.params["overrides"]
+    assert secret not in param and "sweep.storage=postgresql://sweep:***@127.0.0.1" in param
