@@ -196,7 +196,8 @@ class Config:
     cache_dir: str = ".cache"
 
 
-def _one_line(exc: Exception) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type name if it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -219,13 +220,13 @@ def _explain_hydra_error(exc: Exception) -> str:
         return f"{group}={choice}: no such option{did_you}; allowed: {', '.join(options)}"
     m = re.search(r"Error merging override ([\w.]+)=", msg)
     if m and exc.__cause__ is not None:
-        return f"{m.group(1)}: {_one_line(exc.__cause__)}"
+        return f"{m.group(1)}: {one_line(exc.__cause__)}"
     m = re.search(r"Could not override '([\w.]+)'", msg)
     if m and "not in struct" in str(exc.__cause__) and m.group(1).startswith("sweep.grid."):
         return f"{m.group(1)}: adds new keys to the grid; prefix the override with + (+{m.group(1)}=...)"
     if m:
         return f"{m.group(1)}: unknown config key{_did_you_mean(m.group(1))}"
-    return _one_line(exc)
+    return one_line(exc)
 
 
 def _did_you_mean(key: str) -> str:
@@ -281,7 +282,7 @@ def to_config(cfg: DictConfig | dict) -> Config:
         obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", None) or "config")
-        raise ConfigError(f"{key}: {_one_line(exc)}{_did_you_mean(key)}") from None
+        raise ConfigError(f"{key}: {one_line(exc)}{_did_you_mean(key)}") from None
     validate(obj)
     obj.train.precision = resolve_precision(obj.train.precision)
     return obj

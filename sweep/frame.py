@@ -126,7 +126,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
-def _bytes(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     if n is None or math.isnan(n):
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
@@ -136,5 +136,5 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _num(v: Any, fmt: str, missing: str = "-") -> str:
+def fmt_num(v: Any, fmt: str, missing: str = "-") -> str:
     return missing if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)

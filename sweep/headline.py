@@ -17,7 +17,7 @@ import pandas as pd
 
 from sweep import compare
 from sweep.config import GpuClass
-from sweep.frame import _bytes, _num, mean_ci, to_frame
+from sweep.frame import fmt_bytes, fmt_num, mean_ci, to_frame
 from sweep.record import HIGHER_IS_BETTER
 
 PARETO_PAIRS = (("accuracy", "peak_memory_gib"), ("accuracy", "train_s"))
@@ -134,30 +134,30 @@ def markdown_table(table: pd.DataFrame) -> str:
         {
             "approach": table["label"] + ["*" if p else "" for p in table["pareto_memory"]],
             "quantization": table["quant"].fillna("none (16/32-bit)"),
-            "n": [_num(v, "{:.0f}") for v in _col(table, "n")],
+            "n": [fmt_num(v, "{:.0f}") for v in _col(table, "n")],
             mem_name: [
-                _num(v, "{:.2f}") + (" host" if k == "host_rss" else "")
+                fmt_num(v, "{:.2f}") + (" host" if k == "host_rss" else "")
                 for v, k in zip(table.peak_memory_gib, table.memory_kind, strict=True)
             ],
             "train time (s)": [
-                _num(v, "{:.1f}") + _num(ci, " ± {:.1f}", "")
+                fmt_num(v, "{:.1f}") + fmt_num(ci, " ± {:.1f}", "")
                 for v, ci in zip(table.train_s, table.train_s_ci, strict=True)
             ],
-            "tokens/s": [_num(v, "{:.0f}") for v in table.train_tokens_per_s],
-            "model TFLOP/s": [_num(v, "{:.3g}") for v in table.train_tflops],
+            "tokens/s": [fmt_num(v, "{:.0f}") for v in table.train_tokens_per_s],
+            "model TFLOP/s": [fmt_num(v, "{:.3g}") for v in table.train_tflops],
             "accuracy, exact (95% CI)": [
                 _interval(100 * v, 100 * lo, 100 * hi, "{:.1f}")
                 for v, lo, hi in zip(
                     table.accuracy, _col(table, "acc_lo"), _col(table, "acc_hi"), strict=True
                 )
             ],
-            "task score": [_num(100 * v, "{:.1f}") for v in _col(table, "task_score")],
+            "task score": [fmt_num(100 * v, "{:.1f}") for v in _col(table, "task_score")],
             "vs full FT (pts, 95% CI)": [
                 "baseline" if f else c
                 for f, c in zip(full, _delta_cells(table, "full"), strict=True)
             ],
             "McNemar p": [
-                "" if f else _num(v, "{:.2g}")
+                "" if f else fmt_num(v, "{:.2g}")
                 for f, v in zip(full, _col(table, "full_p"), strict=True)
             ],
             "vs untuned base (pts)": _delta_cells(table, "base"),
@@ -170,17 +170,17 @@ def markdown_table(table: pd.DataFrame) -> str:
                     strict=True,
                 )
             ],
-            "trainable %": [_num(v, "{:.2f}") for v in table.trainable_pct],
-            "adapter size": [_bytes(v) for v in table.adapter_bytes],
+            "trainable %": [fmt_num(v, "{:.2f}") for v in table.trainable_pct],
+            "adapter size": [fmt_bytes(v) for v in table.adapter_bytes],
             "smallest GPU that fits": table["gpu"],
-            "cost (USD)": [_num(v, "{:.4f}") for v in table.cost_usd],
+            "cost (USD)": [fmt_num(v, "{:.4f}") for v in table.cost_usd],
         }
     )
     if table.mfu.notna().any():  # on a GPU with a known peak
         out.insert(
             list(out.columns).index("model TFLOP/s") + 1,
             "MFU",
-            [_num(v, "{:.1%}") for v in table.mfu],
+            [fmt_num(v, "{:.1%}") for v in table.mfu],
         )
     return out.to_markdown(index=False, disable_numparse=True)
 

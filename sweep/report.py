@@ -18,7 +18,7 @@ import pandas as pd
 
 from sweep import stats
 from sweep.config import GpuClass
-from sweep.frame import _num, to_frame
+from sweep.frame import fmt_num, to_frame
 from sweep.headline import PARETO_PAIRS, headline, section
 from sweep.record import write_whole
 
@@ -81,8 +81,8 @@ def predicted_vs_measured(df: pd.DataFrame) -> list[str]:
 
     def pair(plan_gib: pd.Series, measured: pd.Series) -> list[str]:
         return [
-            f"{_num(p * 1024, '{:.3g}')} / {_num(m / mib, '{:.3g}')}"
-            + _num(m / (p * 1024**3) if p else math.nan, " ({:.2f}x)", "")
+            f"{fmt_num(p * 1024, '{:.3g}')} / {fmt_num(m / mib, '{:.3g}')}"
+            + fmt_num(m / (p * 1024**3) if p else math.nan, " ({:.2f}x)", "")
             for p, m in zip(plan_gib, measured, strict=True)
         ]
 
@@ -165,7 +165,7 @@ def _zero_line(base: pd.DataFrame) -> str:
     interval = f" [{lo:.1%}, {hi:.1%}]" if n else ""
     return (
         f"Untuned base model on the same {n or 'eval'} items: **{row.base_accuracy:.1%}** exact "
-        f"match{interval}, task score {_num(row.base_task_score, '{:.1%}')} (the zero line)."
+        f"match{interval}, task score {fmt_num(row.base_task_score, '{:.1%}')} (the zero line)."
     )
 
 

@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from sweep.config import ConfigError, redact
+from sweep.config import ConfigError, one_line, redact
 
 warnings.filterwarnings("ignore", message=r"RetryHeartbeatStaleTrialCallback is experimental")
 
@@ -50,7 +50,7 @@ def open_storage(url: str, heartbeat_s: int = 60) -> BaseStorage:
                 engine_kwargs=_engine_kwargs(url),
             )
         except Exception as exc:  # bad driver, refused connection, wrong password, ...
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = one_line(exc)
             if ("already exists" in reason or "duplicate key" in reason) and attempt < 2:
                 # two workers created the schema at the same moment: the second one retries
                 time.sleep(1 + attempt)

@@ -28,7 +28,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweep.config import ConfigError, redact
+from sweep.config import ConfigError, one_line, redact
 from sweep.record import TrialResult
 
 T = TypeVar("T")
@@ -181,12 +181,7 @@ def retrying(call: Callable[[], T], what: str, waits: tuple[float, ...] = RETRY_
             return call()
         except (MlflowException, OSError) as exc:
             if wait is None:
-                reason = (
-                    str(exc).strip().splitlines()[0][:200]
-                    if str(exc).strip()
-                    else type(exc).__name__
-                )
-                raise TrackingUnavailable(f"{what}: {reason}") from None
+                raise TrackingUnavailable(f"{what}: {one_line(exc)[:200]}") from None
             time.sleep(wait)
     raise AssertionError("unreachable")
 
