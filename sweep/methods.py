@@ -158,7 +158,7 @@ def save(model: torch.nn.Module, out_dir: Path) -> int:
 def merged_for_eval(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
     """The model to evaluate after training and saving: a LoRA adapter on fp32 base weights is
     folded into them (PEFT merge_and_unload), the same function up to fp32 rounding (greedy
-    answers identical, `make inference`), and on CPU a third faster to run than the adapter
+    answers identical, `make inference`), and faster on CPU than the adapter
     kept separate. A 4-bit base (QLoRA) or 16-bit weights keep the adapter separate: folding
     would round it. Returns (model, merged)."""
     if not hasattr(model, "merge_and_unload") or is_4bit(model):
