@@ -109,7 +109,7 @@ def _plan(args: list[str]) -> int:
 
 
 def _inference(args: list[str]) -> int:
-    from sweep.adapters import inference_report
+    from sweep.inference import inference_report
     from sweep.report import rebuild
 
     if len(args) != 1:

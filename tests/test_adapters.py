@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sweep import adapters
+from sweep import adapters, inference, trials
 from sweep.__main__ import main
 from sweep.config import ConfigError, compose
 from sweep.trial import run_trial
@@ -143,26 +143,26 @@ def test_find_trial_by_name_label_and_mlflow_run_id(trial_dirs, tmp_path):
     local = Path("outputs/exp/trials/0003-lora_r_16")
     shutil.copytree(trial_dirs["lora"], local)
     shutil.copytree(trial_dirs["qlora"], "outputs/exp/trials/0004-qlora_r_16")
-    assert adapters.find_trial("0003-lora_r_16") == local
-    assert adapters.find_trial("0003") == local
-    assert adapters.find_trial("lora r=16") == local  # the record's label, not 'qlora r=16'
-    assert adapters.find_trial("lora_r_16") == local  # the label's slug in the dir name
-    assert adapters.find_trial(local / "adapter") == local
+    assert trials.find_trial("0003-lora_r_16") == local
+    assert trials.find_trial("0003") == local
+    assert trials.find_trial("lora r=16") == local  # the record's label, not 'qlora r=16'
+    assert trials.find_trial("lora_r_16") == local  # the label's slug in the dir name
+    assert trials.find_trial(local / "adapter") == local
     with pytest.raises(ConfigError, match="'r_16' matches 2 trials"):
-        adapters.find_trial("r_16")
+        trials.find_trial("r_16")
     with pytest.raises(ConfigError, match=r"no trial 'nothing': .*outputs/\*/trials.*single"):
-        adapters.find_trial("nothing")
+        trials.find_trial("nothing")
     parent = tracking.parent_run("exp", {}, [])
     rid = tracking.log_trial(parent, load(local / "result.json"), local)
-    assert adapters.find_trial(rid) == local  # the same record on disk: the local dir
+    assert trials.find_trial(rid) == local  # the same record on disk: the local dir
     shutil.rmtree(local)
-    remote = adapters.find_trial(rid)  # only in MLflow: record and adapter downloaded
+    remote = trials.find_trial(rid)  # only in MLflow: record and adapter downloaded
     assert (remote / "adapter" / "adapter_model.safetensors").is_file()
     assert adapters.generate(rid, PROMPTS[0], max_new_tokens=8) == adapters.generate(
         trial_dirs["lora"], PROMPTS[0], max_new_tokens=8
     )
     with pytest.raises(ConfigError, match="no MLflow run with that id"):
-        adapters.find_trial("0" * 32)
+        trials.find_trial("0" * 32)
 
 
 def test_cli_generate_prints_the_answer(trial_dirs, capsys):
@@ -183,8 +183,8 @@ def test_cli_export(trial_dirs, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["lora", "qlora", "full"])
 def test_inference_block(trial_dirs, name):
-    block = adapters.inference_block(trial_dirs[name], PROMPTS, max_new_tokens=8)
-    assert block["adapter_bytes"] == adapters.dir_bytes(trial_dirs[name] / "adapter")
+    block = inference.inference_block(trial_dirs[name], PROMPTS, max_new_tokens=8)
+    assert block["adapter_bytes"] == inference.dir_bytes(trial_dirs[name] / "adapter")
     assert block["load_separate_s"] > 0 and block["load_merged_s"] > 0
     assert block["gen_tokens_per_s_separate"] > 0 and block["gen_tokens_per_s_merged"] > 0
     assert block["max_abs_logit_diff"] < 1e-3
@@ -197,7 +197,7 @@ def test_inference_report_covers_every_ok_trial_and_joins_the_report(trial_dirs,
     exp = tmp_path / "outputs" / "exp" / "trials"
     for name in ("lora", "lora_b", "qlora"):
         shutil.copytree(trial_dirs[name], exp / name)
-    path = adapters.inference_report("exp", tmp_path / "outputs", tmp_path / "reports", 1, 4)
+    path = inference.inference_report("exp", tmp_path / "outputs", tmp_path / "reports", 1, 4)
     data = json.loads((path.parent / "inference.json").read_text())
     assert len(data["trials"]) == 3
     assert all(t["max_abs_logit_diff"] < 1e-3 and t["same_greedy_answers"] for t in data["trials"])
