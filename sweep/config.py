@@ -24,6 +24,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sweep.metrics import OBJECTIVES
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 METHODS = ("full", "lora", "qlora")
@@ -33,14 +35,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed", "fp16-mixed")
 QUANT_TYPES = ("nf4", "fp4")
 SWEEP_KINDS = ("grid", "search")
 PRUNERS = ("none", "median")
-OBJECTIVES = {
-    "accuracy": "maximize",
-    "eval_loss": "minimize",
-    "select_loss": "minimize",
-    "peak_memory_gib": "minimize",
-    "train_s": "minimize",
-    "train_tokens_per_s": "maximize",
-}
 
 
 class ConfigError(ValueError):
@@ -192,6 +186,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     experiment: str = "default"
+    label: str | None = None  # the approach's name in reports; None: from the method ('lora r=16')
     output_dir: str = "outputs"
     cache_dir: str = ".cache"
 
@@ -288,7 +283,7 @@ def to_config(cfg: DictConfig | dict) -> Config:
     return obj
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, cuda_bf16: bool | None = None) -> str:
     """'auto': bf16 autocast over fp32 weights on a CUDA device with bf16, else plain fp32.
 
     Measured on the 2-core CPU machines (SmolLM2, LoRA r=16, batch 8): bf16-mixed 8.1 s/step
@@ -297,11 +292,11 @@ def resolve_precision(precision: str) -> str:
     """
     if precision != "auto":
         return precision
-    import torch
+    if cuda_bf16 is None:  # this machine's
+        import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "fp32"
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bf16-mixed" if cuda_bf16 else "fp32"
 
 
 def _schema_keys(cls: type, prefix: str = "") -> list[str]:
@@ -319,7 +314,14 @@ def compose(overrides: list[str]) -> Config:
     return to_config(compose_dict(overrides))
 
 
-def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+def method_config(name: str) -> MethodConfig:
+    """A shipped conf/method/ option as a trial composes it (defaults and all), unvalidated."""
+    node = compose_dict([f"method={name}"]).method
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MethodConfig), node))  # type: ignore[return-value]
+
+
+def require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    """Raise the one-line ConfigError naming `key`, its value and what is allowed, unless ok."""
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed; expected {allowed}")
 
@@ -327,101 +329,102 @@ def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
 def validate(cfg: Config) -> None:
     """Range and consistency checks; raises ConfigError with one line on the first problem."""
     m, d, t, e, s = cfg.method, cfg.dataset, cfg.train, cfg.eval, cfg.sweep
-    _require(
+    require(
         cfg.model.source in MODEL_SOURCES,
         "model.source",
         f"one of {MODEL_SOURCES}",
         cfg.model.source,
     )
-    _require(
+    require(
         cfg.model.source == "tiny" or bool(cfg.model.name_or_path),
         "model.name_or_path",
         "a hub id or local path",
         cfg.model.name_or_path,
     )
-    _require(m.name in METHODS, "method.name", f"one of {METHODS}", m.name)
-    _require(m.lr > 0 and m.lr < 1, "method.lr", "0 < lr < 1", m.lr)
+    require(m.name in METHODS, "method.name", f"one of {METHODS}", m.name)
+    require(m.lr > 0 and m.lr < 1, "method.lr", "0 < lr < 1", m.lr)
     if m.name != "full":
-        _require(m.r >= 1, "method.r", "an integer >= 1", m.r)
-        _require(m.alpha is None or m.alpha > 0, "method.alpha", "null (2*r) or > 0", m.alpha)
-        _require(0 <= m.dropout < 1, "method.dropout", "0 <= dropout < 1", m.dropout)
+        require(m.r >= 1, "method.r", "an integer >= 1", m.r)
+        require(m.alpha is None or m.alpha > 0, "method.alpha", "null (2*r) or > 0", m.alpha)
+        require(0 <= m.dropout < 1, "method.dropout", "0 <= dropout < 1", m.dropout)
     if m.name == "qlora":
-        _require(m.quant is not None, "method.quant", "a quant block for qlora", m.quant)
+        require(m.quant is not None, "method.quant", "a quant block for qlora", m.quant)
+    require(
+        m.quant is None or m.name != "full", "method.quant", "null for full fine-tuning", m.quant
+    )
     if m.quant is not None:
-        _require(m.quant.bits == 4, "method.quant.bits", "4", m.quant.bits)
-        _require(
+        require(m.quant.bits == 4, "method.quant.bits", "4", m.quant.bits)
+        require(
             m.quant.type in QUANT_TYPES, "method.quant.type", f"one of {QUANT_TYPES}", m.quant.type
         )
-    _require(d.source in DATASET_SOURCES, "dataset.source", f"one of {DATASET_SOURCES}", d.source)
+    require(d.source in DATASET_SOURCES, "dataset.source", f"one of {DATASET_SOURCES}", d.source)
     if d.source == "reasoning_gym":
         _check_reasoning_gym_task(d.task)
     if d.source == "file":
-        _require(
+        require(
             bool(d.path) and Path(str(d.path)).is_file(),
             "dataset.path",
             "an existing .jsonl or .csv file",
             d.path,
         )
-        _require(
+        require(
             Path(str(d.path)).suffix in (".jsonl", ".csv"),
             "dataset.path",
             "a file ending in .jsonl or .csv",
             d.path,
         )
     if d.source == "hub":
-        _require(bool(d.path), "dataset.path", "a hub dataset id", d.path)
-    _require(t.steps >= 1, "train.steps", "an integer >= 1", t.steps)
-    _require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
-    _require(8 <= t.max_seq_len <= 32768, "train.max_seq_len", "8..32768", t.max_seq_len)
-    _require(t.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", t.precision)
+        require(bool(d.path), "dataset.path", "a hub dataset id", d.path)
+    require(t.steps >= 1, "train.steps", "an integer >= 1", t.steps)
+    require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
+    require(8 <= t.max_seq_len <= 32768, "train.max_seq_len", "8..32768", t.max_seq_len)
+    require(t.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", t.precision)
     if t.precision == "fp16-mixed":
-        _require(_cuda(), "train.precision", "fp16-mixed only on a CUDA device", t.precision)
-    _require(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
-    _require(
+        require(_cuda(), "train.precision", "fp16-mixed only on a CUDA device", t.precision)
+    require(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
+    require(
         0 <= t.measure_warmup_steps < t.steps,
         "train.measure_warmup_steps",
         f"0 <= n < train.steps ({t.steps})",
         t.measure_warmup_steps,
     )
-    _require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
-    _require(
+    require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
+    require(
         t.loss_logits in LOSS_LOGITS, "train.loss_logits", f"one of {LOSS_LOGITS}", t.loss_logits
     )
-    _require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
-    _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
-    _require(e.max_new_tokens >= 1, "eval.max_new_tokens", "an integer >= 1", e.max_new_tokens)
-    _require(e.every >= 0, "eval.every", "an integer >= 0", e.every)
-    _require(e.select_size >= 0, "eval.select_size", "an integer >= 0", e.select_size)
-    _require(e.retention_size >= 0, "eval.retention_size", "an integer >= 0", e.retention_size)
-    _require(
-        8 <= e.retention_tokens <= 4096, "eval.retention_tokens", "8..4096", e.retention_tokens
-    )
-    _require(s.kind in SWEEP_KINDS, "sweep.kind", f"one of {SWEEP_KINDS}", s.kind)
-    _require(s.pruner in PRUNERS, "sweep.pruner", f"one of {PRUNERS}", s.pruner)
-    _require(s.n_trials >= 1, "sweep.n_trials", "an integer >= 1", s.n_trials)
-    _require(s.timeout_s >= 0, "sweep.timeout_s", ">= 0 (0: no limit)", s.timeout_s)
-    _require(
+    require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
+    require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
+    require(e.max_new_tokens >= 1, "eval.max_new_tokens", "an integer >= 1", e.max_new_tokens)
+    require(e.every >= 0, "eval.every", "an integer >= 0", e.every)
+    require(e.select_size >= 0, "eval.select_size", "an integer >= 0", e.select_size)
+    require(e.retention_size >= 0, "eval.retention_size", "an integer >= 0", e.retention_size)
+    require(8 <= e.retention_tokens <= 4096, "eval.retention_tokens", "8..4096", e.retention_tokens)
+    require(s.kind in SWEEP_KINDS, "sweep.kind", f"one of {SWEEP_KINDS}", s.kind)
+    require(s.pruner in PRUNERS, "sweep.pruner", f"one of {PRUNERS}", s.pruner)
+    require(s.n_trials >= 1, "sweep.n_trials", "an integer >= 1", s.n_trials)
+    require(s.timeout_s >= 0, "sweep.timeout_s", ">= 0 (0: no limit)", s.timeout_s)
+    require(
         s.memory_limit_gib >= 0, "sweep.memory_limit_gib", ">= 0 (0: no limit)", s.memory_limit_gib
     )
-    _require(
+    require(
         s.max_memory_gib >= 0,
         "sweep.max_memory_gib",
         ">= 0 (0: the GPU's memory on CUDA, else no limit)",
         s.max_memory_gib,
     )
-    _require(
+    require(
         len(set(s.seeds)) == len(s.seeds),
         "sweep.seeds",
         "distinct integers, e.g. [0,1,2]",
         s.seeds,
     )
-    _require(s.max_retries >= 0, "sweep.max_retries", "an integer >= 0", s.max_retries)
-    _require(s.heartbeat_s >= 1, "sweep.heartbeat_s", "an integer >= 1", s.heartbeat_s)
+    require(s.max_retries >= 0, "sweep.max_retries", "an integer >= 0", s.max_retries)
+    require(s.heartbeat_s >= 1, "sweep.heartbeat_s", "an integer >= 1", s.heartbeat_s)
     for o in s.objectives:
-        _require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)
+        require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)
     for approach in s.grid:
-        _require(approach in METHODS, "sweep.grid", f"approaches from {METHODS}", approach)
-    _require(
+        require(approach in METHODS, "sweep.grid", f"approaches from {METHODS}", approach)
+    require(
         bool(re.fullmatch(r"[\w.-]+", cfg.experiment)),
         "experiment",
         "letters, digits, '.', '-' and '_' (no path characters)",
@@ -438,7 +441,7 @@ def _cuda() -> bool:
 def _check_reasoning_gym_task(task: str | None) -> None:
     from reasoning_gym.factory import DATASETS
 
-    _require(task in DATASETS, "dataset.task", "a reasoning-gym task (e.g. chain_sum)", task)
+    require(task in DATASETS, "dataset.task", "a reasoning-gym task (e.g. chain_sum)", task)
 
 
 def redact(url: str) -> str:
@@ -458,6 +461,6 @@ def config_hash(cfg: Config) -> str:
     """Short stable hash of everything that determines a trial's outcome (not sweep bookkeeping)."""
     d = as_dict(cfg)
     d.pop("sweep", None)
-    for k in ("experiment", "output_dir", "cache_dir", "report"):
+    for k in ("experiment", "label", "output_dir", "cache_dir", "report"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

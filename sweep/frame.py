@@ -2,69 +2,24 @@
 
     python -c "from sweep import frame, tracking; print(frame.to_frame(tracking.trial_records('default')))"
 
-Also the small number helpers the report's tables share: formatting and the Student t interval
-of a mean over seeds (for resources such as train time).
+Also the small number helpers the report's tables share: formatting, the Student t interval
+of a mean over seeds (for resources such as train time), and the per-trial fixed overhead that
+the report and `make bench` both show.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
+from sweep.metrics import METRICS
+
 RUN_COLUMNS = ("label", "method", "rank", "quant", "precision", "seed", "lr", "model", "dataset")
-METRIC_COLUMNS = (
-    "accuracy",
-    "task_score",
-    "n_eval",
-    "base_accuracy",
-    "base_task_score",
-    "eval_loss",
-    "select_loss",
-    "retention_loss_before",
-    "retention_loss_after",
-    "retention_delta",
-    "peak_memory_gib",
-    "memory_kind",
-    "peak_vram_gib",
-    "peak_alloc_gib",
-    "peak_reserved_gib",
-    "cuda_context_gib",
-    "peak_host_rss_gib",
-    "train_peak_host_rss_gib",
-    "train_s",
-    "train_phase_s",
-    "total_s",
-    "load_s",
-    "eval_s",
-    "base_eval_s",
-    "startup_s",
-    "s_per_step",
-    "train_tokens_per_s",
-    "train_tflops",
-    "mfu",
-    "steps",
-    "tokens_seen",
-    "trainable_params",
-    "total_params",
-    "trainable_pct",
-    "adapter_bytes",
-    "first_loss",
-    "final_loss",
-    "trial_wall_s",
-    "ledger_params_bytes",
-    "ledger_grads_bytes",
-    "ledger_optimizer_bytes",
-    "ledger_activations_bytes",
-    "plan_weights_gib",
-    "plan_grads_gib",
-    "plan_optimizer_gib",
-    "plan_activations_gib",
-    "plan_saved_activations_gib",
-    "plan_total_gib",
-)
+METRIC_COLUMNS = tuple(METRICS)  # every metric a record can hold (sweep.metrics)
 
 # Student t quantiles t(0.975, df) for df = 1..30 (two-sided 95%); beyond 30 see t975().
 T975 = (
@@ -99,6 +54,46 @@ def mean_ci(values: Any) -> tuple[float, float]:
     return mean, t975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
+def _given(v: Any) -> bool:
+    return v is not None and not math.isnan(float(v))
+
+
+def _or_zero(v: Any) -> float:
+    return float(v) if _given(v) else 0.0
+
+
+def overhead(trials: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Per-trial fixed overhead, from each trial's metrics: the trial's wall time outside its
+    training loop (warm-up steps included: they train) and its evaluation (of the trained model,
+    and of the untuned base where the trial computed it): process start, model load, data,
+    method set-up, saving and exit. Counts the trials with a wall time and a training phase whose
+    `status` (where given) is "ok"; None or NaN is a missing value, a missing evaluation time is
+    no evaluation. Returns the trials counted, fixed seconds per trial, their share of the trials' wall time,
+    and the mean process start and model load of the trials that measured them (NaN if none)."""
+    ok = [
+        t
+        for t in trials
+        if t.get("status", "ok") == "ok"
+        and _given(t.get("trial_wall_s"))
+        and _given(t.get("train_phase_s"))
+    ]
+    wall = sum(t["trial_wall_s"] for t in ok)
+    fixed = sum(
+        t["trial_wall_s"]
+        - t["train_phase_s"]
+        - _or_zero(t.get("eval_s"))
+        - _or_zero(t.get("base_eval_s"))
+        for t in ok
+    )
+    return {
+        "trials": len(ok),
+        "fixed_s_per_trial": fixed / len(ok) if ok else math.nan,
+        "share": fixed / wall if wall else math.nan,
+        "startup_s_per_trial": mean_ci(t.get("startup_s") for t in ok)[0],
+        "load_s_per_trial": mean_ci(t.get("load_s") for t in ok)[0],
+    }
+
+
 def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per trial: run info, status and the metrics the report uses."""
     rows = []
@@ -121,7 +116,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         ],
     )
     for col in METRIC_COLUMNS:
-        if col != "memory_kind":
+        if METRICS[col].unit not in ("text", "flag"):
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 

@@ -18,17 +18,8 @@ import pandas as pd
 from sweep import compare
 from sweep.config import GpuClass
 from sweep.frame import fmt_bytes, fmt_num, mean_ci, to_frame
-from sweep.record import HIGHER_IS_BETTER
-
-PARETO_PAIRS = (("accuracy", "peak_memory_gib"), ("accuracy", "train_s"))
-
-
-def gpu_fit(peak_gib: float | None, gpus: list[GpuClass]) -> GpuClass | None:
-    """Smallest GPU class whose memory holds the peak (None if none does or no peak)."""
-    if peak_gib is None or math.isnan(peak_gib):
-        return None
-    fits = [g for g in gpus if g.memory_gib >= peak_gib]
-    return min(fits, key=lambda g: (g.memory_gib, g.usd_per_hour)) if fits else None
+from sweep.metrics import HIGHER_IS_BETTER, PARETO_PAIRS
+from sweep.plan import gpu_fit
 
 
 def pareto(df: pd.DataFrame, a: str, b: str, better: dict[tuple[str, str], bool]) -> pd.Series:

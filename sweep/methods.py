@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sweep import recipe
 from sweep.config import MethodConfig, TrainConfig
 
 
@@ -116,10 +117,8 @@ def keep_4bit_trainable(model: torch.nn.Module) -> None:
 
 
 def optimizer_name(method: MethodConfig) -> str:
-    """AdamW everywhere; the QLoRA recipe's paged 8-bit AdamW where CUDA is present."""
-    if method.quant is not None and torch.cuda.is_available():
-        return "paged_adamw_8bit"
-    return "adamw_torch"
+    """The optimizer on this machine, as the planner assumes it (sweep.recipe.optimizer)."""
+    return recipe.optimizer(method, torch.cuda.is_available())
 
 
 def _logical_numel(p: torch.nn.Parameter) -> int:

@@ -37,66 +37,36 @@ sharding, the evaluation's generation cache.
 from __future__ import annotations
 
 import difflib
-import socket
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from sweep.config import CONF_DIR, Config, ConfigError, GpuClass, ModelConfig
+from sweep import recipe
+from sweep.arch import Arch, arch_for_model, load_arch, model_options
+from sweep.config import (
+    CONF_DIR,
+    PRECISIONS,
+    Config,
+    ConfigError,
+    GpuClass,
+    method_config,
+    require,
+    resolve_precision,
+)
+from sweep.recipe import LINEARS, Recipe
 
 GIB = 1024**3
-PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed", "fp16-mixed")
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
 ATTENTIONS = ("sdpa", "eager")
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes 4-bit default)
 DQ_BLOCK = 256  # absmaxes per second-level fp32 constant (double quantization)
 ADAM8_BLOCK = 256  # elements per absmax in bitsandbytes' blockwise 8-bit optimizer states
 ADAM8_MIN = 4096  # bitsandbytes keeps 32-bit states for tensors smaller than this
-TINY_VOCAB = 102  # sweep.models.char_tokenizer(): 5 specials + 97 printable ASCII characters
-
-
-@dataclass(frozen=True)
-class Arch:
-    """A Llama-style decoder: what the planner needs to know about a model."""
-
-    vocab: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    tie_embeddings: bool = False
-    head_dim: int | None = None  # None: hidden // heads
-
-    @property
-    def dim(self) -> int:
-        return self.head_dim or self.hidden // self.heads
-
-    def linears(self) -> list[tuple[str, int, int]]:
-        """(name, in, out) of the seven linear layers of one block."""
-        h, i = self.hidden, self.intermediate
-        q, kv = self.heads * self.dim, self.kv_heads * self.dim
-        return [
-            ("q_proj", h, q),
-            ("k_proj", h, kv),
-            ("v_proj", h, kv),
-            ("o_proj", q, h),
-            ("gate_proj", h, i),
-            ("up_proj", h, i),
-            ("down_proj", i, h),
-        ]
-
-
-# Built-in models whose conf/model/ yaml has no arch block (their weights ship or are built here).
-BUILTIN = {
-    "smollm2_135m": Arch(49152, 576, 1536, 30, 9, 3, tie_embeddings=True),
-}
 
 
 @dataclass
@@ -108,7 +78,9 @@ class Settings:
     ranks: list[int] = field(default_factory=lambda: [4, 16, 64])  # LoRA ranks
     qlora_rank: int = 16
     precision: str = "auto"  # auto: bf16-mixed, what the harness runs on a bf16 GPU
-    optimizer: str = "auto"  # auto: adamw_torch, paged_adamw_8bit for QLoRA
+    optimizer: str = "auto"  # auto: as a trial on CUDA (sweep.recipe.optimizer)
+    target_modules: Any = None  # None: conf/method/lora.yaml's (all-linear); or [q_proj, v_proj]
+    double_quant: bool | None = None  # None: conf/method/qlora.yaml's (true)
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash / memory-efficient: no probabilities kept) | eager
     padded: bool = True  # a batch with padding: SDPA then keeps an additive mask in every block
@@ -118,7 +90,8 @@ class Settings:
 
     @property
     def mode(self) -> str:
-        return "bf16-mixed" if self.precision == "auto" else self.precision
+        """The precision make plan assumes: "auto" is bf16-mixed, a trial's on a bf16 GPU."""
+        return resolve_precision(self.precision, cuda_bf16=True)
 
 
 # ---------------------------------------------------------------- parameters
@@ -139,9 +112,9 @@ def total_params(arch: Arch) -> int:
     return linear_params(arch) + other_params(arch)
 
 
-def lora_tensors(arch: Arch, r: int) -> list[int]:
+def lora_tensors(arch: Arch, r: int, targets: tuple[str, ...] = LINEARS) -> list[int]:
     """Element counts of every LoRA tensor: A (r x in) and B (out x r) per targeted linear."""
-    per_block = [n for _, i, o in arch.linears() for n in (r * i, o * r)]
+    per_block = [n for name, i, o in arch.linears() if name in targets for n in (r * i, o * r)]
     return per_block * arch.layers
 
 
@@ -153,12 +126,13 @@ def full_tensors(arch: Arch) -> list[int]:
     return embeds + block * arch.layers + [h]
 
 
-def trainable_tensors(arch: Arch, approach: str, r: int) -> list[int]:
-    return full_tensors(arch) if approach == "full" else lora_tensors(arch, r)
+def trainable_tensors(arch: Arch, rec: Recipe) -> list[int]:
+    """Element counts of every trainable tensor: the whole model, or the recipe's adapters."""
+    return full_tensors(arch) if rec.kind == "full" else lora_tensors(arch, rec.r, rec.targets)
 
 
 def train_flops_per_token(
-    arch: Arch, approach: str, r: int, seq_len: int, logits_share: float = 1.0
+    arch: Arch, rec: Recipe, seq_len: int, logits_share: float = 1.0
 ) -> float:
     """Model FLOPs of one training token, matmuls only (PaLM appendix B): 2 per weight of every
     linear layer and the lm_head in the forward, as many again for the input gradients, 2 per
@@ -166,8 +140,9 @@ def train_flops_per_token(
     adapters, so 4N + 6 x adapters), and 12 x layers x seq_len x query width for attention.
     The lm_head counts on the share of positions that have logits (train.loss_logits)."""
     matmul = linear_params(arch) + arch.vocab * arch.hidden * logits_share
-    adapters = 0 if approach == "full" else sum(lora_tensors(arch, r))
-    weight_grads = matmul if approach == "full" else adapters
+    full = rec.kind == "full"
+    adapters = 0 if full else sum(trainable_tensors(arch, rec))
+    weight_grads = matmul if full else adapters
     attention = 12 * arch.layers * seq_len * arch.heads * arch.dim
     return 4 * (matmul + adapters) + 2 * weight_grads + attention
 
@@ -175,12 +150,13 @@ def train_flops_per_token(
 # ---------------------------------------------------------------- bytes per component
 
 
-def weight_bytes(arch: Arch, approach: str, r: int, mode: str) -> float:
+def weight_bytes(arch: Arch, rec: Recipe) -> float:
     """Base weights at the precision's bytes (QLoRA: NF4 linears), plus fp32 LoRA adapters."""
-    adapters = 0 if approach == "full" else 4 * sum(lora_tensors(arch, r))
-    if approach == "qlora":
-        return nf4_bytes(linear_params(arch), double_quant=True) + 4 * other_params(arch) + adapters
-    return param_bytes(mode) * total_params(arch) + adapters
+    adapters = 0 if rec.kind == "full" else 4 * sum(trainable_tensors(arch, rec))
+    if rec.kind == "qlora":
+        nf4 = nf4_bytes(linear_params(arch), rec.double_quant)
+        return nf4 + 4 * other_params(arch) + adapters
+    return param_bytes(rec.precision) * total_params(arch) + adapters
 
 
 def nf4_bytes(n: int, double_quant: bool = True) -> float:
@@ -195,16 +171,9 @@ def param_bytes(mode: str) -> int:
     return 2 if mode == "bf16" else 4
 
 
-def trainable_bytes(approach: str, mode: str) -> int:
+def trainable_bytes(rec: Recipe) -> int:
     """Bytes per trainable parameter (and per gradient): adapters are always fp32."""
-    return param_bytes(mode) if approach == "full" else 4
-
-
-def resolve_optimizer(optimizer: str, approach: str) -> str:
-    """`auto` is the harness on CUDA: AdamW, the QLoRA recipe's paged 8-bit AdamW for QLoRA."""
-    if optimizer != "auto":
-        return optimizer
-    return "paged_adamw_8bit" if approach == "qlora" else "adamw_torch"
+    return param_bytes(rec.precision) if rec.kind == "full" else 4
 
 
 def optimizer_bytes(tensors: list[int], optimizer: str, dtype_bytes: int) -> tuple[float, float]:
@@ -225,18 +194,18 @@ def adam8_state_bytes(n: int) -> float:
 
 
 # ---------------------------------------------------------------- activations
-def activation_bytes(arch: Arch, s: Settings, approach: str, r: int) -> float:
+def activation_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
     """Saved-for-backward tensors of every block, 16-bit weight copies, and the loss."""
     tokens = s.batch_size * s.seq_len
-    layer = tokens * layer_bytes_per_token(arch, s, approach, r)
-    copies = weight_copy_bytes(arch, s, approach, r)
+    layer = tokens * layer_bytes_per_token(arch, s, rec)
+    copies = weight_copy_bytes(arch, s, rec)
     if not s.gradient_checkpointing:
         return arch.layers * layer + copies + loss_bytes(arch, s)
-    inputs = arch.layers * tokens * arch.hidden * residual_bytes(approach, s.mode)
+    inputs = arch.layers * tokens * arch.hidden * residual_bytes(rec)
     return inputs + layer + copies + loss_bytes(arch, s)
 
 
-def layer_bytes_per_token(arch: Arch, s: Settings, approach: str, r: int) -> float:
+def layer_bytes_per_token(arch: Arch, s: Settings, rec: Recipe) -> float:
     """Bytes one Llama block keeps for backward, per token: 4 x fp32 + 2 x 16-bit elements.
 
     Counted from transformers 5's LlamaDecoderLayer and checked against torch's saved-tensor
@@ -258,9 +227,12 @@ def layer_bytes_per_token(arch: Arch, s: Settings, approach: str, r: int) -> flo
     Plus per norm its fp32 rsqrt (2 elements) and what attention keeps besides q, k, v and its
     output (`attention_bytes_per_token`).
     """
-    h, i, q, m = arch.hidden, arch.intermediate, arch.heads * arch.dim, s.mode
+    h, i, q, m = arch.hidden, arch.intermediate, arch.heads * arch.dim, rec.precision
+    approach = rec.kind
     core = 4 * q  # q after RoPE, attention output, keys and values expanded to every head
-    adapters, a7 = 5 * h + q + i, 7 * r  # inputs of the seven adapters; their A outputs
+    # inputs of the adapters (each casts its own copy), and their A outputs
+    adapters = sum(n_in for name, n_in, _ in arch.linears() if name in rec.targets)
+    a7 = len(rec.targets) * rec.r
     mixed = m.endswith("-mixed")
     if approach == "full":
         table = {"fp32": (6 * h + core + 4 * i, 0), "bf16": (2 * h, 4 * h + core + 4 * i)}
@@ -286,7 +258,7 @@ def attention_bytes_per_token(arch: Arch, s: Settings, sixteen_bit: bool) -> flo
     return arch.heads * s.seq_len * (4 + (2 if sixteen_bit else 0))
 
 
-def weight_copy_bytes(arch: Arch, s: Settings, approach: str, r: int) -> float:
+def weight_copy_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
     """*-mixed only: the 16-bit copies autocast makes of fp32 weights and keeps for backward.
 
     lm_head always; full FT: every linear weight (autocast caches casts of trainable weights
@@ -294,14 +266,14 @@ def weight_copy_bytes(arch: Arch, s: Settings, approach: str, r: int) -> float:
     blocks alive (all, or one with checkpointing) and every adapter; QLoRA: the adapters only
     (bitsandbytes keeps the packed 4-bit weight and dequantizes again in backward).
     """
-    if not s.mode.endswith("-mixed"):
+    if not rec.precision.endswith("-mixed"):
         return 0.0
     lm_head = arch.vocab * arch.hidden
-    if approach == "full":
+    if rec.kind == "full":
         return 2 * (lm_head + linear_params(arch))
     alive = 1 if s.gradient_checkpointing else arch.layers
-    base = 0 if approach == "qlora" else alive * linear_params(arch) / arch.layers
-    return 2 * (lm_head + base + sum(lora_tensors(arch, r)))
+    base = 0 if rec.kind == "qlora" else alive * linear_params(arch) / arch.layers
+    return 2 * (lm_head + base + sum(trainable_tensors(arch, rec)))
 
 
 def loss_bytes(arch: Arch, s: Settings) -> float:
@@ -311,9 +283,9 @@ def loss_bytes(arch: Arch, s: Settings) -> float:
     return 3 * 4 * s.batch_size * (s.logits_len or s.seq_len) * arch.vocab
 
 
-def residual_bytes(approach: str, mode: str) -> int:
+def residual_bytes(rec: Recipe) -> int:
     """The residual stream (what checkpointing keeps per block): fp32 unless bf16 weights."""
-    return 2 if mode == "bf16" and approach != "qlora" else 4
+    return 2 if rec.precision == "bf16" and rec.kind != "qlora" else 4
 
 
 # ---------------------------------------------------------------- the plan
@@ -325,6 +297,7 @@ class Row:
 
     approach: str
     rank: int | None
+    optimizer: str
     trainable_params: int
     weights_gib: float
     grads_gib: float
@@ -336,21 +309,22 @@ class Row:
     gpu: str
 
 
-def plan_row(arch: Arch, s: Settings, approach: str, r: int, gpus: list[GpuClass]) -> Row:
-    """Predicted peak of one approach: the five parts, their total and the GPU that fits it."""
-    tensors = trainable_tensors(arch, approach, r)
-    dtype_bytes = trainable_bytes(approach, s.mode)
-    weights = weight_bytes(arch, approach, r, s.mode)
+def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
+    """Predicted peak of one recipe: the five parts, their total and the GPU that fits it."""
+    tensors = trainable_tensors(arch, rec)
+    dtype_bytes = trainable_bytes(rec)
+    weights = weight_bytes(arch, rec)
     grads = dtype_bytes * sum(tensors)
-    states, step = optimizer_bytes(tensors, resolve_optimizer(s.optimizer, approach), dtype_bytes)
-    acts = activation_bytes(arch, s, approach, r)
-    early = early_grads(arch, approach, grads, dtype_bytes)
+    states, step = optimizer_bytes(tensors, rec.optimizer, dtype_bytes)
+    acts = activation_bytes(arch, s, rec)
+    early = early_grads(arch, rec, grads, dtype_bytes)
     allocated = weights + states + max(acts + early, grads + step)
     overhead = s.cuda_context_gib * GIB + s.fragmentation * allocated
     total = (allocated + overhead) / GIB
     return Row(
-        approach=approach,
-        rank=None if approach == "full" else r,
+        approach=rec.kind,
+        rank=None if rec.kind == "full" else rec.r,
+        optimizer=rec.optimizer,
         trainable_params=sum(tensors),
         weights_gib=weights / GIB,
         grads_gib=grads / GIB,
@@ -363,59 +337,62 @@ def plan_row(arch: Arch, s: Settings, approach: str, r: int, gpus: list[GpuClass
     )
 
 
-def early_grads(arch: Arch, approach: str, grads: float, dtype_bytes: int) -> float:
+def early_grads(arch: Arch, rec: Recipe, grads: float, dtype_bytes: int) -> float:
     """Gradients that exist while every activation is still held: the lm_head's, the first
     computed (full FT; each block's come as its activations go), or all of an adapter's (small)."""
-    return dtype_bytes * arch.vocab * arch.hidden if approach == "full" else grads
+    return dtype_bytes * arch.vocab * arch.hidden if rec.kind == "full" else grads
+
+
+def plan_recipes(s: Settings) -> list[Recipe]:
+    """Full FT, LoRA at each rank, QLoRA: the shipped conf/method/ configs as a trial on a bf16
+    CUDA GPU builds them, with the plan's overrides (precision, optimizer, targets, quant)."""
+
+    def one(name: str, r: int) -> Recipe:
+        m = method_config(name)
+        m.r = r
+        if s.target_modules is not None:
+            m.target_modules = s.target_modules
+        if m.quant is not None and s.double_quant is not None:
+            m.quant.double_quant = s.double_quant
+        rec = recipe.of_method(m, s.precision, cuda=True)
+        recipe.require_targets(rec, m.target_modules)
+        return rec if s.optimizer == "auto" else replace(rec, optimizer=s.optimizer)
+
+    return [one("full", 0)] + [one("lora", r) for r in s.ranks] + [one("qlora", s.qlora_rank)]
 
 
 def plan(arch: Arch, s: Settings, gpus: list[GpuClass]) -> pd.DataFrame:
     """One row per approach: full FT, LoRA at each rank, QLoRA."""
-    points = [("full", 0)] + [("lora", r) for r in s.ranks] + [("qlora", s.qlora_rank)]
-    table = pd.DataFrame([asdict(plan_row(arch, s, a, r, gpus)) for a, r in points])
+    table = pd.DataFrame([asdict(plan_row(arch, s, rec, gpus)) for rec in plan_recipes(s)])
     table["rank"] = table["rank"].astype("Int64")  # integers, <NA> for full FT
     return table
 
 
-def saved_activation_bytes(arch: Arch, s: Settings, approach: str, r: int) -> float:
+def saved_activation_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
     """The part of `activation_bytes` that autograd saves (what the ledger's saved-tensor hooks
     count): without the two fp32 logits-sized gradients of the loss, which are not saved."""
-    return activation_bytes(arch, s, approach, r) - 2 / 3 * loss_bytes(arch, s)
-
-
-def arch_for_model(model: ModelConfig) -> Arch:
-    """The architecture a trial's model config describes (arch block, built-in, tiny, or the
-    hub/local config.json); no weights needed."""
-    if model.arch is not None:
-        return Arch(**asdict(model.arch))
-    if model.source == "tiny":
-        t = model.tiny
-        return Arch(TINY_VOCAB, t.hidden, t.intermediate, t.layers, t.heads, t.heads, True)
-    if model.source == "packaged" and model.name in BUILTIN:
-        return BUILTIN[model.name]
-    return arch_from_hub(str(model.name_or_path))
+    return activation_bytes(arch, s, rec) - 2 / 3 * loss_bytes(arch, s)
 
 
 def trial_settings(cfg: Config, cuda: bool, seq_len: int | None = None) -> Settings:
-    """A trial's own settings: its batch, max_seq_len (or a measured batch width), precision,
-    optimizer as the harness picks it (sweep.methods.optimizer_name), checkpointing; the CUDA
-    context only on CUDA."""
+    """A trial's own batch, max_seq_len (or a measured batch width) and checkpointing; the CUDA
+    context only on CUDA. Its method, precision and optimizer are its recipe (sweep.recipe)."""
     t = cfg.train
-    qlora_cuda = cfg.method.quant is not None and cuda
     return Settings(
         batch_size=t.batch_size,
         seq_len=seq_len or t.max_seq_len,
         precision=t.precision,
-        optimizer="paged_adamw_8bit" if qlora_cuda else "adamw_torch",
         gradient_checkpointing=t.gradient_checkpointing,
         cuda_context_gib=Settings.cuda_context_gib if cuda else 0.0,
     )
 
 
 def predict_trial(cfg: Config, cuda: bool, gpus: list[GpuClass] | None = None) -> Row:
-    """The planner's prediction for one trial's settings (its method, rank, batch, precision)."""
-    arch = arch_for_model(cfg.model)
-    return plan_row(arch, trial_settings(cfg, cuda), cfg.method.name, cfg.method.r, gpus or [])
+    """The planner's prediction for one trial: its recipe (method, targets, quantization,
+    optimizer, precision, exactly as sweep.methods builds it), batch and sequence length."""
+    rec = recipe.of(cfg, cuda)
+    recipe.require_targets(rec, cfg.method.target_modules)
+    return plan_row(arch_for_model(cfg.model), trial_settings(cfg, cuda), rec, gpus or [])
 
 
 def plan_metrics(row: Row) -> dict[str, float]:
@@ -424,108 +401,24 @@ def plan_metrics(row: Row) -> dict[str, float]:
     return {f"plan_{p}_gib": float(getattr(row, f"{p}_gib")) for p in parts}
 
 
+def gpu_fit(peak_gib: float | None, gpus: Iterable[GpuClass]) -> GpuClass | None:
+    """The smallest (then cheapest) GPU class holding the peak; None if none does or no peak."""
+    if peak_gib is None or math.isnan(peak_gib):
+        return None
+    fits = [g for g in gpus if g.memory_gib >= peak_gib]
+    return min(fits, key=lambda g: (g.memory_gib, g.usd_per_hour)) if fits else None
+
+
 def smallest_gpu(total_gib: float, gpus: Iterable[GpuClass]) -> str:
-    """Name of the smallest (then cheapest) GPU class holding `total_gib`."""
-    fits = [g for g in gpus if g.memory_gib >= total_gib]
-    return min(fits, key=lambda g: (g.memory_gib, g.usd_per_hour)).name if fits else "none listed"
+    """Name of the GPU class that fits (`gpu_fit`), or "none listed"."""
+    fit = gpu_fit(total_gib, gpus)
+    return fit.name if fit else "none listed"
 
 
 def load_gpus() -> list[GpuClass]:
     """The GPU classes of conf/config.yaml (`report.gpus`)."""
     node = OmegaConf.load(CONF_DIR / "config.yaml").report.gpus
     return [GpuClass(**g) for g in OmegaConf.to_container(node)]  # type: ignore[arg-type,union-attr]
-
-
-# ---------------------------------------------------------------- architectures
-
-
-def model_options() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "hf")
-
-
-def load_arch(name: str) -> Arch:
-    """A conf/model/ name (its `arch` block or a built-in) or else a hub id / local directory."""
-    path = CONF_DIR / "model" / f"{name}.yaml"
-    if path.is_file():
-        return arch_from_yaml(name, OmegaConf.load(path))
-    return arch_from_hub(name)
-
-
-def arch_from_yaml(name: str, node: Any) -> Arch:
-    if node.get("arch") is not None:
-        try:
-            return Arch(**OmegaConf.to_container(node.arch))  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise ConfigError(f"model={name}: bad arch block ({exc})") from None
-    if name in BUILTIN:
-        return BUILTIN[name]
-    if node.get("source") == "tiny":
-        t = node.get("tiny") or {}
-        heads = t.get("heads", 4)
-        layers, hidden, inter = t.get("layers", 2), t.get("hidden", 64), t.get("intermediate", 128)
-        return Arch(TINY_VOCAB, hidden, inter, layers, heads, heads, tie_embeddings=True)
-    if not OmegaConf.is_missing(node, "name_or_path") and node.get("name_or_path"):
-        return arch_from_hub(str(node.name_or_path))
-    raise ConfigError(f"model={name} has no arch block; plan a hub id: make plan MODEL=<hub id>")
-
-
-def arch_from_hub(name_or_path: str) -> Arch:
-    """Read only the model's config.json (local directory, cache, hub); one-line error offline."""
-    hint = difflib.get_close_matches(name_or_path, model_options(), n=1)
-    unknown = (
-        f"model {name_or_path!r}: not in conf/model/{f' (did you mean {hint[0]}?)' if hint else ''}"
-    )
-    shipped = f"shipped: {', '.join(model_options())}"
-    if "/" not in name_or_path and not Path(name_or_path).is_dir():
-        raise ConfigError(f"{unknown}, nor a hub id (org/name) or local directory; {shipped}")
-    try:
-        cfg = auto_config(name_or_path)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(
-            f"{unknown} and its config could not be read: {first}; {shipped}"
-        ) from None
-    return arch_from_hf_config(cfg, name_or_path)
-
-
-def auto_config(name_or_path: str) -> Any:
-    """transformers.AutoConfig, from a local directory or the cache first; the hub only when it
-    answers (no minute of retries offline)."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
-    except OSError:
-        pass
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError:
-        raise OSError(f"no network: cannot reach {host} (offline?)") from None
-    return AutoConfig.from_pretrained(name_or_path)
-
-
-def arch_from_hf_config(cfg: Any, name: str = "model") -> Arch:
-    c = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None):
-        raise ConfigError(f"model {name!r}: mixture-of-experts models are not modelled by plan")
-    try:
-        heads = int(c.num_attention_heads)
-        head_dim = getattr(c, "head_dim", None)
-        return Arch(
-            vocab=int(c.vocab_size),
-            hidden=int(c.hidden_size),
-            intermediate=int(c.intermediate_size),
-            layers=int(c.num_hidden_layers),
-            heads=heads,
-            kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-            tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
-            head_dim=None if head_dim in (None, c.hidden_size // heads) else int(head_dim),
-        )
-    except (AttributeError, TypeError) as exc:
-        raise ConfigError(f"model {name!r}: not a Llama-style decoder config ({exc})") from None
 
 
 # ---------------------------------------------------------------- command line
@@ -553,32 +446,36 @@ def parse_settings(args: list[str]) -> Settings:
     return s
 
 
-def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed; expected {allowed}")
-
-
 def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
 def check_settings(s: Settings) -> None:
-    _require(_count(s.batch_size), "batch_size", "an integer >= 1", s.batch_size)
-    _require(_count(s.seq_len), "seq_len", "an integer >= 1", s.seq_len)
+    require(_count(s.batch_size), "batch_size", "an integer >= 1", s.batch_size)
+    require(_count(s.seq_len), "seq_len", "an integer >= 1", s.seq_len)
     ranks_ok = isinstance(s.ranks, list) and all(_count(r) for r in s.ranks)
-    _require(ranks_ok, "ranks", "a list of integers >= 1, e.g. [4,16,64]", s.ranks)
-    _require(_count(s.qlora_rank), "qlora_rank", "an integer >= 1", s.qlora_rank)
-    _require(s.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", s.precision)
-    _require(s.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", s.optimizer)
-    _require(s.attention in ATTENTIONS, "attention", f"one of {ATTENTIONS}", s.attention)
+    require(ranks_ok, "ranks", "a list of integers >= 1, e.g. [4,16,64]", s.ranks)
+    require(_count(s.qlora_rank), "qlora_rank", "an integer >= 1", s.qlora_rank)
+    require(s.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", s.precision)
+    require(s.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", s.optimizer)
+    require(s.attention in ATTENTIONS, "attention", f"one of {ATTENTIONS}", s.attention)
     ll = s.logits_len
-    _require(isinstance(ll, int) and ll >= 0, "logits_len", "an integer >= 0 (0: seq_len)", ll)
+    require(isinstance(ll, int) and ll >= 0, "logits_len", "an integer >= 0 (0: seq_len)", ll)
     gc = s.gradient_checkpointing
-    _require(isinstance(gc, bool), "gradient_checkpointing", "true or false", gc)
+    require(isinstance(gc, bool), "gradient_checkpointing", "true or false", gc)
+    tm = s.target_modules
+    tm_ok = (
+        tm is None
+        or isinstance(tm, str)
+        or (isinstance(tm, list) and all(isinstance(n, str) for n in tm))
+    )
+    require(tm_ok, "target_modules", f"all-linear, a regex or a list of {', '.join(LINEARS)}", tm)
+    dq = s.double_quant
+    require(dq is None or isinstance(dq, bool), "double_quant", "true or false", dq)
     ctx = s.cuda_context_gib
-    _require(isinstance(ctx, int | float) and ctx >= 0, "cuda_context_gib", ">= 0", ctx)
+    require(isinstance(ctx, int | float) and ctx >= 0, "cuda_context_gib", ">= 0", ctx)
     frag = s.fragmentation
-    _require(isinstance(frag, int | float) and 0 <= frag < 1, "fragmentation", "0..1", frag)
+    require(isinstance(frag, int | float) and 0 <= frag < 1, "fragmentation", "0..1", frag)
 
 
 def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
@@ -588,12 +485,13 @@ def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
     shown["trainable_params"] = [_millions(n) for n in table["trainable_params"]]
     shown.columns = [c.removesuffix("_gib").replace("_", " ") for c in shown.columns]
     gc = "on" if s.gradient_checkpointing else "off"
+    targets = ", ".join(plan_recipes(s)[-1].targets)
     head = (
         f"plan {name}: {_millions(total_params(arch))} params (vocab {arch.vocab}, hidden "
         f"{arch.hidden}, intermediate {arch.intermediate}, layers {arch.layers}, heads "
         f"{arch.heads}/{arch.kv_heads} kv{', tied' if arch.tie_embeddings else ''})\n"
-        f"batch {s.batch_size} x seq {s.seq_len}, precision {s.mode}, optimizer {s.optimizer}"
-        f", gradient checkpointing {gc}, attention {s.attention}"
+        f"batch {s.batch_size} x seq {s.seq_len}, precision {s.mode}, gradient checkpointing "
+        f"{gc}, attention {s.attention}; adapters on {targets}"
     )
     foot = (
         "GiB. total = weights + optimizer + max(activations + first gradients, grads + optimizer "

@@ -57,10 +57,10 @@ def check_point(cfg: Config) -> None:
     m = cfg.method
     if m.name == "full":
         return
-    from sweep import plan
+    from sweep.arch import arch_for_model
 
     try:
-        hidden = plan.arch_for_model(cfg.model).hidden
+        hidden = arch_for_model(cfg.model).hidden
     except (ConfigError, ValueError, OSError):
         return  # a hub model offline: nothing to compare with
     if m.r > hidden:

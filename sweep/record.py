@@ -6,7 +6,7 @@ Three blocks, as in PEFT's method_comparison results:
 - run:   what was asked (label, method, rank, quantization, resolved config, its hash, seed)
 - train: what happened (status, error, metrics, per-step loss)
 - meta:  where it ran (versions, git commit and dirty flag, device, driver/CUDA, CPU)
-Which metrics are better lower or higher lives here too, for the study and the report.
+Metric names, units and directions: sweep/metrics.py.
 """
 
 from __future__ import annotations
@@ -24,24 +24,6 @@ from typing import Any
 from sweep.config import Config, as_dict, config_hash
 
 STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom")
-
-# Direction of every headline metric: the report's Pareto pairs and Optuna objectives use it.
-HIGHER_IS_BETTER = {
-    "accuracy": True,
-    "task_score": True,
-    "delta_vs_full_pts": True,
-    "select_loss": False,
-    "retention_delta": False,
-    "train_tokens_per_s": True,
-    "eval_loss": False,
-    "peak_memory_gib": False,
-    "peak_vram_gib": False,
-    "peak_host_rss_gib": False,
-    "train_s": False,
-    "total_s": False,
-    "adapter_bytes": False,
-    "trainable_params": False,
-}
 
 PACKAGES = (
     "torch",
@@ -104,9 +86,10 @@ def load(path: str | Path) -> TrialResult:
 
 
 def label(cfg: Config) -> str:
-    """Short human name of the approach: 'full', 'lora r=16', 'qlora r=16'."""
+    """Short human name of the approach: the sweep point's (`label`, every varying axis but
+    the seed, e.g. 'lora lr=0.001 r=4'), else 'full', 'lora r=16', 'qlora r=16'."""
     m = cfg.method
-    return m.name if m.name == "full" else f"{m.name} r={m.r}"
+    return cfg.label or (m.name if m.name == "full" else f"{m.name} r={m.r}")
 
 
 def run_info(cfg: Config) -> dict[str, Any]:

@@ -18,8 +18,9 @@ import pandas as pd
 
 from sweep import stats
 from sweep.config import GpuClass
-from sweep.frame import fmt_num, to_frame
-from sweep.headline import PARETO_PAIRS, headline, section
+from sweep.frame import fmt_num, overhead, to_frame
+from sweep.headline import headline, section
+from sweep.metrics import PARETO_PAIRS
 from sweep.record import write_whole
 
 
@@ -116,22 +117,21 @@ def _overhead(df: pd.DataFrame) -> list[str]:
     """Time a trial spends outside its training loop and evaluation (process start, model load,
     data preparation, method set-up, saving, exit), as a share of the trial's wall time. Warm-up
     steps count as training: they train; they are only left out of the throughput clock. The
-    untuned base model's evaluation (once per base, then cached) counts as evaluation."""
+    untuned base model's evaluation (once per base, then cached) counts as evaluation. The
+    arithmetic is `sweep.frame.overhead`, which `make bench` shares."""
     if "train_phase_s" not in df:
         return []
-    ok = df[(df.status == "ok") & df.trial_wall_s.notna() & df.train_phase_s.notna()]
-    if ok.empty:
+    o = overhead(df.to_dict("records"))
+    if not o["trials"]:
         return []
-    base_eval = ok.base_eval_s.fillna(0) if "base_eval_s" in ok else 0.0
-    fixed = ok.trial_wall_s - ok.train_phase_s - ok.eval_s.fillna(0) - base_eval
-    share = fixed.sum() / ok.trial_wall_s.sum()
     return [
         "## Overhead",
         "",
-        f"Per trial, {fixed.mean():.1f} s on average (process start {ok.startup_s.mean():.1f} s, "
-        f"model load {ok.load_s.mean():.1f} s, the rest data, method set-up, saving and exit) is "
-        f"spent outside the training loop and evaluation: {share:.1%} of trial wall time "
-        "(`make bench` measures it against the targets).",
+        f"Per trial, {o['fixed_s_per_trial']:.1f} s on average (process start "
+        f"{o['startup_s_per_trial']:.1f} s, model load {o['load_s_per_trial']:.1f} s, the rest "
+        "data, method set-up, saving and exit) is spent outside the training loop and "
+        f"evaluation: {o['share']:.1%} of trial wall time (`make bench` measures it against the "
+        "targets).",
         "",
     ]
 

@@ -29,7 +29,8 @@ import psutil
 
 from sweep import record, storage, tracking
 from sweep.child import launch_env, start_trial_server, trial_child, trial_context
-from sweep.config import OBJECTIVES, Config, ConfigError, as_dict, compose, config_hash
+from sweep.config import Config, ConfigError, as_dict, compose, config_hash
+from sweep.metrics import OBJECTIVES
 from sweep.preflight import check_point, preflight, warn
 from sweep.record import TrialResult
 
@@ -107,11 +108,15 @@ class TrialFailed(Exception):
 
 @dataclass
 class Point:
-    label: str  # 'lora r=16'
+    label: str  # the approach, every varying axis but the seed: 'lora r=16' (reports group by it)
     overrides: list[str]  # ['method=lora', 'method.r=16']
-    search: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # {'method.lr': {low, high, log}}
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)  # {'method.lr': {low, high}}
+    seed: int | None = None  # a repeat's train.seed (sweep.seeds or a train.seed axis)
+
+    @property
+    def name(self) -> str:
+        """The point's own name (Optuna's `point` parameter, its trial folder): 'lora r=16 seed=1'."""
+        return self.label if self.seed is None else f"{self.label} seed={self.seed}"
 
 
 def _is_dist(value: Any) -> bool:
@@ -151,36 +156,40 @@ def grid_points(
         flat = {k: v if isinstance(v, list) else [v] for k, v in leaves.items() if k not in search}
         keys = sorted(flat)
         for combo in itertools.product(*(flat[k] for k in keys)):
-            parts = [f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in zip(keys, combo, strict=True)]
-            overrides = [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+            axes = dict(zip(keys, combo, strict=True))
+            parts = [
+                f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in axes.items() if k != "train.seed"
+            ]
+            overrides = [f"{k}={v}" for k, v in axes.items()]
             points.append(
-                Point(" ".join([approach, *parts]), [f"method={approach}", *overrides], search)
+                Point(
+                    " ".join([approach, *parts]),
+                    [f"method={approach}", *overrides],
+                    search,
+                    axes.get("train.seed"),
+                )
             )
     if seeds:
         if any("train.seed" in o.split("=", 1)[0] for p in points for o in p.overrides):
             raise ConfigError("sweep.seeds and a train.seed grid axis: use one of them")
         points = [
             Point(
-                f"{p.label} seed={s}",
+                p.label,
                 [*p.overrides, f"train.seed={s}"]
                 + ([f"dataset.seed={data_seed + s}"] if data_seed is not None else []),
                 p.search,
+                s,
             )
             for p in points
             for s in seeds
         ]
-    labels = [p.label for p in points]
-    dupes = {x for x in labels if labels.count(x) > 1}
+    names = [p.name for p in points]
+    dupes = {x for x in names if names.count(x) > 1}
     if dupes:
         raise ConfigError(f"sweep.grid: points {sorted(dupes)} appear twice")
     if not points:
         raise ConfigError("sweep.grid: no points; give at least one approach (full, lora, qlora)")
     return points
-
-
-def approach_label(point_label: str) -> str:
-    """The label repeats share: 'lora r=16 seed=1' -> 'lora r=16' (the report groups by it)."""
-    return re.sub(r" seed=-?\d+", "", point_label)
 
 
 def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:
@@ -333,7 +342,7 @@ class Sweep:
             for key, dist in p.search.items():
                 if not 0 < float(dist["low"]) < float(dist["high"]):
                     raise ConfigError(
-                        f"search range {key} for {p.label}: need 0 < low < high, got {dist}"
+                        f"search range {key} for {p.name}: need 0 < low < high, got {dist}"
                     )
         if s.kind == "grid" and any(p.search for p in self.points):
             raise ConfigError(
@@ -341,7 +350,7 @@ class Sweep:
             )
         # Fail now, not three trials in: every point must compose and validate.
         self.point_cfgs = {
-            p.label: compose(trial_overrides(self.cfg, self.user, p.overrides)) for p in self.points
+            p.name: compose(trial_overrides(self.cfg, self.user, p.overrides)) for p in self.points
         }
         seen: set[str] = set()
         for cfg in self.point_cfgs.values():
@@ -435,22 +444,23 @@ class Sweep:
                 key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log", False))
             )
             sampled.append(f"{key}={value}")
-        if not sampled and self._taken_elsewhere(trial, point.label):
+        if not sampled and self._taken_elsewhere(trial, point.name):
             trial.set_user_attr("duplicate", True)
-            raise optuna.TrialPruned(f"{point.label} already done or running in another worker")
+            raise optuna.TrialPruned(f"{point.name} already done or running in another worker")
         cfg = compose(trial_overrides(self.cfg, self.user, point.overrides + sampled))
-        trial_dir = self.root / "trials" / f"{trial.number:04d}-{slug(point.label)}"
-        reused = None if sampled else self._finished_record(point.label, cfg)
-        attempt = self._attempts(trial, point.label)
+        cfg.label = point.label  # made once here, carried in the record (record.run_info)
+        trial_dir = self.root / "trials" / f"{trial.number:04d}-{slug(point.name)}"
+        reused = None if sampled else self._finished_record(point.name, cfg)
+        attempt = self._attempts(trial, point.name)
         self.count += 1
         again = f" (attempt {attempt + 1})" if attempt else ""
         if reused is not None:
             trial_dir = reused[0]
-            print(f"[trial {self.count}/{self.total}] {point.label}: finished before, "
+            print(f"[trial {self.count}/{self.total}] {point.name}: finished before, "
                   f"record reused ({trial_dir})", flush=True)  # fmt: skip
         else:
             print(
-                f"[trial {self.count}/{self.total}] {point.label}{' ' + ' '.join(sampled) if sampled else ''}"
+                f"[trial {self.count}/{self.total}] {point.name}{' ' + ' '.join(sampled) if sampled else ''}"
                 f"{again}: start ({trial_dir})",
                 flush=True,
             )
@@ -470,11 +480,8 @@ class Sweep:
             result = launch(
                 cfg, trial_dir, self.cfg.sweep.timeout_s, prune, self.cfg.sweep.memory_limit_gib
             )
-        # the point's label names every axis that varies (e.g. "lora lr=0.001 r=4") but the
-        # seed: repeats share the approach's label, and the report groups them
         result.run.update(
-            label=approach_label(point.label),
-            point=point.label,
+            point=point.name,
             optuna_trial=trial.number,
             study=study_name,
         )
@@ -531,8 +538,8 @@ class Sweep:
         return optuna.pruners.NopPruner()
 
     def run_grid(self) -> None:
-        labels = [p.label for p in self.points]
-        by_label = {p.label: p for p in self.points}
+        labels = [p.name for p in self.points]
+        by_label = {p.name: p for p in self.points}
         sampler = PointSampler({"point": labels}, seed=self.cfg.train.seed)
         study = optuna.create_study(
             study_name=self.cfg.experiment,
@@ -588,7 +595,7 @@ class Sweep:
 
     def run_search(self) -> None:
         for point in self.points:
-            name = f"{self.cfg.experiment}:{point.label}"
+            name = f"{self.cfg.experiment}:{point.name}"
             study = optuna.create_study(
                 study_name=name,
                 storage=self.storage,
@@ -617,7 +624,7 @@ def run_sweep(user_overrides: list[str]) -> int:
     cfg = sweep.cfg
     print(
         f"[sweep] {cfg.experiment}: {sweep.total} trial(s) over {len(sweep.points)} point(s) "
-        f"[{', '.join(p.label for p in sweep.points)}]\n[sweep] storage {storage.redact(sweep.storage_url)}, "
+        f"[{', '.join(p.name for p in sweep.points)}]\n[sweep] storage {storage.redact(sweep.storage_url)}, "
         f"tracking {tracking.uri()}",
         flush=True,
     )

@@ -25,7 +25,8 @@ from typing import Any
 import psutil
 import torch
 
-from sweep import data, evaluate, ledger, measure, methods, models, plan, record
+from sweep import data, evaluate, ledger, measure, methods, models, plan, recipe, record
+from sweep.arch import arch_for_model
 from sweep.child import LAUNCHED_ENV
 from sweep.config import Config, ConfigError, as_dict, to_config
 from sweep.record import TrialResult, run_info
@@ -147,11 +148,10 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
         out.update(plan.plan_metrics(plan.predict_trial(cfg, cuda)))
         shape = led.get("batch_shape")
         if shape:  # the same prediction at the measured (padded) batch width
-            arch = plan.arch_for_model(cfg.model)
             s = plan.trial_settings(cfg, cuda, seq_len=int(shape[-1]))
             s.padded = bool(led.get("padded", True))
             s.logits_len = int(led.get("logits_width") or 0)
-            saved = plan.saved_activation_bytes(arch, s, cfg.method.name, cfg.method.r)
+            saved = plan.saved_activation_bytes(arch_for_model(cfg.model), s, recipe.of(cfg, cuda))
             out["plan_saved_activations_gib"] = saved / plan.GIB
     except (ConfigError, ValueError, TypeError) as exc:
         led["plan_error"] = str(exc)[:300]
@@ -166,12 +166,10 @@ def utilisation(
     if not tokens_per_s or math.isnan(tokens_per_s):
         return {}
     try:
-        arch = plan.arch_for_model(cfg.model)
+        arch = arch_for_model(cfg.model)
     except (ConfigError, ValueError, OSError):
         return {}
-    per_token = plan.train_flops_per_token(
-        arch, cfg.method.name, cfg.method.r, seq_len, logits_share
-    )
+    per_token = plan.train_flops_per_token(arch, recipe.of(cfg), seq_len, logits_share)
     out = {"train_tflops": per_token * tokens_per_s / 1e12}
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()

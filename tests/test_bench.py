@@ -4,9 +4,13 @@ import json
 
 import pytest
 
-from sweep.bench import bare_loop, eval_speed, peer
-from sweep.bench.__main__ import main, overhead
+from sweep.bench import bare_loop, eval_speed, peer, sweep_time
+from sweep.bench.__main__ import main
+from sweep.bench.parts import PARTS, SECTION_ORDER, keep_previous, ratio_rows, write
 from sweep.config import compose
+from sweep.frame import overhead, to_frame
+from sweep.record import TrialResult
+from sweep.report import _overhead
 from sweep.trial import run_trial
 
 from .conftest import tiny
@@ -42,7 +46,7 @@ def test_peer_runs_every_grid_point_through_trainer_hyperparameter_search():
 
 
 def test_steady_rate_counts_the_same_tokens_at_the_median_step_time():
-    from sweep.bench.__main__ import steady_rate
+    from sweep.bench.paired import steady_rate
 
     # 10 steps of 200 tokens: 9 at 1 s and one at 11 s (a neighbour's burst): 2000 tokens / 20 s
     run = {"train_tokens_per_s": 100.0, "s_per_step": 2.0, "s_per_step_median": 1.0}
@@ -120,23 +124,27 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
 
 
 def test_a_partial_run_keeps_the_other_parts_of_the_last_run(tmp_path):
-    from sweep.bench.__main__ import keep_previous
-
     old = {
         "date": "then",
         "overrides": ["a=1"],
-        "throughput": [{"approach": "full"}],
+        "throughput": [{"approach": "full", "harness / bare": 1.0}],
         "throughput_steps": 12,
         "warmup_steps": 2,
         "eval": {"prompts": 40},
         "ratios": [["4. eval", "5x", ">1"], ["1. training, full", "1.0", ">= 0.97"]],
     }
     (tmp_path / "harness.json").write_text(json.dumps(old))
-    new = {"date": "now", "overrides": ["a=1"], "ratios": [["2. sweep", "0.9", "<= 1.0"]]}
+    new = {"date": "now", "overrides": ["a=1"], "sweep": SWEEP, "overhead": OVERHEAD}
     keep_previous(new, {"sweep", "eval"}, tmp_path / "harness.json")
-    assert new["throughput"] == [{"approach": "full"}] and "eval" not in new
-    assert [r[0] for r in new["ratios"]] == ["2. sweep", "1. training, full"]
+    assert new["throughput"] == old["throughput"] and "eval" not in new
+    assert new["throughput_steps"] == 12 and new["warmup_steps"] == 2
     assert new["kept"] == {"throughput": "then"}
+    # the kept part's ratio rows come from its kept results, in the table's order
+    assert [r[:2] for r in ratio_rows(new)] == [
+        ("1. training tokens/s, harness / bare, full", "1.000"),
+        ("2. sweep wall time, harness / peer", "0.939"),
+        ("3. per-trial fixed overhead share", "2.3%"),
+    ]
     old["kept"] = {"throughput": "long ago"}  # kept by the last run too: its own date stays
     (tmp_path / "harness.json").write_text(json.dumps(old))
     again = {"date": "now", "overrides": ["a=1"], "ratios": []}
@@ -144,7 +152,207 @@ def test_a_partial_run_keeps_the_other_parts_of_the_last_run(tmp_path):
     assert again["kept"] == {"throughput": "long ago"}
     other = {"date": "now", "overrides": ["a=2"], "ratios": []}
     keep_previous(other, {"sweep"}, tmp_path / "harness.json")  # other overrides: nothing kept
-    assert "throughput" not in other and other["ratios"] == []
+    assert "throughput" not in other and "kept" not in other and ratio_rows(other) == []
+
+
+# Results shaped like reports/bench/harness.json (numbers from one real run, trimmed).
+EVAL = {
+    "prompts": 40,
+    "batch_size": 20,
+    "max_new_tokens": 12,
+    "generated_tokens": 427,
+    "batched_s": 4.439,
+    "one_by_one_s": 19.43,
+    "batched_tokens_per_s": 96.18,
+    "one_by_one_tokens_per_s": 21.98,
+    "identical_answers": 40,
+    "different": [],
+}
+THROUGHPUT = [
+    {
+        "approach": name,
+        "repeats": 4,
+        "bare tokens/s (median)": 145.0,
+        "harness tokens/s (median)": 148.0,
+        "harness / bare": ratio,
+        "round ratios": "0.874 1.030 1.051 1.013",
+        "bare s/step (median)": 2.5,
+        "bare spread": "142-146",
+        "harness spread": "127-150",
+        "harness model TFLOP/s": 0.0704,
+    }
+    for name, ratio in (("full", 1.0002), ("lora r=16", 1.0214), ("qlora r=16", 1.0231))
+]
+SWEEP = {
+    "rounds": 2,
+    "harness_walls_s": [605.1, 667.9],
+    "peer_walls_s": [687.3, 667.7],
+    "harness_s": 1273.0,
+    "peer_s": 1355.0,
+    "harness / peer": 0.9394,
+    "trials_wall_s": 591.1,
+    "harness_train_s": 542.6,
+    "peer_train_s": 646.2,
+}
+TRIALS = [
+    {
+        "trial": "lora r=16",
+        "accuracy": 0.55,
+        "peer accuracy": 0.55,
+        "peer train_s": 109.7,
+        "peer eval_s": 4.03,
+        "trial_wall_s": 113.1,
+        "train_phase_s": 99.9,
+        "eval_s": 4.38,
+        "base_eval_s": 5.04,
+        "startup_s": 1.74,
+        "load_s": 0.594,
+    }
+]
+OVERHEAD = {
+    "trials": 5,
+    "fixed_s_per_trial": 2.709,
+    "share": 0.02292,
+    "startup_s_per_trial": 0.4656,
+    "load_s_per_trial": 0.9819,
+}
+
+
+def _results() -> dict:
+    return {
+        "date": "2026-11-30 01:10",
+        "overrides": [],
+        "environment": {
+            "cpu": "Xeon",
+            "cpu_count": 2,
+            "device": "cpu",
+            "device_name": "Xeon",
+            "versions": {"torch": "2.13.0", "transformers": "5.23.0"},
+        },
+        "ratios": [],
+        "eval": EVAL,
+        "throughput": THROUGHPUT,
+        "throughput_steps": 16,
+        "warmup_steps": 2,
+        "pairing": "both sides at once, on cores 0 and 1 (swapped every round)",
+        "step_cost": {
+            "bare_ms": 17.26,
+            "harness_ms": 24.31,
+            "cost_ms": 7.984,
+            "steps": 200,
+            "repeats": 4,
+        },
+        "sweep": SWEEP,
+        "trials": TRIALS,
+        "overhead": OVERHEAD,
+    }
+
+
+def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead():
+    assert list(PARTS) == ["eval", "throughput", "step", "sweep"]  # run order, --only's list
+    assert ratio_rows(_results()) == [
+        (
+            "4. eval tokens/s, batched / one-by-one",
+            "4.38x (40/40 answers identical)",
+            "> 1, all identical",
+        ),
+        ("1. training tokens/s, harness / bare, full", "1.000", ">= 0.97"),
+        ("1. training tokens/s, harness / bare, lora r=16", "1.021", ">= 0.97"),
+        ("1. training tokens/s, harness / bare, qlora r=16", "1.023", ">= 0.97"),
+        ("2. sweep wall time, harness / peer", "0.939", "<= 1.0"),
+        ("3. per-trial fixed overhead share", "2.3%", "<= 5% (CPU)"),
+    ]
+    only_sweep = {k: v for k, v in _results().items() if k not in ("eval", "throughput")}
+    assert [r[0][:2] for r in ratio_rows(only_sweep)] == ["2.", "3."]
+
+
+def test_each_part_renders_its_section_from_the_results(tmp_path):
+    results = _results()
+    assert PARTS["eval"].section(results) == [
+        "",
+        "## 4. Evaluation: batched evaluator vs one-by-one greedy generation",
+        "",
+        "40 eval prompts, untuned base model, up to 12 new tokens, batches of 20: 427 answer "
+        "tokens. Batched 4.44 s (96 tokens/s), one by one 19.43 s (22 tokens/s); identical "
+        "answers: 40/40.",
+    ]
+    step = PARTS["step"].section(results)[-1]  # its share is of the throughput part's LoRA step
+    assert step.endswith(
+        "17.3 ms bare, 24.3 ms harness: 8.0 ms per step, 0.32% of the LoRA r=16 step above."
+    )
+    sweep = PARTS["sweep"].section(results)
+    assert "harness 605 + 668 = 1273 s, peer 687 + 668 = 1355 s. Ratio 0.939." in sweep[3]
+    assert sweep[-1] == (
+        "2.7 s per trial outside the training loop and evaluation (process start 0.47 s, model "
+        "load 0.98 s, then data, method set-up, saving and exit): 2.3% of trial wall time over "
+        "5 trials."
+    )
+    results["ratios"] = ratio_rows(results)
+    md = write(results, tmp_path).read_text()
+    assert (tmp_path / "harness.json").exists()
+    assert "| 4. eval tokens/s, batched / one-by-one | 4.38x (40/40 answers identical) |" in md
+    headings = [
+        "## 1. Training throughput",
+        "### The harness's fixed cost per step",
+        "## 2. Sweep wall time",
+        "## 3. Per-trial fixed overhead",
+        "## 4. Evaluation",
+    ]
+    assert SECTION_ORDER == ("throughput", "step", "sweep", "eval")
+    assert [md.index(h) for h in headings] == sorted(md.index(h) for h in headings)
+    for name in SECTION_ORDER:
+        assert "\n".join(PARTS[name].section(results)) in md
+    del results["eval"], results["step_cost"]  # parts absent: no section, no row
+    md = write(results, tmp_path).read_text()
+    assert "## 4. Evaluation" not in md and "fixed cost per step" not in md
+
+
+def test_the_bench_and_the_report_count_the_same_overhead(tmp_path, monkeypatch):
+    metrics = [
+        (
+            "ok",
+            {
+                "trial_wall_s": 100.0,
+                "train_phase_s": 80.0,
+                "eval_s": 10.0,
+                "base_eval_s": 4.0,
+                "startup_s": 1.0,
+                "load_s": 2.0,
+            },
+        ),
+        (
+            "ok",
+            {
+                "trial_wall_s": 50.0,
+                "train_phase_s": 45.0,
+                "eval_s": 3.0,
+                "startup_s": 1.5,
+                "load_s": 0.5,
+            },
+        ),  # no base evaluation (cached)
+        ("ok", {"trial_wall_s": 40.0, "train_phase_s": 30.0, "eval_s": 5.0, "load_s": 1.0}),
+        ("failed", {"trial_wall_s": 20.0, "train_phase_s": 1.0, "startup_s": 9.0, "load_s": 9.0}),
+        ("failed", {}),  # never started: nothing measured
+    ]
+    trials = [
+        TrialResult(run={"label": f"t{i}"}, train={"status": status, "metrics": dict(m)})
+        for i, (status, m) in enumerate(metrics)
+    ]
+    peer_out = {"accuracy": {}, "phases": {}}
+    monkeypatch.setattr(sweep_time, "_harness_sweep", lambda user, out: (1.0, trials))
+    monkeypatch.setattr(sweep_time, "_peer_sweep", lambda user, out: (1.0, peer_out))
+    _, _, bench = sweep_time.sweep_vs_peer([], tmp_path, rounds=1)
+    # the ok trials only: (6 + 2 + 5) s outside training and evaluation of 190 s
+    assert bench["trials"] == 3
+    assert bench["share"] == pytest.approx(13.0 / 190.0)
+    assert bench["fixed_s_per_trial"] == pytest.approx(13.0 / 3)
+    assert bench["startup_s_per_trial"] == pytest.approx(1.25)  # of the trials that measured it
+    assert bench["load_s_per_trial"] == pytest.approx(3.5 / 3)
+    df = to_frame([{"run": t.run, "train": t.train} for t in trials])
+    assert overhead(df.to_dict("records")) == pytest.approx(bench)
+    line = _overhead(df)[2]
+    assert line.startswith("Per trial, 4.3 s on average (process start 1.2 s, model load 1.2 s,")
+    assert f"{bench['share']:.1%} of trial wall time" in line
 
 
 def test_a_bad_override_is_one_line_before_anything_runs():

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import pytest
 
+from sweep import arch as A
 from sweep import plan as P
 from sweep.__main__ import main
+from sweep.arch import Arch, load_arch
 from sweep.config import CONF_DIR, ConfigError, GpuClass
+from sweep.recipe import LINEARS, Recipe
 
 # 10-token vocab, hidden 8, intermediate 16, 2 blocks, 2 heads of dim 4, 1 kv head, untied.
-TOY = P.Arch(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1)
+TOY = Arch(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1)
 GIB = 1024**3
 GPUS = [
     GpuClass("T4 16GB", 16, 0.35),
@@ -20,6 +23,19 @@ GPUS = [
     GpuClass("A100 80GB", 80, 1.90),
     GpuClass("H100 80GB", 80, 2.50),
 ]
+
+
+def R(kind: str, r: int = 0, precision: str = "fp32", targets=LINEARS) -> Recipe:
+    """A recipe as sweep.recipe.of builds it on CUDA for method=<kind> method.r=<r>."""
+    return Recipe(
+        method=kind,
+        r=0 if kind == "full" else r,
+        targets=() if kind == "full" else targets,
+        quant_type="nf4" if kind == "qlora" else None,
+        double_quant=kind == "qlora",
+        optimizer="paged_adamw_8bit" if kind == "qlora" else "adamw_torch",
+        precision=precision,
+    )
 
 
 def toy_settings(**kw) -> P.Settings:
@@ -32,14 +48,14 @@ def test_toy_full_fp32_by_hand():
     #   = 576; two blocks = 1152. Others: embeddings + lm_head 2*10*8=160, norms (2*2+1)*8=40.
     assert (P.linear_params(TOY), P.other_params(TOY), P.total_params(TOY)) == (1152, 200, 1352)
     s = toy_settings()
-    row = P.plan_row(TOY, s, "full", 0, GPUS)
+    row = P.plan_row(TOY, s, R("full", 0), GPUS)
     weights = grads = 4 * 1352  # fp32 weights, fp32 gradients: 5408 bytes each
     states, step = 2 * 4 * 1352, 4 * 1352  # AdamW m and v; foreach's sqrt(v) buffer
     # Activations per token per block (fp32): norms 6h=48, q, attention out, k, v expanded to
     # both heads 4*8=32, MLP 4i=64 -> 144 elements = 576 bytes, + 2 rsqrt (8 bytes)
     # + log-sum-exp 2 heads (8 bytes) + additive padding mask seq 3 (12 bytes) = 604 bytes.
     per_token = 4 * (6 * 8 + 4 * 8 + 4 * 16) + 8 + 4 * 2 + 4 * 3
-    assert per_token == 604 == P.layer_bytes_per_token(TOY, s, "full", 0)
+    assert per_token == 604 == P.layer_bytes_per_token(TOY, s, R("full"))
     loss = 3 * 4 * 2 * 3 * 10  # log-probs, their gradient, the logits' gradient: 720 bytes
     acts = 2 * (2 * 3) * per_token + loss  # 2 blocks x 6 tokens + loss = 7968
     # Peak: start of the backward (activations + the lm_head's fp32 gradient, 4*10*8 bytes) or
@@ -57,13 +73,13 @@ def test_toy_lora_and_qlora_by_hand():
     s = toy_settings()
     # LoRA r=2 per block: 2 * [(8+8) + (8+4) + (8+4) + (8+8) + (8+16) * 3] = 256; 2 blocks = 512.
     assert sum(P.lora_tensors(TOY, 2)) == 512
-    lora = P.plan_row(TOY, s, "lora", 2, GPUS)
+    lora = P.plan_row(TOY, s, R("lora", 2), GPUS)
     assert lora.weights_gib * GIB == pytest.approx(4 * 1352 + 4 * 512)  # base + fp32 adapters
     assert (lora.grads_gib * GIB, lora.optimizer_gib * GIB) == pytest.approx((4 * 512, 8 * 512))
     # QLoRA: 1152 NF4 weights = 576 bytes; 1152/64 = 18 absmax blocks, 8-bit with double
     # quantization (18 bytes) + 18/256 fp32 second-level constants (0.28 bytes); embeddings,
     # lm_head and norms fp32 after k-bit preparation (800 bytes); adapters fp32 (2048 bytes).
-    qlora = P.plan_row(TOY, s, "qlora", 2, GPUS)
+    qlora = P.plan_row(TOY, s, R("qlora", 2), GPUS)
     assert qlora.weights_gib * GIB == pytest.approx(576 + 18 + 18 / 256 * 4 + 800 + 2048)
     # paged 8-bit AdamW keeps fp32 states for tensors under 4096 elements: all of these.
     assert qlora.optimizer_gib * GIB == pytest.approx(8 * 512)
@@ -71,7 +87,7 @@ def test_toy_lora_and_qlora_by_hand():
 
 
 def test_lora_param_count_is_r_times_in_plus_out():
-    arch = P.load_arch("llama2_7b")
+    arch = load_arch("llama2_7b")
     by_hand = 32 * 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
     assert sum(P.lora_tensors(arch, 16)) == by_hand == 39_976_960  # what peft prints for 7B
 
@@ -90,7 +106,7 @@ def test_counts_match_the_real_model_and_peft():
     assert isinstance(model.config, LlamaConfig)
 
 
-def hf_config(arch: P.Arch, layers: int):
+def hf_config(arch: Arch, layers: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -105,7 +121,7 @@ def hf_config(arch: P.Arch, layers: int):
     )
 
 
-def saved_bytes(arch: P.Arch, layers: int, precision: str, approach: str, batch: int, seq: int):
+def saved_bytes(arch: Arch, layers: int, precision: str, approach: str, batch: int, seq: int):
     """Bytes torch keeps for backward (parameters excluded), through saved-tensor hooks."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -139,21 +155,25 @@ def saved_bytes(arch: P.Arch, layers: int, precision: str, approach: str, batch:
 @pytest.mark.parametrize("approach", ["full", "lora"])
 def test_block_activations_match_torch_saved_tensors(precision, approach):
     """One more block adds exactly what layer_bytes_per_token (+ weight copies) predicts."""
-    arch = P.Arch(vocab=50, hidden=48, intermediate=136, layers=1, heads=4, kv_heads=2)
+    arch = Arch(vocab=50, hidden=48, intermediate=136, layers=1, heads=4, kv_heads=2)
     batch, seq = 3, 20
     s = P.Settings(batch_size=batch, seq_len=seq, precision=precision)
     one_block = saved_bytes(arch, 3, precision, approach, batch, seq) - saved_bytes(
         arch, 2, precision, approach, batch, seq
     )
-    predicted = batch * seq * P.layer_bytes_per_token(arch, s, approach, 4)
+    predicted = batch * seq * P.layer_bytes_per_token(arch, s, R(approach, 4, precision))
     if precision == "bf16-mixed":  # the 16-bit weight copies of that block
-        predicted += P.weight_copy_bytes(arch, s, approach, 4) - 2 * arch.vocab * arch.hidden
+        predicted += (
+            P.weight_copy_bytes(arch, s, R(approach, 4, precision)) - 2 * arch.vocab * arch.hidden
+        )
     assert one_block == predicted
 
 
 def test_quantized_below_lora_below_full():
-    arch, s = P.load_arch("llama2_7b"), P.Settings()
-    full, lora, qlora = (P.plan_row(arch, s, a, 16, GPUS) for a in ("full", "lora", "qlora"))
+    arch, s = load_arch("llama2_7b"), P.Settings()
+    full, lora, qlora = (
+        P.plan_row(arch, s, R(a, 16, s.mode), GPUS) for a in ("full", "lora", "qlora")
+    )
     # Weights: LoRA is the same base as full FT plus its fp32 adapters; QLoRA's base is 4-bit.
     assert qlora.weights_gib < full.weights_gib < lora.weights_gib
     adapters = 4 * sum(P.lora_tensors(arch, 16)) / GIB
@@ -167,15 +187,15 @@ def test_quantized_below_lora_below_full():
 
 
 def test_gradient_checkpointing_lowers_activations():
-    arch = P.load_arch("llama2_7b")
+    arch = load_arch("llama2_7b")
     for approach in ("full", "lora", "qlora"):
         for precision in ("fp32", "bf16", "bf16-mixed"):
             off = P.Settings(batch_size=4, seq_len=512, precision=precision)
             on = P.Settings(
                 batch_size=4, seq_len=512, precision=precision, gradient_checkpointing=True
             )
-            a_off = P.activation_bytes(arch, off, approach, 16)
-            a_on = P.activation_bytes(arch, on, approach, 16)
+            a_off = P.activation_bytes(arch, off, R(approach, 16, precision))
+            a_on = P.activation_bytes(arch, on, R(approach, 16, precision))
             assert a_on < a_off, (approach, precision)
 
 
@@ -187,7 +207,7 @@ def test_smallest_gpu_that_fits():
     assert P.smallest_gpu(500, GPUS) == "none listed"
     shipped = P.load_gpus()
     assert shipped and shipped[0].name == "T4 16GB"
-    table = P.plan(P.load_arch("smollm2_135m"), P.Settings(), shipped)
+    table = P.plan(load_arch("smollm2_135m"), P.Settings(), shipped)
     assert list(table["gpu"]) == ["T4 16GB"] * 5
 
 
@@ -195,32 +215,32 @@ def test_every_shipped_model_has_an_architecture():
     names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "hf")
     assert {"llama2_7b", "llama2_70b", "llama3_8b", "qwen2_5_0_5b", "tiny_llama"} <= set(names)
     for name in names:
-        assert P.total_params(P.load_arch(name)) > 0
-    sizes = {n: P.total_params(P.load_arch(n)) / 1e9 for n in ("llama2_7b", "llama2_70b")}
+        assert P.total_params(load_arch(name)) > 0
+    sizes = {n: P.total_params(load_arch(n)) / 1e9 for n in ("llama2_7b", "llama2_70b")}
     assert sizes["llama2_7b"] == pytest.approx(6.74, abs=0.01)
     assert sizes["llama2_70b"] == pytest.approx(68.98, abs=0.01)
-    assert P.total_params(P.load_arch("smollm2_135m")) == 134_515_008
-    tiny = P.load_arch("tiny_llama")
+    assert P.total_params(load_arch("smollm2_135m")) == 134_515_008
+    tiny = load_arch("tiny_llama")
     assert (tiny.vocab, tiny.hidden, tiny.layers, tiny.tie_embeddings) == (102, 64, 2, True)
 
 
 def test_unknown_model_is_one_clear_line():
     with pytest.raises(ConfigError, match=r"not in conf/model/ \(did you mean llama2_7b\?\)"):
-        P.load_arch("llama2_7")  # offline in tests: no hub lookup succeeds
+        load_arch("llama2_7")  # offline in tests: no hub lookup succeeds
     with pytest.raises(ConfigError, match="model=hf has no arch block"):
-        P.load_arch("hf")
+        load_arch("hf")
 
 
 def test_hub_ids_and_local_directories(tmp_path, monkeypatch):
     hf_config(TOY, layers=2).save_pretrained(tmp_path)  # a config.json, as a hub repo has
-    assert P.load_arch(str(tmp_path)) == TOY
+    assert load_arch(str(tmp_path)) == TOY
 
     def no_network(*args, **kwargs):
         raise OSError("unreachable")
 
-    monkeypatch.setattr(P.socket, "create_connection", no_network)
+    monkeypatch.setattr(A.socket, "create_connection", no_network)
     with pytest.raises(ConfigError, match="could not be read: no network: cannot reach"):
-        P.load_arch("some-org/not-cached-model")
+        load_arch("some-org/not-cached-model")
 
 
 def test_settings_from_the_command_line():
@@ -248,15 +268,15 @@ def test_make_plan_prints_the_table(capsys):
 def test_train_flops_per_token_by_hand() -> None:
     # Seven linears of a 4-wide block with intermediate 8: 4 x 16 + 3 x 32 = 160 weights; tied
     # lm_head 10 x 4 = 40: 200 matmul weights. Attention: 12 x 1 layer x 3 tokens x 4 wide = 144.
-    arch = P.Arch(
+    arch = Arch(
         vocab=10, hidden=4, intermediate=8, layers=1, heads=2, kv_heads=2, tie_embeddings=True
     )
-    assert P.train_flops_per_token(arch, "full", 0, 3) == 6 * 200 + 144
+    assert P.train_flops_per_token(arch, R("full", 0), 3) == 6 * 200 + 144
     # LoRA r=1 adapters: (4+4) x 4 for q, k, v, o; (4+8) x 3 for gate, up, down: 68 weights.
     assert sum(P.lora_tensors(arch, 1)) == 68
-    assert P.train_flops_per_token(arch, "lora", 1, 3) == 4 * (200 + 68) + 2 * 68 + 144
-    assert P.train_flops_per_token(arch, "qlora", 1, 3) == P.train_flops_per_token(
-        arch, "lora", 1, 3
+    assert P.train_flops_per_token(arch, R("lora", 1), 3) == 4 * (200 + 68) + 2 * 68 + 144
+    assert P.train_flops_per_token(arch, R("qlora", 1), 3) == P.train_flops_per_token(
+        arch, R("lora", 1), 3
     )
 
 

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from sweep import frame, headline, report
+from sweep import frame, headline, plan, report
 from sweep.config import GpuClass, compose
 
 
@@ -72,8 +72,8 @@ def test_gpu_class_is_the_smallest_that_fits_and_cost_uses_its_price():
     assert table.loc["lora r=64", "gpu"] == "L4"
     assert table.loc["full", "gpu"] == "A100-80"
     assert table.loc["full", "cost_usd"] == pytest.approx(110 / 3600 * 3.6)
-    assert headline.gpu_fit(200.0, GPUS) is None
-    assert headline.gpu_fit(16.0, GPUS).name == "T4"
+    assert plan.gpu_fit(200.0, GPUS) is None
+    assert plan.gpu_fit(16.0, GPUS).name == "T4"
 
 
 def test_pareto_membership():

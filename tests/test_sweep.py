@@ -5,7 +5,7 @@ from sweep import tracking
 from sweep.config import ConfigError, compose
 from sweep.record import load
 from sweep.storage import open_storage
-from sweep.study import approach_label, grid_points, merge_overrides, run_sweep
+from sweep.study import grid_points, merge_overrides, run_sweep
 
 
 def test_grid_points_do_not_multiply_full_ft_by_ranks():
@@ -17,32 +17,33 @@ def test_grid_points_do_not_multiply_full_ft_by_ranks():
 
 def test_grid_axes_cross_within_an_approach():
     pts = grid_points({"lora": {"method": {"r": [4, 8]}, "train": {"seed": [0, 1]}}, "full": {}})
-    assert [p.label for p in pts] == [
+    assert [p.name for p in pts] == [
         "lora r=4 seed=0",
         "lora r=4 seed=1",
         "lora r=8 seed=0",
         "lora r=8 seed=1",
         "full",
     ]
+    assert [p.label for p in pts[:2]] == ["lora r=4", "lora r=4"]  # a seed axis: repeats
 
 
 def test_seeds_repeat_every_point_under_the_approach_label():
     pts = grid_points({"full": {}, "lora": {"method": {"r": [16]}}}, seeds=[0, 1])
-    assert [p.label for p in pts] == [
+    assert [p.name for p in pts] == [
         "full seed=0",
         "full seed=1",
         "lora r=16 seed=0",
         "lora r=16 seed=1",
     ]
     assert pts[3].overrides == ["method=lora", "method.r=16", "train.seed=1"]
-    assert approach_label(pts[3].label) == "lora r=16"
+    assert (pts[3].label, pts[3].seed) == ("lora r=16", 1)
     with pytest.raises(ConfigError, match="sweep.seeds and a train.seed grid axis"):
         grid_points({"full": {"train": {"seed": [0, 1]}}}, seeds=[0])
 
 
 def test_seed_data_gives_each_seed_its_own_data_sample_shared_by_every_approach():
     pts = grid_points({"full": {}, "lora": {"method": {"r": [4]}}}, seeds=[0, 2], data_seed=100)
-    by = {p.label: p.overrides for p in pts}
+    by = {p.name: p.overrides for p in pts}
     assert "dataset.seed=102" in by["full seed=2"] and "dataset.seed=102" in by["lora r=4 seed=2"]
     assert "dataset.seed=100" in by["lora r=4 seed=0"]
     assert not any(

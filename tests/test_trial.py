@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from sweep import plan
+from sweep import metrics, plan, recipe
+from sweep.arch import arch_for_model
 from sweep.config import compose
 from sweep.record import load
 from sweep.trial import run_trial, summary
@@ -44,6 +45,7 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
     assert result.status == "ok", result.train.get("error")
     rec = load(tmp_path / method / "result.json")
     m = rec.metrics
+    metrics.check(m)  # every key the trial wrote is a named metric (sweep.metrics)
     for key in REQUIRED:
         assert m.get(key) is not None, key
     assert m["steps"] == 8 and m["tokens_seen"] > 0
@@ -69,8 +71,8 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
     width = rec.train["ledger"]["batch_shape"][-1]
     share = rec.train["ledger"]["logits_width"] / width  # train.loss_logits=answer
     assert 0 < share < 1
-    arch = plan.arch_for_model(cfg.model)
-    per_token = plan.train_flops_per_token(arch, method, cfg.method.r, width, share)
+    arch = arch_for_model(cfg.model)
+    per_token = plan.train_flops_per_token(arch, recipe.of(cfg), width, share)
     assert m["train_tflops"] == pytest.approx(per_token * m["train_tokens_per_s"] / 1e12)
     if not torch.cuda.is_available():
         assert "mfu" not in m  # MFU needs a GPU's peak

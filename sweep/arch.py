@@ -1,0 +1,151 @@
+"""Model architectures: the numbers the planner computes from, without weights or a GPU.
+
+    python -c "from sweep.arch import load_arch; print(load_arch('llama3_8b'))"
+
+An `Arch` comes from a model config the way a trial reads it (conf/model/<name>.yaml's `arch`
+block, a built-in, the tiny model's settings) or from a hub id or local directory's config.json
+(only that file is read; offline, one line says so).
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sweep.config import CONF_DIR, ConfigError, ModelConfig, one_line
+from sweep.recipe import LINEARS
+
+TINY_VOCAB = 102  # sweep.models.char_tokenizer(): 5 specials + 97 printable ASCII characters
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A Llama-style decoder: what the planner needs to know about a model."""
+
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    tie_embeddings: bool = False
+    head_dim: int | None = None  # None: hidden // heads
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    def linears(self) -> list[tuple[str, int, int]]:
+        """(name, in, out) of the seven linear layers of one block."""
+        h, i = self.hidden, self.intermediate
+        q, kv = self.heads * self.dim, self.kv_heads * self.dim
+        shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+        return [(name, n_in, n_out) for name, (n_in, n_out) in zip(LINEARS, shapes, strict=True)]
+
+
+# Built-in models whose conf/model/ yaml has no arch block (their weights ship or are built here).
+BUILTIN = {
+    "smollm2_135m": Arch(49152, 576, 1536, 30, 9, 3, tie_embeddings=True),
+}
+
+
+def arch_for_model(model: ModelConfig) -> Arch:
+    """The architecture a trial's model config describes (arch block, built-in, tiny, or the
+    hub/local config.json); no weights needed."""
+    if model.arch is not None:
+        return Arch(**asdict(model.arch))
+    if model.source == "tiny":
+        t = model.tiny
+        return Arch(TINY_VOCAB, t.hidden, t.intermediate, t.layers, t.heads, t.heads, True)
+    if model.source == "packaged" and model.name in BUILTIN:
+        return BUILTIN[model.name]
+    if not model.name_or_path:
+        raise ConfigError(f"model={model.name}: no arch block and no model.name_or_path to read")
+    return arch_from_hub(str(model.name_or_path))
+
+
+def model_options() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "hf")
+
+
+def load_arch(name: str) -> Arch:
+    """A conf/model/ name (read as the trial reads it) or else a hub id / local directory."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        return arch_from_hub(name)
+    node = OmegaConf.load(path)
+    if OmegaConf.is_missing(node, "name_or_path") and node.get("arch") is None:
+        raise ConfigError(
+            f"model={name} has no arch block; plan a hub id: make plan MODEL=<hub id>"
+        )
+    try:
+        model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"model={name}: bad model config ({one_line(exc)})") from None
+    return arch_for_model(model)  # type: ignore[arg-type]
+
+
+def arch_from_hub(name_or_path: str) -> Arch:
+    """Read only the model's config.json (local directory, cache, hub); one-line error offline."""
+    hint = difflib.get_close_matches(name_or_path, model_options(), n=1)
+    unknown = (
+        f"model {name_or_path!r}: not in conf/model/{f' (did you mean {hint[0]}?)' if hint else ''}"
+    )
+    shipped = f"shipped: {', '.join(model_options())}"
+    if "/" not in name_or_path and not Path(name_or_path).is_dir():
+        raise ConfigError(f"{unknown}, nor a hub id (org/name) or local directory; {shipped}")
+    try:
+        cfg = auto_config(name_or_path)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{unknown} and its config could not be read: {first}; {shipped}"
+        ) from None
+    return arch_from_hf_config(cfg, name_or_path)
+
+
+def auto_config(name_or_path: str) -> Any:
+    """transformers.AutoConfig, from a local directory or the cache first; the hub only when it
+    answers (no minute of retries offline)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except OSError:
+        pass
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        raise OSError(f"no network: cannot reach {host} (offline?)") from None
+    return AutoConfig.from_pretrained(name_or_path)
+
+
+def arch_from_hf_config(cfg: Any, name: str = "model") -> Arch:
+    c = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None):
+        raise ConfigError(f"model {name!r}: mixture-of-experts models are not modelled by plan")
+    try:
+        heads = int(c.num_attention_heads)
+        head_dim = getattr(c, "head_dim", None)
+        return Arch(
+            vocab=int(c.vocab_size),
+            hidden=int(c.hidden_size),
+            intermediate=int(c.intermediate_size),
+            layers=int(c.num_hidden_layers),
+            heads=heads,
+            kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+            tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+            head_dim=None if head_dim in (None, c.hidden_size // heads) else int(head_dim),
+        )
+    except (AttributeError, TypeError) as exc:
+        raise ConfigError(f"model {name!r}: not a Llama-style decoder config ({exc})") from None

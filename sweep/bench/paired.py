@@ -1,0 +1,165 @@
+"""The bare loop and a harness trial side by side: `make bench`'s throughput and per-step parts.
+
+Each round runs sweep/bench/bare_loop.py and a harness trial on the same settings in fresh
+processes forked from the same server as the sweep's trials; on CPU both at once, each pinned
+to its own half of the cores (core_halves), else one after the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sweep.bench import bare_loop
+from sweep.child import CPUS_ENV, gpu_present, trial_context
+from sweep.config import Config, as_dict, compose
+from sweep.study import launch, merge_overrides, slug
+
+APPROACHES = {
+    "full": ["method=full"],
+    "lora r=16": ["method=lora", "method.r=16"],
+    "qlora r=16": ["method=qlora", "method.r=16"],
+}
+
+
+def bare(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The bare loop in a fresh process forked from the same server as harness trials."""
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "bare.json"
+    out.unlink(missing_ok=True)
+    proc = trial_context().Process(
+        target=bare_loop.child,
+        args=(as_dict(cfg), str(out), os.getcwd(), {**os.environ, **(env or {})}),
+    )
+    proc.start()
+    proc.join()
+    if not out.exists():
+        raise RuntimeError(f"bare loop exited with code {proc.exitcode} and no result")
+    return json.loads(out.read_text())
+
+
+def _harness(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    h = launch(cfg, work, 0, env=env)
+    if h.status != "ok":
+        raise RuntimeError(f"harness trial: {h.status} {h.train.get('error')}")
+    return h.metrics
+
+
+def steady_rate(m: dict[str, Any]) -> float:
+    """A run's tokens/s at its median step time: the same tokens over n median steps. Both sides
+    train on the same batches, so this ratio compares their steps, not a neighbour's burst."""
+    return m["train_tokens_per_s"] * m["s_per_step"] / m["s_per_step_median"]
+
+
+def core_halves() -> tuple[str, str] | None:
+    """Two disjoint halves of this process's CPU cores ("0", "1" on 2 cores), or None where
+    there is a GPU (both sides would share it) or a single core."""
+    if not hasattr(os, "sched_getaffinity") or gpu_present():
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return ",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half : 2 * half]))
+
+
+def _pair(
+    overrides: list[str], work: Path, i: int, concurrent: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One round: the bare loop and a harness trial. On CPU both at once, each pinned to its own
+    half of the cores (halves swapped every round): a neighbour's burst or the machine's drift
+    hits both sides alike. On a GPU (or not `concurrent`) one after the other, bare first in
+    even rounds."""
+    cfg = compose(overrides)  # here: Hydra is not thread-safe
+    halves = core_halves() if concurrent else None
+    if halves is None:
+        if i % 2 == 0:
+            b = bare(cfg, work)
+            return b, _harness(cfg, work / f"h{i}")
+        h = _harness(cfg, work / f"h{i}")
+        return bare(cfg, work), h
+    mine, theirs = halves if i % 2 == 0 else halves[::-1]
+    with ThreadPoolExecutor(1) as pool:
+        h = pool.submit(_harness, cfg, work / f"h{i}", {CPUS_ENV: mine})
+        b = bare(cfg, work, {CPUS_ENV: theirs})
+        return b, h.result()
+
+
+def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
+    """Harness trial and bare loop, `repeats` rounds (_pair); each round's ratio of steady
+    tokens/s (steady_rate), and the median of those paired ratios."""
+    rows = []
+    for name, approach in APPROACHES.items():
+        overrides = merge_overrides(
+            user, [*approach, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
+        )
+        b: list[float] = []
+        h: list[float] = []
+        b_step: list[float] = []
+        flops: list[float] = []
+        mfu: list[float] = []
+        for i in range(repeats):
+            print(f"[bench] throughput {name}: round {i + 1}/{repeats}", flush=True)
+            bm, hm = _pair(overrides, work / slug(name), i)
+            b.append(steady_rate(bm))
+            h.append(steady_rate(hm))
+            b_step.append(bm["s_per_step_median"])
+            flops += [hm["train_tflops"]] if hm.get("train_tflops") else []
+            mfu += [hm["mfu"]] if hm.get("mfu") else []
+            print(f"[bench]   round ratio {h[-1] / b[-1]:.3f}", flush=True)
+        paired = [x / y for x, y in zip(h, b, strict=True)]
+        rows.append(
+            {
+                "approach": name,
+                "repeats": repeats,
+                "bare tokens/s (median)": statistics.median(b),
+                "harness tokens/s (median)": statistics.median(h),
+                "harness / bare": statistics.median(paired),
+                "round ratios": " ".join(f"{r:.3f}" for r in paired),
+                "bare s/step (median)": statistics.median(b_step),
+                "bare spread": f"{min(b):.0f}-{max(b):.0f}",
+                "harness spread": f"{min(h):.0f}-{max(h):.0f}",
+                "harness model TFLOP/s": statistics.median(flops) if flops else None,
+                **({"harness MFU": f"{statistics.median(mfu):.1%}"} if mfu else {}),
+            }
+        )
+        print(f"[bench]   harness / bare = {rows[-1]['harness / bare']:.3f}", flush=True)
+    return rows
+
+
+def step_cost(user: list[str], repeats: int, work: Path, steps: int = 200) -> dict[str, Any]:
+    """The harness's fixed cost per step (Trainer, callbacks, progress, loss logging) on the
+    tiny model, where a step is milliseconds and that cost is not lost in the machine's noise.
+    One side after the other on all cores, as trials run (pinned halves differ by more than
+    the milliseconds measured here)."""
+    overrides = merge_overrides(
+        user,
+        [
+            "model=tiny_llama",
+            "method=lora",
+            "method.r=16",
+            f"train.steps={steps}",
+            "train.measure_warmup_steps=10",
+            "eval.size=2",
+            "eval.base=false",
+        ],
+    )
+    b: list[float] = []
+    h: list[float] = []
+    for i in range(repeats):
+        print(f"[bench] per-step cost (tiny model): round {i + 1}/{repeats}", flush=True)
+        bm, hm = _pair(overrides, work / "step-cost", i, concurrent=False)
+        b.append(bm["s_per_step_median"])
+        h.append(hm["s_per_step_median"])
+    cost = statistics.median(y - x for x, y in zip(b, h, strict=True))
+    return {
+        "bare_ms": statistics.median(b) * 1e3,
+        "harness_ms": statistics.median(h) * 1e3,
+        "cost_ms": cost * 1e3,
+        "steps": steps,
+        "repeats": repeats,
+    }

@@ -1,0 +1,287 @@
+"""`make bench`'s four parts as a registry: what each runs, keeps, contributes and renders.
+
+    from sweep.bench.parts import PARTS, write
+    write(json.loads(Path("reports/bench/harness.json").read_text()))  # harness.md again
+
+A Part owns some entries of the results (written to reports/bench/harness.json), its rows of
+the ratio table at the top of harness.md, and its section below it. The ratio table and the
+sections follow their own explicit orders (RATIO_ORDER, SECTION_ORDER); both derive from the
+results alone, so a part kept from the last run (keep_previous) renders as when it ran.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep.bench import eval_speed
+from sweep.bench.paired import core_halves, step_cost, throughput
+from sweep.bench.sweep_time import sweep_vs_peer
+from sweep.config import Config
+
+OUT = Path("reports/bench")
+Ratio = tuple[str, str, str]  # (comparison, ratio, target): one row of harness.md's first table
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a part runs with: the user's Hydra overrides (and their composed config), a scratch
+    folder, and the command line's counts (see `python -m sweep.bench --help`)."""
+
+    overrides: list[str]
+    cfg: Config
+    work: Path
+    steps: int
+    repeats: int
+    cost_steps: int
+    sweep_rounds: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """One comparison. `keys`: the results entries it writes (the first present iff it ran);
+    `run`: measures and returns those entries; `ratios`: its rows of the ratio table, in order;
+    `section`: its lines of harness.md. Both take the whole results (a section may cite another
+    part's)."""
+
+    name: str
+    keys: tuple[str, ...]
+    run: Callable[[Settings], dict[str, Any]]
+    ratios: Callable[[dict[str, Any]], list[Ratio]]
+    section: Callable[[dict[str, Any]], list[str]]
+
+    def ran(self, results: dict[str, Any]) -> bool:
+        """Whether `results` hold this part (measured now or kept from the last run)."""
+        return self.keys[0] in results
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
+
+
+def _run_eval(s: Settings) -> dict[str, Any]:
+    print("[bench] eval: batched evaluator vs one-by-one greedy", flush=True)
+    return {"eval": eval_speed.run(s.cfg)}
+
+
+def _eval_ratios(results: dict[str, Any]) -> list[Ratio]:
+    e = results["eval"]
+    return [
+        (
+            "4. eval tokens/s, batched / one-by-one",
+            f"{e['batched_tokens_per_s'] / e['one_by_one_tokens_per_s']:.2f}x "
+            f"({e['identical_answers']}/{e['prompts']} answers identical)",
+            "> 1, all identical",
+        )
+    ]
+
+
+def _eval_section(results: dict[str, Any]) -> list[str]:
+    e = results["eval"]
+    return [
+        "",
+        "## 4. Evaluation: batched evaluator vs one-by-one greedy generation",
+        "",
+        f"{e['prompts']} eval prompts, untuned base model, up to {e['max_new_tokens']} new "
+        f"tokens, batches of {e['batch_size']}: {e['generated_tokens']} answer tokens. "
+        f"Batched {e['batched_s']:.2f} s ({e['batched_tokens_per_s']:.0f} tokens/s), one by "
+        f"one {e['one_by_one_s']:.2f} s ({e['one_by_one_tokens_per_s']:.0f} tokens/s); "
+        f"identical answers: {e['identical_answers']}/{e['prompts']}.",
+    ]
+
+
+def _run_throughput(s: Settings) -> dict[str, Any]:
+    rows = throughput(s.overrides, s.steps, s.repeats, s.work)
+    halves = core_halves()
+    return {
+        "throughput": rows,
+        "throughput_steps": s.steps,
+        "warmup_steps": s.cfg.train.measure_warmup_steps,
+        "pairing": (
+            f"both sides at once, on cores {halves[0]} and {halves[1]} (swapped every round)"
+            if halves
+            else "one side after the other, the order alternating"
+        ),
+    }
+
+
+def _throughput_ratios(results: dict[str, Any]) -> list[Ratio]:
+    return [
+        (
+            f"1. training tokens/s, harness / bare, {r['approach']}",
+            f"{r['harness / bare']:.3f}",
+            ">= 0.97",
+        )
+        for r in results["throughput"]
+    ]
+
+
+def _throughput_section(results: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        "## 1. Training throughput: harness trial vs bare PyTorch + PEFT loop",
+        "",
+        f"Same model, examples, batch, sequence length, optimizer and precision; "
+        f"{results['throughput_steps']} steps, the first "
+        f"{results['warmup_steps']} not measured; {results['throughput'][0]['repeats']} rounds, "
+        f"each a bare run and a harness trial in fresh processes forked from the same server: "
+        f"{results.get('pairing', 'one side after the other, the order alternating')}. "
+        "A run's tokens/s is taken at its median step time (a slow step from a neighbour "
+        "does not count); the ratio is the median of the rounds' own ratios. "
+        "Spreads show the machine's run-to-run noise.",
+        "",
+        _table(results["throughput"]),
+    ]
+
+
+def _run_step(s: Settings) -> dict[str, Any]:
+    return {"step_cost": step_cost(s.overrides, s.repeats, s.work, s.cost_steps)}
+
+
+def _step_section(results: dict[str, Any]) -> list[str]:
+    c = results["step_cost"]
+    step = next(
+        (
+            r["bare s/step (median)"]
+            for r in results.get("throughput", [])
+            if r["approach"].startswith("lora") and "bare s/step (median)" in r
+        ),
+        None,
+    )
+    share = f", {c['cost_ms'] / 1e3 / step:.2%} of the LoRA r=16 step above" if step else ""
+    return [
+        "",
+        "### The harness's fixed cost per step",
+        "",
+        "Trainer, callbacks, progress bar and loss logging, measured where a step takes "
+        f"milliseconds: the tiny model, LoRA r=16, {c['steps']} steps, {c['repeats']} rounds "
+        f"one side after the other; median step {c['bare_ms']:.1f} ms bare, "
+        f"{c['harness_ms']:.1f} ms harness: {c['cost_ms']:.1f} ms per step{share}.",
+    ]
+
+
+def _run_sweep(s: Settings) -> dict[str, Any]:
+    summary, trials, fixed = sweep_vs_peer(s.overrides, s.work, s.sweep_rounds)
+    return {"sweep": summary, "trials": trials, "overhead": fixed}
+
+
+def _sweep_ratios(results: dict[str, Any]) -> list[Ratio]:
+    return [
+        (
+            "2. sweep wall time, harness / peer",
+            f"{results['sweep']['harness / peer']:.3f}",
+            "<= 1.0",
+        ),
+        ("3. per-trial fixed overhead share", f"{results['overhead']['share']:.1%}", "<= 5% (CPU)"),
+    ]
+
+
+def _sweep_section(results: dict[str, Any]) -> list[str]:
+    s, o = results["sweep"], results["overhead"]
+    return [
+        "",
+        '## 2. Sweep wall time: harness vs Trainer.hyperparameter_search(backend="optuna")',
+        "",
+        f"Harness (`python -m sweep run`: trials in fresh processes, untuned-base evaluation, "
+        f"MLflow tracking, records, adapters, report) against the peer (one process, "
+        f"`model_init` per trial, same steps and generation accuracy, nothing recorded), "
+        f"{s.get('rounds', 1)} run(s) each in ABBA order (harness, peer, peer, harness): "
+        f"harness {' + '.join(f'{w:.0f}' for w in s.get('harness_walls_s', [s['harness_s']]))}"
+        f" = {s['harness_s']:.0f} s, peer "
+        f"{' + '.join(f'{w:.0f}' for w in s.get('peer_walls_s', [s['peer_s']]))} = "
+        f"{s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}. Per trial, first round: the "
+        f"training loops took {s['harness_train_s']:.0f} s (harness: logits only where the "
+        f"loss is, `train.loss_logits=answer`) and {s['peer_train_s']:.0f} s (peer: a plain "
+        "Trainer, logits everywhere).",
+        "",
+        _table(results["trials"]),
+        "",
+        "## 3. Per-trial fixed overhead",
+        "",
+        f"{o['fixed_s_per_trial']:.1f} s per trial outside the training loop and evaluation "
+        f"(process start {o['startup_s_per_trial']:.2f} s, model load "
+        f"{o['load_s_per_trial']:.2f} s, then data, method set-up, saving and exit): "
+        f"{o['share']:.1%} of trial wall time over {o['trials']} trials.",
+    ]
+
+
+# The registry, in run order (the order --only lists them in).
+PARTS: dict[str, Part] = {
+    p.name: p
+    for p in (
+        Part("eval", ("eval",), _run_eval, _eval_ratios, _eval_section),
+        Part(
+            "throughput",
+            ("throughput", "throughput_steps", "warmup_steps", "pairing"),
+            _run_throughput,
+            _throughput_ratios,
+            _throughput_section,
+        ),
+        Part("step", ("step_cost",), _run_step, lambda results: [], _step_section),
+        Part("sweep", ("sweep", "trials", "overhead"), _run_sweep, _sweep_ratios, _sweep_section),
+    )
+}
+# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead.
+RATIO_ORDER = ("eval", "throughput", "step", "sweep")
+# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval.
+SECTION_ORDER = ("throughput", "step", "sweep", "eval")
+
+
+def ratio_rows(results: dict[str, Any]) -> list[Ratio]:
+    """The ratio table's rows of every part the results hold, in RATIO_ORDER."""
+    return [
+        row
+        for name in RATIO_ORDER
+        if PARTS[name].ran(results)
+        for row in PARTS[name].ratios(results)
+    ]
+
+
+def keep_previous(results: dict[str, Any], parts: set[str], previous: Path) -> None:
+    """Carry over the parts not run this time from the last run at the same overrides, so that
+    `--only sweep` refreshes one part of the reference results and keeps the others."""
+    if not previous.exists():
+        return
+    old = json.loads(previous.read_text())
+    if old.get("overrides") != results["overrides"]:
+        return
+    for part in PARTS.values():
+        if part.name in parts or not part.ran(old):
+            continue
+        results.update({k: old[k] for k in part.keys if k in old})
+        # the date of the run that measured it (an older one if that run kept it too)
+        results.setdefault("kept", {})[part.name] = old.get("kept", {}).get(
+            part.name, old.get("date")
+        )
+
+
+def write(results: dict[str, Any], out: Path = OUT) -> Path:
+    """reports/bench/harness.md (+ harness.json) from the measured results: the ratio table
+    (results["ratios"], see ratio_rows), then each part's section in SECTION_ORDER."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "harness.json").write_text(json.dumps(results, indent=2, default=str))
+    env = results["environment"]
+    lines = [
+        "# Harness benchmark: the harness against what users would write instead",
+        "",
+        f"Measured {results['date']} on {env.get('cpu')} x {env.get('cpu_count')} "
+        f"({env.get('device')}, {env.get('device_name')}); torch {env['versions'].get('torch')}, "
+        f"transformers {env['versions'].get('transformers')}. Overrides: "
+        f"`{' '.join(results['overrides']) or '(defaults)'}`. Regenerate with `make bench`."
+        + "".join(f" Part {p}: from the run of {d}." for p, d in results.get("kept", {}).items()),
+        "",
+        "| comparison | ratio | target |",
+        "|---|---|---|",
+        *(f"| {name} | {value} | {target} |" for name, value, target in results["ratios"]),
+    ]
+    for name in SECTION_ORDER:
+        if PARTS[name].ran(results):
+            lines += PARTS[name].section(results)
+    path = out / "harness.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

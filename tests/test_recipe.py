@@ -1,0 +1,95 @@
+"""One description of a trial's method: the planner predicts exactly what methods.py builds.
+
+python -m pytest -q tests/test_recipe.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sweep import methods, models, plan, recipe
+from sweep.arch import arch_for_model
+from sweep.config import ConfigError, compose
+
+from .conftest import CACHE
+
+POINTS = [
+    ["method=full"],
+    ["method=lora", "method.r=4"],
+    ["method=lora", "method.r=8", "method.target_modules=[q_proj,v_proj]"],
+    ["method=lora", "method.r=2", "method.target_modules=[o_proj,down_proj,gate_proj]"],
+    ["method=lora", "method.r=2", "method.target_modules='.*[.](k|v)_proj'"],
+    ["method=qlora", "method.r=4"],
+    ["method=qlora", "method.r=4", "method.quant.double_quant=false"],
+    ["method=qlora", "method.r=2", "method.target_modules=[q_proj,k_proj]"],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_path():
+    return models.resolve(compose(["model=tiny_llama"]).model, CACHE)
+
+
+def nf4_base_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the 4-bit linears as bitsandbytes stores them: packed weights and constants."""
+    import bitsandbytes as bnb
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            qs = m.weight.quant_state
+            total += m.weight.numel() * m.weight.element_size() + qs.absmax.nbytes
+            total += qs.state2.absmax.nbytes if qs.nested else 0
+    return total
+
+
+@pytest.mark.parametrize("overrides", POINTS, ids=" ".join)
+def test_planner_predicts_what_methods_builds(tiny_path, overrides):
+    cfg = compose(["model=tiny_llama", *overrides])
+    rec = recipe.of(cfg)
+    row = plan.predict_trial(cfg, cuda=torch.cuda.is_available())
+    base = models.load_model(tiny_path, torch.float32, **methods.load_kwargs(cfg.method, "fp32"))
+    arch = arch_for_model(cfg.model)
+    if rec.quant_type:  # the 4-bit base the planner counts, double quantization or not
+        predicted = plan.nf4_bytes(plan.linear_params(arch), rec.double_quant)
+        assert nf4_base_bytes(base) == pytest.approx(predicted, rel=0.01)
+    model = methods.apply(base, cfg.method, cfg.train)
+    trainable, _ = methods.count_params(model)
+    assert row.trainable_params == trainable > 0
+    assert row.optimizer == rec.optimizer == methods.optimizer_name(cfg.method)
+    adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == set(rec.targets)
+
+
+def test_double_quant_and_targets_change_the_prediction():
+    def total(*overrides: str) -> float:
+        cfg = compose(["model=llama2_7b", "method=qlora", *overrides])
+        return plan.predict_trial(cfg, cuda=True).weights_gib
+
+    saved = total("method.quant.double_quant=false") - total()
+    assert saved == pytest.approx(6.5e9 / 64 * (4 - 1 - 4 / 256) / 1024**3, rel=0.05)  # ~0.3 GB
+    q_v = compose(["model=llama2_7b", "method=lora", "method.target_modules=[q_proj,v_proj]"])
+    assert plan.predict_trial(q_v, cuda=True).trainable_params == 32 * 16 * 2 * (4096 + 4096)
+
+
+def test_targets_follow_peft_matching():
+    assert recipe.targets("all-linear") == recipe.LINEARS
+    assert recipe.targets(["v_proj", "q_proj", "lm_head"]) == ("q_proj", "v_proj")
+    assert recipe.targets(r".*mlp\.(up|down)_proj") == ("up_proj", "down_proj")
+    cfg = compose(["model=tiny_llama", "method=lora", "method.target_modules=[c_attn]"])
+    with pytest.raises(ConfigError, match=r"target_modules=\['c_attn'\] matches none of q_proj"):
+        plan.predict_trial(cfg, cuda=False)
+
+
+def test_optimizer_and_precision_as_a_trial_resolves_them():
+    qlora = compose(["method=qlora"])
+    assert recipe.of(qlora, cuda=True).optimizer == "paged_adamw_8bit"
+    assert recipe.of(qlora, cuda=False).optimizer == "adamw_torch"
+    lora = compose(["method=lora", "train.precision=auto"])
+    assert recipe.of(lora, cuda=False).precision == (
+        "bf16-mixed" if torch.cuda.is_available() else "fp32"
+    )
+    assert recipe.of_method(lora.method, "auto", cuda=True).precision == "bf16-mixed"
+    with pytest.raises(ConfigError, match="method.quant=.* null for full fine-tuning"):
+        compose(["method=qlora", "method.name=full"])
