@@ -103,7 +103,7 @@ def _export(args: list[str]) -> int:
 
 
 def _plan(args: list[str]) -> int:
-    from sweep.plan import main as plan_main
+    from sweep.plan_cli import main as plan_main
 
     return plan_main(args)
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import CONF_DIR, ConfigError, ModelConfig, one_line
-from sweep.recipe import LINEARS
+from sweep.recipe import LINEARS, Recipe
 
 TINY_VOCAB = 102  # sweep.models.char_tokenizer(): 5 specials + 97 printable ASCII characters
 
@@ -149,3 +149,56 @@ def arch_from_hf_config(cfg: Any, name: str = "model") -> Arch:
         )
     except (AttributeError, TypeError) as exc:
         raise ConfigError(f"model {name!r}: not a Llama-style decoder config ({exc})") from None
+
+
+# ---------------------------------------------------------------- parameters and FLOPs
+
+
+def linear_params(arch: Arch) -> int:
+    """Weights of the seven linear layers of every block (what QLoRA quantizes)."""
+    return arch.layers * sum(i * o for _, i, o in arch.linears())
+
+
+def other_params(arch: Arch) -> int:
+    """Embeddings, lm_head (unless tied) and the RMSNorm weights (2 per block + final)."""
+    heads = 1 if arch.tie_embeddings else 2
+    return heads * arch.vocab * arch.hidden + (2 * arch.layers + 1) * arch.hidden
+
+
+def total_params(arch: Arch) -> int:
+    return linear_params(arch) + other_params(arch)
+
+
+def lora_tensors(arch: Arch, r: int, targets: tuple[str, ...] = LINEARS) -> list[int]:
+    """Element counts of every LoRA tensor: A (r x in) and B (out x r) per targeted linear."""
+    per_block = [n for name, i, o in arch.linears() if name in targets for n in (r * i, o * r)]
+    return per_block * arch.layers
+
+
+def full_tensors(arch: Arch) -> list[int]:
+    """Element counts of every parameter tensor of the base model."""
+    h, v = arch.hidden, arch.vocab
+    block = [i * o for _, i, o in arch.linears()] + [h, h]
+    embeds = [v * h] * (1 if arch.tie_embeddings else 2)
+    return embeds + block * arch.layers + [h]
+
+
+def trainable_tensors(arch: Arch, rec: Recipe) -> list[int]:
+    """Element counts of every trainable tensor: the whole model, or the recipe's adapters."""
+    return full_tensors(arch) if rec.kind == "full" else lora_tensors(arch, rec.r, rec.targets)
+
+
+def train_flops_per_token(
+    arch: Arch, rec: Recipe, seq_len: int, logits_share: float = 1.0
+) -> float:
+    """Model FLOPs of one training token, matmuls only (PaLM appendix B): 2 per weight of every
+    linear layer and the lm_head in the forward, as many again for the input gradients, 2 per
+    trainable weight for the weight gradients (full: all of them, so 6N; LoRA/QLoRA: the
+    adapters, so 4N + 6 x adapters), and 12 x layers x seq_len x query width for attention.
+    The lm_head counts on the share of positions that have logits (train.loss_logits)."""
+    matmul = linear_params(arch) + arch.vocab * arch.hidden * logits_share
+    full = rec.kind == "full"
+    adapters = 0 if full else sum(trainable_tensors(arch, rec))
+    weight_grads = matmul if full else adapters
+    attention = 12 * arch.layers * seq_len * arch.heads * arch.dim
+    return 4 * (matmul + adapters) + 2 * weight_grads + attention

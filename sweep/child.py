@@ -16,11 +16,8 @@ import os
 import resource
 import signal
 import sys
-import time
-from typing import Any
 
-LAUNCHED_ENV = "SWEEP_TRIAL_LAUNCHED"  # when the sweep asked for this trial's process (epoch s)
-CPUS_ENV = "SWEEP_CPUS"  # the CPU cores trial processes run on, e.g. "0-7" (unset: all)
+from sweep.cpus import CPUS_ENV, parse_cpus, pin_cpus
 
 
 def gpu_present() -> bool:
@@ -89,12 +86,6 @@ def start_trial_server() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def launch_env() -> dict[str, str]:
-    """The environment a trial process gets: the sweep's own (the server's may be older), and
-    the launch time its startup_s counts from."""
-    return {**os.environ, LAUNCHED_ENV: repr(time.time())}
-
-
 def isolate(memory_limit_gib: float) -> None:
     """In a trial process: die with the process that started it, and obey the memory limit
     (sweep.memory_limit_gib; exceeding it is recorded as oom): on a GPU a cap on the CUDA
@@ -134,46 +125,21 @@ def enter(cwd: str, env: dict[str, str], memory_limit_gib: float = 0.0) -> None:
         pin_cpus(parse_cpus(os.environ[CPUS_ENV]))
 
 
-def parse_cpus(spec: str) -> set[int]:
-    """CPU cores from "0-3,6" (the taskset/cgroup list format)."""
-    try:
-        cpus: set[int] = set()
-        for part in spec.split(","):
-            lo, _, hi = part.strip().partition("-")
-            first, last = int(lo), int(hi or lo)
-            if last < first:  # "3-1" would name no core at all
-                raise ValueError(part)
-            cpus.update(range(first, last + 1))
-    except ValueError:
-        raise ValueError(f"{CPUS_ENV}={spec!r} is not allowed; expected cores like 0-3,6") from None
-    return cpus
-
-
-def pin_cpus(cpus: set[int]) -> None:
-    """Run this process on `cpus` only, with one torch thread per core: two workers on one
-    machine then do not fight over cores (SWEEP_CPUS=0-7 on one, 8-15 on the other)."""
-    os.sched_setaffinity(0, cpus)
-    import torch
-
-    torch.set_num_threads(len(cpus))
-
-
 def trial_child(
     trial_dir: str,
     cwd: str,
     env: dict[str, str],
     pruning: tuple[str, str, int] | None,
     memory_limit_gib: float,
+    launched: float,
 ) -> None:
-    """What a sweep runs in each trial process: the trial in `<trial_dir>` (sweep.trial.main)."""
+    """What a sweep runs in each trial process: the trial in `<trial_dir>` (sweep.trial.run_dir).
+    Every value arrives as an argument, pickled through the fork server's pipe: the storage URL
+    (it may hold a password) never reaches a command line or the environment."""
     enter(cwd, env, memory_limit_gib)
-    args: list[Any] = [trial_dir]
-    if pruning is not None:
-        os.environ["SWEEP_OPTUNA_STORAGE"] = pruning[0]
-        args += [pruning[1], str(pruning[2])]
-    from sweep.trial import main
+    from sweep.trial import run_dir
 
     try:
-        sys.exit(main(args))
+        sys.exit(run_dir(trial_dir, launched, pruning))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep says what
         sys.exit(130)  # happened in one line; a traceback from here would only bury it

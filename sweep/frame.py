@@ -124,11 +124,11 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 def fmt_bytes(n: float) -> str:
     if n is None or math.isnan(n):
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):  # binary units, named as such
+        if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB"
+    return f"{n:.1f} GiB"
 
 
 def fmt_num(v: Any, fmt: str, missing: str = "-") -> str:

@@ -36,29 +36,31 @@ sharding, the evaluation's generation cache.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
-import yaml
 from omegaconf import OmegaConf
 
 from sweep import recipe
-from sweep.arch import Arch, arch_for_model, load_arch, model_options
+from sweep.arch import (
+    Arch,
+    arch_for_model,
+    linear_params,
+    other_params,
+    total_params,
+    trainable_tensors,
+)
 from sweep.config import (
     CONF_DIR,
-    PRECISIONS,
     Config,
-    ConfigError,
     GpuClass,
     method_config,
-    require,
     resolve_precision,
 )
-from sweep.recipe import LINEARS, Recipe
+from sweep.recipe import Recipe
 
 GIB = 1024**3
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
@@ -92,59 +94,6 @@ class Settings:
     def mode(self) -> str:
         """The precision make plan assumes: "auto" is bf16-mixed, a trial's on a bf16 GPU."""
         return resolve_precision(self.precision, cuda_bf16=True)
-
-
-# ---------------------------------------------------------------- parameters
-
-
-def linear_params(arch: Arch) -> int:
-    """Weights of the seven linear layers of every block (what QLoRA quantizes)."""
-    return arch.layers * sum(i * o for _, i, o in arch.linears())
-
-
-def other_params(arch: Arch) -> int:
-    """Embeddings, lm_head (unless tied) and the RMSNorm weights (2 per block + final)."""
-    heads = 1 if arch.tie_embeddings else 2
-    return heads * arch.vocab * arch.hidden + (2 * arch.layers + 1) * arch.hidden
-
-
-def total_params(arch: Arch) -> int:
-    return linear_params(arch) + other_params(arch)
-
-
-def lora_tensors(arch: Arch, r: int, targets: tuple[str, ...] = LINEARS) -> list[int]:
-    """Element counts of every LoRA tensor: A (r x in) and B (out x r) per targeted linear."""
-    per_block = [n for name, i, o in arch.linears() if name in targets for n in (r * i, o * r)]
-    return per_block * arch.layers
-
-
-def full_tensors(arch: Arch) -> list[int]:
-    """Element counts of every parameter tensor of the base model."""
-    h, v = arch.hidden, arch.vocab
-    block = [i * o for _, i, o in arch.linears()] + [h, h]
-    embeds = [v * h] * (1 if arch.tie_embeddings else 2)
-    return embeds + block * arch.layers + [h]
-
-
-def trainable_tensors(arch: Arch, rec: Recipe) -> list[int]:
-    """Element counts of every trainable tensor: the whole model, or the recipe's adapters."""
-    return full_tensors(arch) if rec.kind == "full" else lora_tensors(arch, rec.r, rec.targets)
-
-
-def train_flops_per_token(
-    arch: Arch, rec: Recipe, seq_len: int, logits_share: float = 1.0
-) -> float:
-    """Model FLOPs of one training token, matmuls only (PaLM appendix B): 2 per weight of every
-    linear layer and the lm_head in the forward, as many again for the input gradients, 2 per
-    trainable weight for the weight gradients (full: all of them, so 6N; LoRA/QLoRA: the
-    adapters, so 4N + 6 x adapters), and 12 x layers x seq_len x query width for attention.
-    The lm_head counts on the share of positions that have logits (train.loss_logits)."""
-    matmul = linear_params(arch) + arch.vocab * arch.hidden * logits_share
-    full = rec.kind == "full"
-    adapters = 0 if full else sum(trainable_tensors(arch, rec))
-    weight_grads = matmul if full else adapters
-    attention = 12 * arch.layers * seq_len * arch.heads * arch.dim
-    return 4 * (matmul + adapters) + 2 * weight_grads + attention
 
 
 # ---------------------------------------------------------------- bytes per component
@@ -419,101 +368,3 @@ def load_gpus() -> list[GpuClass]:
     """The GPU classes of conf/config.yaml (`report.gpus`)."""
     node = OmegaConf.load(CONF_DIR / "config.yaml").report.gpus
     return [GpuClass(**g) for g in OmegaConf.to_container(node)]  # type: ignore[arg-type,union-attr]
-
-
-# ---------------------------------------------------------------- command line
-
-ALIASES = {"max_seq_len": "seq_len", "r": "qlora_rank"}
-
-
-def parse_settings(args: list[str]) -> Settings:
-    """`key=value` overrides (YAML values: ranks=[4,16,64], gradient_checkpointing=true)."""
-    known = [f.name for f in fields(Settings)]
-    values: dict[str, Any] = {}
-    for arg in args:
-        key, sep, raw = arg.partition("=")
-        key = key.removeprefix("train.")
-        key = ALIASES.get(key, key)
-        if not sep or key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            did_you = f" (did you mean {hint[0]}?)" if hint else ""
-            raise ConfigError(f"{arg}: not a plan setting{did_you}; allowed: {', '.join(known)}")
-        values[key] = yaml.safe_load(raw)
-    if isinstance(values.get("ranks"), int):
-        values["ranks"] = [values["ranks"]]
-    s = replace(Settings(), **values)
-    check_settings(s)
-    return s
-
-
-def _count(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
-
-
-def check_settings(s: Settings) -> None:
-    require(_count(s.batch_size), "batch_size", "an integer >= 1", s.batch_size)
-    require(_count(s.seq_len), "seq_len", "an integer >= 1", s.seq_len)
-    ranks_ok = isinstance(s.ranks, list) and all(_count(r) for r in s.ranks)
-    require(ranks_ok, "ranks", "a list of integers >= 1, e.g. [4,16,64]", s.ranks)
-    require(_count(s.qlora_rank), "qlora_rank", "an integer >= 1", s.qlora_rank)
-    require(s.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", s.precision)
-    require(s.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", s.optimizer)
-    require(s.attention in ATTENTIONS, "attention", f"one of {ATTENTIONS}", s.attention)
-    ll = s.logits_len
-    require(isinstance(ll, int) and ll >= 0, "logits_len", "an integer >= 0 (0: seq_len)", ll)
-    gc = s.gradient_checkpointing
-    require(isinstance(gc, bool), "gradient_checkpointing", "true or false", gc)
-    tm = s.target_modules
-    tm_ok = (
-        tm is None
-        or isinstance(tm, str)
-        or (isinstance(tm, list) and all(isinstance(n, str) for n in tm))
-    )
-    require(tm_ok, "target_modules", f"all-linear, a regex or a list of {', '.join(LINEARS)}", tm)
-    dq = s.double_quant
-    require(dq is None or isinstance(dq, bool), "double_quant", "true or false", dq)
-    ctx = s.cuda_context_gib
-    require(isinstance(ctx, int | float) and ctx >= 0, "cuda_context_gib", ">= 0", ctx)
-    frag = s.fragmentation
-    require(isinstance(frag, int | float) and 0 <= frag < 1, "fragmentation", "0..1", frag)
-
-
-def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
-    """The plan as printed: one line of assumptions, the table, how the total is made."""
-    shown = table.rename(columns={"step_gib": "optimizer_step_gib"})
-    shown["rank"] = ["-" if pd.isna(r) else str(r) for r in table["rank"]]
-    shown["trainable_params"] = [_millions(n) for n in table["trainable_params"]]
-    shown.columns = [c.removesuffix("_gib").replace("_", " ") for c in shown.columns]
-    gc = "on" if s.gradient_checkpointing else "off"
-    targets = ", ".join(plan_recipes(s)[-1].targets)
-    head = (
-        f"plan {name}: {_millions(total_params(arch))} params (vocab {arch.vocab}, hidden "
-        f"{arch.hidden}, intermediate {arch.intermediate}, layers {arch.layers}, heads "
-        f"{arch.heads}/{arch.kv_heads} kv{', tied' if arch.tie_embeddings else ''})\n"
-        f"batch {s.batch_size} x seq {s.seq_len}, precision {s.mode}, gradient checkpointing "
-        f"{gc}, attention {s.attention}; adapters on {targets}"
-    )
-    foot = (
-        "GiB. total = weights + optimizer + max(activations + first gradients, grads + optimizer "
-        "step) + overhead:\nthe peak is at the start of the backward (first gradients: the "
-        "lm_head's for full FT, all of them for adapters) or at the optimizer step.\n"
-        f"overhead: CUDA context {s.cuda_context_gib} GiB + {s.fragmentation:.0%} fragmentation. "
-        "Predicted, not measured (`make sweep` measures); assumptions: python -m pydoc sweep.plan"
-    )
-    return "\n".join([head, "", shown.to_markdown(index=False, floatfmt=".2f"), "", foot])
-
-
-def _millions(n: float) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
-
-
-def main(args: list[str]) -> int:
-    """python -m sweep plan MODEL [key=value ...]"""
-    if not args or "=" in args[0]:
-        raise ConfigError(
-            f"usage: python -m sweep plan MODEL [key=value ...]; MODEL: one of "
-            f"{', '.join(model_options())} or a hub id (make plan MODEL=<name>)"
-        )
-    arch, settings = load_arch(args[0]), parse_settings(args[1:])
-    print(render(args[0], arch, settings, plan(arch, settings, load_gpus())))
-    return 0

@@ -14,8 +14,8 @@ import importlib.util
 import os
 
 from sweep import data, models
-from sweep.child import CPUS_ENV, parse_cpus
 from sweep.config import Config, ConfigError
+from sweep.cpus import CPUS_ENV, parse_cpus
 
 
 def preflight(cfg: Config) -> None:

@@ -10,12 +10,16 @@ machines share it. SQLite is for a single process and is accepted for that.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
+import psutil
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -123,3 +127,37 @@ def pruning_reporter(url: str, study_name: str, trial_id: int) -> Callable[[int,
         return trial.should_prune()
 
     return report
+
+
+# ---------------------------------------------------------------- workers
+
+
+def worker_info() -> dict[str, Any]:
+    """This worker (host, pid, process start), stored on each trial it runs."""
+    proc = psutil.Process()
+    return {"host": _host(), "pid": proc.pid, "started": proc.create_time()}
+
+
+def _host() -> str:
+    """This worker's machine; SWEEP_WORKER_HOST overrides it (containers sharing a hostname)."""
+    return os.environ.get("SWEEP_WORKER_HOST") or socket.gethostname()
+
+
+def _alive(worker: dict[str, Any]) -> bool:
+    try:
+        return psutil.Process(worker["pid"]).create_time() == worker["started"]
+    except (psutil.NoSuchProcess, KeyError):
+        return False
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Mark RUNNING trials whose worker on this host is gone (killed sweep) as FAIL."""
+    stale = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker and worker.get("host") == _host() and not _alive(worker):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            stale += 1
+    if stale:
+        print(f"[sweep] {stale} trial(s) of a killed run marked failed; they run again", flush=True)
+    return stale

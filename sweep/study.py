@@ -13,24 +13,20 @@ Re-running a finished sweep runs nothing new; trials already finished are never 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import os
-import re
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 
 from sweep import record, storage, tracking
-from sweep.child import launch_env, start_trial_server, trial_child, trial_context
+from sweep.child import start_trial_server
 from sweep.config import Config, ConfigError, as_dict, compose, config_hash
+from sweep.launch import launch, memory_limit_gib, predicted_oom, summary_line
 from sweep.metrics import OBJECTIVES
+from sweep.points import Point, flatten, grid_points, is_dist, slug, trial_overrides
 from sweep.preflight import check_point, preflight, warn
 from sweep.record import TrialResult
 
@@ -49,36 +45,6 @@ def is_final(t: optuna.trial.FrozenTrial) -> bool:
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
         return True
     return state == optuna.trial.TrialState.FAIL and t.user_attrs.get("status") in FINAL_FAILURES
-
-
-def _worker() -> dict[str, Any]:
-    proc = psutil.Process()
-    return {"host": _host(), "pid": proc.pid, "started": proc.create_time()}
-
-
-def _host() -> str:
-    """This worker's machine; SWEEP_WORKER_HOST overrides it (containers sharing a hostname)."""
-    return os.environ.get("SWEEP_WORKER_HOST") or socket.gethostname()
-
-
-def _alive(worker: dict[str, Any]) -> bool:
-    try:
-        return psutil.Process(worker["pid"]).create_time() == worker["started"]
-    except (psutil.NoSuchProcess, KeyError):
-        return False
-
-
-def fail_stale_trials(study: optuna.Study) -> int:
-    """Mark RUNNING trials whose worker on this host is gone (killed sweep) as FAIL."""
-    stale = 0
-    for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
-        worker = t.user_attrs.get("worker")
-        if worker and worker.get("host") == _host() and not _alive(worker):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            stale += 1
-    if stale:
-        print(f"[sweep] {stale} trial(s) of a killed run marked failed; they run again", flush=True)
-    return stale
 
 
 class PointSampler(optuna.samplers.GridSampler):
@@ -106,145 +72,6 @@ class TrialFailed(Exception):
     """A trial ended as oom or failed: Optuna records it as FAIL and the sweep goes on."""
 
 
-@dataclass
-class Point:
-    label: str  # the approach, every varying axis but the seed: 'lora r=16' (reports group by it)
-    overrides: list[str]  # ['method=lora', 'method.r=16']
-    search: dict[str, dict[str, Any]] = field(default_factory=dict)  # {'method.lr': {low, high}}
-    seed: int | None = None  # a repeat's train.seed (sweep.seeds or a train.seed axis)
-
-    @property
-    def name(self) -> str:
-        """The point's own name (Optuna's `point` parameter, its trial folder): 'lora r=16 seed=1'."""
-        return self.label if self.seed is None else f"{self.label} seed={self.seed}"
-
-
-def _is_dist(value: Any) -> bool:
-    return isinstance(value, dict) and {"low", "high"} <= set(value)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'method': {'r': [4, 16]}} -> {'method.r': [4, 16]}; leaves are lists or dists."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and not _is_dist(value):
-            out.update(_flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def grid_points(
-    grid: dict[str, Any], seeds: list[int] | None = None, data_seed: int | None = None
-) -> list[Point]:
-    """Expand {approach: {axes}} into points; each approach crosses only its own axes.
-
-    A list is a grid axis; a {low, high, log} mapping is a search range for that approach's trials.
-    `seeds` (sweep.seeds) repeats every point once per train.seed: 'lora r=16 seed=1'. With
-    `data_seed` (sweep.seed_data: the dataset's own seed) seed s also draws its own data sample,
-    dataset.seed = data_seed + s; every approach of seed s still sees the same examples.
-    """
-    points = []
-    for approach, axes in grid.items():
-        leaves = _flatten(axes or {})
-        search = {k: v for k, v in leaves.items() if _is_dist(v)}
-        flat = {k: v if isinstance(v, list) else [v] for k, v in leaves.items() if k not in search}
-        keys = sorted(flat)
-        for combo in itertools.product(*(flat[k] for k in keys)):
-            axes = dict(zip(keys, combo, strict=True))
-            parts = [
-                f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in axes.items() if k != "train.seed"
-            ]
-            overrides = [f"{k}={v}" for k, v in axes.items()]
-            points.append(
-                Point(
-                    " ".join([approach, *parts]),
-                    [f"method={approach}", *overrides],
-                    search,
-                    axes.get("train.seed"),
-                )
-            )
-    if seeds:
-        if any("train.seed" in o.split("=", 1)[0] for p in points for o in p.overrides):
-            raise ConfigError("sweep.seeds and a train.seed grid axis: use one of them")
-        points = [
-            Point(
-                p.label,
-                [*p.overrides, f"train.seed={s}"]
-                + ([f"dataset.seed={data_seed + s}"] if data_seed is not None else []),
-                p.search,
-                s,
-            )
-            for p in points
-            for s in seeds
-        ]
-    names = [p.name for p in points]
-    dupes = {x for x in names if names.count(x) > 1}
-    if dupes:
-        raise ConfigError(f"sweep.grid: points {sorted(dupes)} appear twice")
-    if not points:
-        raise ConfigError("sweep.grid: no points; give at least one approach (full, lora, qlora)")
-    return points
-
-
-def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:
-    """A `skipped_predicted_oom` record when sweep.plan predicts a peak above the limit."""
-    if limit_gib <= 0:
-        return None
-    import torch
-
-    from sweep import plan
-
-    try:
-        row = plan.predict_trial(cfg, torch.cuda.is_available())
-    except ConfigError as exc:  # e.g. a hub model offline: no prediction, run it
-        print(f"[sweep] no memory prediction ({exc}); running it", flush=True)
-        return None
-    if row.total_gib <= limit_gib:
-        return None
-    error = (
-        f"predicted peak {row.total_gib:.2f} GiB > limit {limit_gib:.2f} GiB "
-        "(sweep.max_memory_gib, or the GPU's memory); not run"
-    )
-    return record.failed(
-        record.run_info(cfg), "skipped_predicted_oom", error, **plan.plan_metrics(row)
-    )
-
-
-def memory_limit_gib(cfg: Config) -> float:
-    """sweep.max_memory_gib, or when 0 the detected GPU memory on CUDA (0: no limit on CPU)."""
-    if cfg.sweep.max_memory_gib > 0:
-        return float(cfg.sweep.max_memory_gib)
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory / 1024**3
-    return 0.0
-
-
-def merge_overrides(*groups: list[str]) -> list[str]:
-    """Concatenate override lists; a later override of the same key replaces an earlier one."""
-    merged: dict[str, str] = {}
-    for group in groups:
-        for o in group:
-            merged[o.split("=", 1)[0].lstrip("+~")] = o
-    return list(merged.values())
-
-
-def trial_overrides(cfg: Config, user: list[str], extra: list[str]) -> list[str]:
-    """Sweep-wide overrides first, then the user's, then the point's (and sampled values)."""
-    return merge_overrides(list(cfg.sweep.overrides), user, extra)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", text).strip("_")
-
-
 def _directions(cfg: Config) -> list[str]:
     return [OBJECTIVES[o] for o in cfg.sweep.objectives]
 
@@ -254,72 +81,6 @@ def _objective_values(cfg: Config, result: TrialResult) -> list[float]:
     if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
         raise TrialFailed(f"objective missing in record: {cfg.sweep.objectives}")
     return [float(v) for v in values]  # type: ignore[arg-type]
-
-
-def launch(
-    trial_cfg: Config,
-    trial_dir: Path,
-    timeout_s: int,
-    pruning: tuple[str, str, int] | None = None,
-    memory_limit_gib: float = 0.0,
-    env: dict[str, str] | None = None,
-) -> TrialResult:
-    """Run one trial in a fresh process and return its record (a failed one if it left none);
-    `env` adds to the environment it gets."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / "config.json").write_text(json.dumps(as_dict(trial_cfg), indent=2))
-    result_file = trial_dir / "result.json"
-    result_file.unlink(missing_ok=True)
-    # the storage URL travels in memory, never on a command line: it may hold a password
-    proc = trial_context().Process(
-        target=trial_child,
-        args=(
-            str(trial_dir),
-            os.getcwd(),
-            {**launch_env(), **(env or {})},
-            pruning,
-            memory_limit_gib,
-        ),
-        name=f"trial {trial_dir.name}",
-    )
-    start = time.perf_counter()
-    proc.start()
-    proc.join(timeout_s or None)
-    code = proc.exitcode
-    if code is None:  # still running past sweep.timeout_s
-        proc.kill()
-        proc.join()
-    wall = time.perf_counter() - start
-    if result_file.exists():
-        result = record.load(result_file)
-        result.metrics["trial_wall_s"] = wall  # process start to exit, as the sweep saw it
-        return result
-    if code is None:
-        error, status = f"timed out after {timeout_s} s (sweep.timeout_s)", "failed"
-    elif code == -9:
-        error, status = "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
-    else:
-        error, status = f"trial process exited with code {code} and left no record", "failed"
-    result = record.failed(record.run_info(trial_cfg), status, error)
-    record.save(result, result_file)
-    return result
-
-
-def _line(i: int, n: int | str, result: TrialResult) -> str:
-    m = result.metrics
-    acc = f"acc {m['accuracy']:.1%}" if m.get("accuracy") is not None else "acc -"
-    mem = m.get("peak_memory_gib")
-    mem_s = (
-        f"peak {mem:.2f} GiB {'VRAM' if m.get('memory_kind') == 'vram' else 'host'}"
-        if mem
-        else "peak -"
-    )
-    t = m.get("total_s")
-    took = f"time {t:.0f} s" if t else ""
-    extra = f"  ({result.train.get('error')})" if result.train.get("error") else ""
-    return (
-        f"[trial {i}/{n}] {result.run.get('label')}: {result.status}  {acc}  {mem_s}  {took}{extra}"
-    )
 
 
 class Sweep:
@@ -333,9 +94,9 @@ class Sweep:
         data_seed = self.cfg.dataset.seed if s.seed_data else None
         self.points = grid_points(s.grid, list(s.seeds), data_seed)
         self.max_memory_gib = memory_limit_gib(self.cfg)
-        self.search = _flatten(s.search)
+        self.search = flatten(s.search)
         for key, dist in self.search.items():
-            if not _is_dist(dist):
+            if not is_dist(dist):
                 raise ConfigError(f"sweep.search.{key}: expected {{low: .., high: .., log: bool}}")
         for p in self.points:
             p.search = {**self.search, **p.search}
@@ -391,7 +152,7 @@ class Sweep:
         """Warn in one line when a re-run's settings differ from the experiment's first run:
         finished points keep the results of the old settings."""
         path = self.root / "sweep_config.json"
-        now = _flatten(as_dict(self.cfg))
+        now = flatten(as_dict(self.cfg))
         if not path.is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             record.write_whole(path, lambda tmp: tmp.write_text(json.dumps(now, indent=1)))
@@ -469,7 +230,7 @@ class Sweep:
             if self.cfg.sweep.pruner != "none"
             else None
         )
-        trial.set_user_attr("worker", _worker())
+        trial.set_user_attr("worker", storage.worker_info())
         skipped = None if reused else predicted_oom(cfg, self.max_memory_gib)
         if reused is not None:
             result = reused[1]
@@ -500,7 +261,7 @@ class Sweep:
         except tracking.TrackingUnavailable as exc:
             print(f"[sweep] tracking unavailable ({exc}); the record is kept in {trial_dir} "
                   "and logged on the next run", flush=True)  # fmt: skip
-        print(_line(self.count, self.total, result), flush=True)
+        print(summary_line(self.count, self.total, result), flush=True)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("error", str(result.train.get("error") or "")[:300])
         trial.set_user_attr("trial_dir", str(trial_dir))
@@ -566,7 +327,7 @@ class Sweep:
         """Points nobody has finished or is running (queued again if tried before, up to
         sweep.max_retries times), and the number of queued retries; dead workers' trials are
         failed first so they count as todo."""
-        fail_stale_trials(study)  # our own host: a dead process
+        storage.fail_stale_trials(study)  # our own host: a dead process
         optuna.storages.fail_stale_trials(study)  # RDB heartbeats: a worker elsewhere went silent
         trials = study.get_trials(deepcopy=False)
         done = {t.params.get("point") for t in trials if is_final(t)}
@@ -604,7 +365,7 @@ class Sweep:
                 directions=_directions(self.cfg),
                 load_if_exists=True,
             )
-            fail_stale_trials(study)
+            storage.fail_stale_trials(study)
             finished = sum(is_final(t) for t in study.get_trials(deepcopy=False))
             todo = self.cfg.sweep.n_trials - finished
             self.count += finished

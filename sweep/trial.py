@@ -26,8 +26,7 @@ import psutil
 import torch
 
 from sweep import data, evaluate, ledger, measure, methods, models, plan, recipe, record
-from sweep.arch import arch_for_model
-from sweep.child import LAUNCHED_ENV
+from sweep.arch import arch_for_model, train_flops_per_token
 from sweep.config import Config, ConfigError, as_dict, to_config
 from sweep.record import TrialResult, run_info
 from sweep.train import train
@@ -161,7 +160,7 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
 def utilisation(
     cfg: Config, tokens_per_s: float, seq_len: int, logits_share: float = 1.0
 ) -> dict[str, float]:
-    """Achieved model TFLOP/s of the training loop (sweep.plan.train_flops_per_token at the
+    """Achieved model TFLOP/s of the training loop (sweep.arch.train_flops_per_token at the
     measured non-padding tokens/s) and, on a GPU listed in report.gpus, its MFU."""
     if not tokens_per_s or math.isnan(tokens_per_s):
         return {}
@@ -169,7 +168,7 @@ def utilisation(
         arch = arch_for_model(cfg.model)
     except (ConfigError, ValueError, OSError):
         return {}
-    per_token = plan.train_flops_per_token(arch, recipe.of(cfg), seq_len, logits_share)
+    per_token = train_flops_per_token(arch, recipe.of(cfg), seq_len, logits_share)
     out = {"train_tflops": per_token * tokens_per_s / 1e12}
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
@@ -196,18 +195,20 @@ def record_failure(result: TrialResult, exc: Exception) -> None:
     )
 
 
-def _launched() -> float:
-    """When this trial's process was asked for: set by the sweep, else the process start."""
-    stamp = os.environ.get(LAUNCHED_ENV)
-    return float(stamp) if stamp else psutil.Process().create_time()
-
-
-def run_trial(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None) -> TrialResult:
-    """Run one trial and write `<out_dir>/result.json`; never raises for a failed run."""
+def run_trial(
+    cfg: Config,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    launched: float | None = None,
+) -> TrialResult:
+    """Run one trial and write `<out_dir>/result.json`; never raises for a failed run.
+    `launched`: when the sweep asked for this trial's process (epoch s; startup_s counts from
+    it), else this process's start."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = TrialResult(run=run_info(cfg), meta=record.environment())
-    metrics: dict[str, Any] = {"startup_s": time.time() - _launched()}
+    launched = launched or psutil.Process().create_time()
+    metrics: dict[str, Any] = {"startup_s": time.time() - launched}
     result.train = {"status": "failed", "error": None, "metrics": metrics}
     meter = measure.Meter()
     stats = None
@@ -370,18 +371,28 @@ def summary(result: TrialResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    """Run the trial described by <dir>/config.json (a sweep's trial process, or by hand)."""
-    out = Path(argv[0])
+def run_dir(
+    trial_dir: str | Path,
+    launched: float | None = None,
+    pruning: tuple[str, str, int] | None = None,
+) -> int:
+    """Run the trial described by <trial_dir>/config.json: a sweep's trial process calls this
+    with its launch time and, when the sweep prunes, (storage URL, study name, trial id)."""
+    out = Path(trial_dir)
     cfg = to_config(json.loads((out / "config.json").read_text()))
     reporter = None
-    if len(argv) > 1:  # optuna pruning: <study name> <trial id>; storage URL in the environment
+    if pruning is not None:
         from sweep.storage import pruning_reporter
 
-        reporter = pruning_reporter(os.environ["SWEEP_OPTUNA_STORAGE"], argv[1], int(argv[2]))
-    result = run_trial(cfg, out, reporter)
+        reporter = pruning_reporter(*pruning)
+    result = run_trial(cfg, out, reporter, launched)
     print(summary(result), flush=True)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """python -m sweep.trial <trial dir>: re-run a sweep's trial by hand."""
+    return run_dir(argv[0])
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def test_preload_on_cpu_is_the_whole_trial_module():
 def test_sweep_cpus_pins_a_trial_process_and_its_torch_threads():
     import multiprocessing
 
-    from sweep.child import CPUS_ENV, parse_cpus
+    from sweep.cpus import CPUS_ENV, parse_cpus
 
     assert parse_cpus("0-2,5") == {0, 1, 2, 5}
     with pytest.raises(ValueError, match="expected cores like 0-3,6"):

@@ -9,8 +9,8 @@ import torch
 
 from sweep import methods
 from sweep.config import compose
+from sweep.launch import launch
 from sweep.measure import peak_tflops
-from sweep.study import launch
 from sweep.trial import run_trial
 
 from .conftest import tiny

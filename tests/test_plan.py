@@ -9,6 +9,7 @@ import pytest
 
 from sweep import arch as A
 from sweep import plan as P
+from sweep import plan_cli as cli
 from sweep.__main__ import main
 from sweep.arch import Arch, load_arch
 from sweep.config import CONF_DIR, ConfigError, GpuClass
@@ -46,7 +47,7 @@ def toy_settings(**kw) -> P.Settings:
 def test_toy_full_fp32_by_hand():
     # Linear weights per block: q 8x8=64, k 8x4=32, v 8x4=32, o 8x8=64, gate/up/down 8x16=128 each
     #   = 576; two blocks = 1152. Others: embeddings + lm_head 2*10*8=160, norms (2*2+1)*8=40.
-    assert (P.linear_params(TOY), P.other_params(TOY), P.total_params(TOY)) == (1152, 200, 1352)
+    assert (A.linear_params(TOY), A.other_params(TOY), A.total_params(TOY)) == (1152, 200, 1352)
     s = toy_settings()
     row = P.plan_row(TOY, s, R("full", 0), GPUS)
     weights = grads = 4 * 1352  # fp32 weights, fp32 gradients: 5408 bytes each
@@ -72,7 +73,7 @@ def test_toy_full_fp32_by_hand():
 def test_toy_lora_and_qlora_by_hand():
     s = toy_settings()
     # LoRA r=2 per block: 2 * [(8+8) + (8+4) + (8+4) + (8+8) + (8+16) * 3] = 256; 2 blocks = 512.
-    assert sum(P.lora_tensors(TOY, 2)) == 512
+    assert sum(A.lora_tensors(TOY, 2)) == 512
     lora = P.plan_row(TOY, s, R("lora", 2), GPUS)
     assert lora.weights_gib * GIB == pytest.approx(4 * 1352 + 4 * 512)  # base + fp32 adapters
     assert (lora.grads_gib * GIB, lora.optimizer_gib * GIB) == pytest.approx((4 * 512, 8 * 512))
@@ -89,7 +90,7 @@ def test_toy_lora_and_qlora_by_hand():
 def test_lora_param_count_is_r_times_in_plus_out():
     arch = load_arch("llama2_7b")
     by_hand = 32 * 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
-    assert sum(P.lora_tensors(arch, 16)) == by_hand == 39_976_960  # what peft prints for 7B
+    assert sum(A.lora_tensors(arch, 16)) == by_hand == 39_976_960  # what peft prints for 7B
 
 
 def test_counts_match_the_real_model_and_peft():
@@ -99,10 +100,10 @@ def test_counts_match_the_real_model_and_peft():
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(hf_config(TOY, layers=2))
-    assert sum(p.numel() for p in model.parameters()) == P.total_params(TOY)
+    assert sum(p.numel() for p in model.parameters()) == A.total_params(TOY)
     peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
-    assert trainable == sum(P.lora_tensors(TOY, 2))
+    assert trainable == sum(A.lora_tensors(TOY, 2))
     assert isinstance(model.config, LlamaConfig)
 
 
@@ -176,7 +177,7 @@ def test_quantized_below_lora_below_full():
     )
     # Weights: LoRA is the same base as full FT plus its fp32 adapters; QLoRA's base is 4-bit.
     assert qlora.weights_gib < full.weights_gib < lora.weights_gib
-    adapters = 4 * sum(P.lora_tensors(arch, 16)) / GIB
+    adapters = 4 * sum(A.lora_tensors(arch, 16)) / GIB
     assert lora.weights_gib - full.weights_gib == pytest.approx(adapters)
 
     def training_state(row: P.Row) -> float:  # what training adds on top of the weights
@@ -215,11 +216,11 @@ def test_every_shipped_model_has_an_architecture():
     names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "hf")
     assert {"llama2_7b", "llama2_70b", "llama3_8b", "qwen2_5_0_5b", "tiny_llama"} <= set(names)
     for name in names:
-        assert P.total_params(load_arch(name)) > 0
-    sizes = {n: P.total_params(load_arch(n)) / 1e9 for n in ("llama2_7b", "llama2_70b")}
+        assert A.total_params(load_arch(name)) > 0
+    sizes = {n: A.total_params(load_arch(n)) / 1e9 for n in ("llama2_7b", "llama2_70b")}
     assert sizes["llama2_7b"] == pytest.approx(6.74, abs=0.01)
     assert sizes["llama2_70b"] == pytest.approx(68.98, abs=0.01)
-    assert P.total_params(load_arch("smollm2_135m")) == 134_515_008
+    assert A.total_params(load_arch("smollm2_135m")) == 134_515_008
     tiny = load_arch("tiny_llama")
     assert (tiny.vocab, tiny.hidden, tiny.layers, tiny.tie_embeddings) == (102, 64, 2, True)
 
@@ -244,14 +245,14 @@ def test_hub_ids_and_local_directories(tmp_path, monkeypatch):
 
 
 def test_settings_from_the_command_line():
-    s = P.parse_settings(
+    s = cli.parse_settings(
         ["batch_size=4", "train.max_seq_len=512", "ranks=[8,32]", "gradient_checkpointing=true"]
     )
     assert (s.batch_size, s.seq_len, s.ranks, s.gradient_checkpointing) == (4, 512, [8, 32], True)
     with pytest.raises(ConfigError, match=r"bach_size=4: not a plan setting \(did you mean batch"):
-        P.parse_settings(["bach_size=4"])
+        cli.parse_settings(["bach_size=4"])
     with pytest.raises(ConfigError, match="optimizer='adam' is not allowed"):
-        P.parse_settings(["optimizer=adam"])
+        cli.parse_settings(["optimizer=adam"])
 
 
 def test_make_plan_prints_the_table(capsys):
@@ -271,11 +272,11 @@ def test_train_flops_per_token_by_hand() -> None:
     arch = Arch(
         vocab=10, hidden=4, intermediate=8, layers=1, heads=2, kv_heads=2, tie_embeddings=True
     )
-    assert P.train_flops_per_token(arch, R("full", 0), 3) == 6 * 200 + 144
+    assert A.train_flops_per_token(arch, R("full", 0), 3) == 6 * 200 + 144
     # LoRA r=1 adapters: (4+4) x 4 for q, k, v, o; (4+8) x 3 for gate, up, down: 68 weights.
-    assert sum(P.lora_tensors(arch, 1)) == 68
-    assert P.train_flops_per_token(arch, R("lora", 1), 3) == 4 * (200 + 68) + 2 * 68 + 144
-    assert P.train_flops_per_token(arch, R("qlora", 1), 3) == P.train_flops_per_token(
+    assert sum(A.lora_tensors(arch, 1)) == 68
+    assert A.train_flops_per_token(arch, R("lora", 1), 3) == 4 * (200 + 68) + 2 * 68 + 144
+    assert A.train_flops_per_token(arch, R("qlora", 1), 3) == A.train_flops_per_token(
         arch, R("lora", 1), 3
     )
 

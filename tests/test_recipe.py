@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sweep import methods, models, plan, recipe
-from sweep.arch import arch_for_model
+from sweep.arch import arch_for_model, linear_params
 from sweep.config import ConfigError, compose
 
 from .conftest import CACHE
@@ -52,7 +52,7 @@ def test_planner_predicts_what_methods_builds(tiny_path, overrides):
     base = models.load_model(tiny_path, torch.float32, **methods.load_kwargs(cfg.method, "fp32"))
     arch = arch_for_model(cfg.model)
     if rec.quant_type:  # the 4-bit base the planner counts, double quantization or not
-        predicted = plan.nf4_bytes(plan.linear_params(arch), rec.double_quant)
+        predicted = plan.nf4_bytes(linear_params(arch), rec.double_quant)
         assert nf4_base_bytes(base) == pytest.approx(predicted, rel=0.01)
     model = methods.apply(base, cfg.method, cfg.train)
     trainable, _ = methods.count_params(model)

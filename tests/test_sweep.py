@@ -3,9 +3,10 @@ import pytest
 
 from sweep import tracking
 from sweep.config import ConfigError, compose
+from sweep.points import grid_points, merge_overrides
 from sweep.record import load
 from sweep.storage import open_storage
-from sweep.study import grid_points, merge_overrides, run_sweep
+from sweep.study import run_sweep
 
 
 def test_grid_points_do_not_multiply_full_ft_by_ranks():

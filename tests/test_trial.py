@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from sweep import metrics, plan, recipe
-from sweep.arch import arch_for_model
+from sweep import metrics, recipe
+from sweep.arch import arch_for_model, train_flops_per_token
 from sweep.config import compose
 from sweep.record import load
 from sweep.trial import run_trial, summary
@@ -72,7 +72,7 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
     share = rec.train["ledger"]["logits_width"] / width  # train.loss_logits=answer
     assert 0 < share < 1
     arch = arch_for_model(cfg.model)
-    per_token = plan.train_flops_per_token(arch, recipe.of(cfg), width, share)
+    per_token = train_flops_per_token(arch, recipe.of(cfg), width, share)
     assert m["train_tflops"] == pytest.approx(per_token * m["train_tokens_per_s"] / 1e12)
     if not torch.cuda.is_available():
         assert "mfu" not in m  # MFU needs a GPU's peak

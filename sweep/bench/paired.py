@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench import bare_loop
-from sweep.child import CPUS_ENV, gpu_present, trial_context
+from sweep.child import gpu_present, trial_context
 from sweep.config import Config, as_dict, compose
-from sweep.study import launch, merge_overrides, slug
+from sweep.cpus import CPUS_ENV
+from sweep.launch import launch
+from sweep.points import merge_overrides, slug
 
 APPROACHES = {
     "full": ["method=full"],

@@ -25,7 +25,7 @@ from transformers import Trainer, TrainingArguments
 from sweep import data, evaluate, methods, models
 from sweep.bench import bare_loop
 from sweep.config import Config, compose
-from sweep.study import grid_points, trial_overrides
+from sweep.points import grid_points, trial_overrides
 
 
 class GenerationEvalTrainer(Trainer):

@@ -1,0 +1,123 @@
+"""One trial from the sweep's side: skip it when the planner predicts it cannot fit, else run it
+in a fresh process and read back its record (a failed record when it left none).
+
+    python -c "from sweep.launch import launch"   # study.py calls it for every point
+
+The process is forked from the trial server (sweep/child.py); every value it needs travels as an
+argument, so the storage URL never reaches a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from sweep import record
+from sweep.child import trial_child, trial_context
+from sweep.config import Config, ConfigError, as_dict
+from sweep.record import TrialResult
+
+
+def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:
+    """A `skipped_predicted_oom` record when sweep.plan predicts a peak above the limit."""
+    if limit_gib <= 0:
+        return None
+    import torch
+
+    from sweep import plan
+
+    try:
+        row = plan.predict_trial(cfg, torch.cuda.is_available())
+    except ConfigError as exc:  # e.g. a hub model offline: no prediction, run it
+        print(f"[sweep] no memory prediction ({exc}); running it", flush=True)
+        return None
+    if row.total_gib <= limit_gib:
+        return None
+    error = (
+        f"predicted peak {row.total_gib:.2f} GiB > limit {limit_gib:.2f} GiB "
+        "(sweep.max_memory_gib, or the GPU's memory); not run"
+    )
+    return record.failed(
+        record.run_info(cfg), "skipped_predicted_oom", error, **plan.plan_metrics(row)
+    )
+
+
+def memory_limit_gib(cfg: Config) -> float:
+    """sweep.max_memory_gib, or when 0 the detected GPU memory on CUDA (0: no limit on CPU)."""
+    if cfg.sweep.max_memory_gib > 0:
+        return float(cfg.sweep.max_memory_gib)
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 1024**3
+    return 0.0
+
+
+def launch(
+    trial_cfg: Config,
+    trial_dir: Path,
+    timeout_s: int,
+    pruning: tuple[str, str, int] | None = None,
+    memory_limit_gib: float = 0.0,
+    env: dict[str, str] | None = None,
+) -> TrialResult:
+    """Run one trial in a fresh process and return its record (a failed one if it left none);
+    `env` adds to the environment it gets."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "config.json").write_text(json.dumps(as_dict(trial_cfg), indent=2))
+    result_file = trial_dir / "result.json"
+    result_file.unlink(missing_ok=True)
+    # the storage URL travels in memory, never on a command line: it may hold a password
+    proc = trial_context().Process(
+        target=trial_child,
+        args=(
+            str(trial_dir),
+            os.getcwd(),
+            {**os.environ, **(env or {})},  # the sweep's own (the server's may be older)
+            pruning,
+            memory_limit_gib,
+            time.time(),  # startup_s counts from here
+        ),
+        name=f"trial {trial_dir.name}",
+    )
+    start = time.perf_counter()
+    proc.start()
+    proc.join(timeout_s or None)
+    code = proc.exitcode
+    if code is None:  # still running past sweep.timeout_s
+        proc.kill()
+        proc.join()
+    wall = time.perf_counter() - start
+    if result_file.exists():
+        result = record.load(result_file)
+        result.metrics["trial_wall_s"] = wall  # process start to exit, as the sweep saw it
+        return result
+    if code is None:
+        error, status = f"timed out after {timeout_s} s (sweep.timeout_s)", "failed"
+    elif code == -9:
+        error, status = "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
+    else:
+        error, status = f"trial process exited with code {code} and left no record", "failed"
+    result = record.failed(record.run_info(trial_cfg), status, error)
+    record.save(result, result_file)
+    return result
+
+
+def summary_line(i: int, n: int | str, result: TrialResult) -> str:
+    """The console line of a finished trial: status, accuracy, peak memory, time, error."""
+    m = result.metrics
+    acc = f"acc {m['accuracy']:.1%}" if m.get("accuracy") is not None else "acc -"
+    mem = m.get("peak_memory_gib")
+    mem_s = (
+        f"peak {mem:.2f} GiB {'VRAM' if m.get('memory_kind') == 'vram' else 'host'}"
+        if mem
+        else "peak -"
+    )
+    t = m.get("total_s")
+    took = f"time {t:.0f} s" if t else ""
+    extra = f"  ({result.train.get('error')})" if result.train.get("error") else ""
+    return (
+        f"[trial {i}/{n}] {result.run.get('label')}: {result.status}  {acc}  {mem_s}  {took}{extra}"
+    )
