@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from sweep import data, evaluate, methods, models, trials
-from sweep.config import Config, ConfigError, as_dict
+from sweep.config import ConfigError, as_dict
+from sweep.schema import Config
 
 
 @dataclass

@@ -19,8 +19,9 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweep.config import CONF_DIR, ConfigError, ModelConfig, one_line
+from sweep.config import CONF_DIR, ConfigError, one_line
 from sweep.recipe import LINEARS, Recipe
+from sweep.schema import ModelConfig
 
 TINY_VOCAB = 102  # sweep.models.char_tokenizer(): 5 specials + 97 printable ASCII characters
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError, DatasetConfig
+from sweep.config import ConfigError
+from sweep.schema import DatasetConfig
 
 IGNORE = -100  # label value the loss skips (prompt and padding tokens)
 EVAL_SEED_OFFSET = 1_000_003

@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 
 from sweep import compare
-from sweep.config import GpuClass
 from sweep.frame import fmt_bytes, fmt_num, mean_ci, to_frame
 from sweep.metrics import HIGHER_IS_BETTER, PARETO_PAIRS
 from sweep.plan import gpu_fit
+from sweep.schema import GpuClass
 
 
 def pareto(df: pd.DataFrame, a: str, b: str, better: dict[tuple[str, str], bool]) -> pd.Series:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from sweep import record
 from sweep.child import trial_child, trial_context
-from sweep.config import Config, ConfigError, as_dict
+from sweep.config import ConfigError, as_dict
 from sweep.record import TrialResult
+from sweep.schema import Config
 
 
 def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:

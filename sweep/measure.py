@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from sweep.config import GpuClass
+from sweep.schema import GpuClass
 
 GIB = 1024**3
 

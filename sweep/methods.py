@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sweep import recipe
-from sweep.config import MethodConfig, TrainConfig
+from sweep.schema import MethodConfig, TrainConfig
 
 
 def dtype_for(precision: str) -> torch.dtype:

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError, ModelConfig
+from sweep.config import ConfigError
+from sweep.schema import ModelConfig
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 CHAT_TEMPLATE = (

@@ -53,14 +53,9 @@ from sweep.arch import (
     total_params,
     trainable_tensors,
 )
-from sweep.config import (
-    CONF_DIR,
-    Config,
-    GpuClass,
-    method_config,
-    resolve_precision,
-)
+from sweep.config import CONF_DIR, method_config, resolve_precision
 from sweep.recipe import Recipe
+from sweep.schema import Config, GpuClass
 
 GIB = 1024**3
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweep.config import Config, ConfigError
+from sweep.config import ConfigError
+from sweep.schema import Config
 
 
 @dataclass

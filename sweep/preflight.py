@@ -14,8 +14,9 @@ import importlib.util
 import os
 
 from sweep import data, models
-from sweep.config import Config, ConfigError
+from sweep.config import ConfigError
 from sweep.cpus import CPUS_ENV, parse_cpus
+from sweep.schema import Config
 
 
 def preflight(cfg: Config) -> None:

@@ -21,7 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sweep.config import Config, as_dict, config_hash
+from sweep.config import as_dict, config_hash
+from sweep.schema import Config
 
 STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom")
 

@@ -17,11 +17,11 @@ from typing import Any
 import pandas as pd
 
 from sweep import stats
-from sweep.config import GpuClass
 from sweep.frame import fmt_num, overhead, to_frame
 from sweep.headline import headline, section
 from sweep.metrics import PARETO_PAIRS
 from sweep.record import write_whole
+from sweep.schema import GpuClass
 
 
 def plots(table: pd.DataFrame, base_acc: float | None, out_dir: Path) -> list[Path]:

@@ -23,12 +23,13 @@ import optuna
 
 from sweep import record, storage, tracking
 from sweep.child import start_trial_server
-from sweep.config import Config, ConfigError, as_dict, compose, config_hash
+from sweep.config import ConfigError, as_dict, compose, config_hash
 from sweep.launch import launch, memory_limit_gib, predicted_oom, summary_line
 from sweep.metrics import OBJECTIVES
 from sweep.points import Point, flatten, grid_points, is_dist, slug, trial_overrides
 from sweep.preflight import check_point, preflight, warn
 from sweep.record import TrialResult
+from sweep.schema import Config
 
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
 # Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.

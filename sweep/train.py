@@ -23,8 +23,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from sweep import ledger, methods
-from sweep.config import MethodConfig, TrainConfig
 from sweep.measure import sync
+from sweep.schema import MethodConfig, TrainConfig
 
 # Called every eval.every steps with the step number; returns True to stop training (pruned).
 StepHook = Callable[[int], bool]

@@ -27,8 +27,9 @@ import torch
 
 from sweep import data, evaluate, ledger, measure, methods, models, plan, recipe, record
 from sweep.arch import arch_for_model, train_flops_per_token
-from sweep.config import Config, ConfigError, as_dict, to_config
+from sweep.config import ConfigError, as_dict, to_config
 from sweep.record import TrialResult, run_info
+from sweep.schema import Config
 from sweep.train import train
 
 # Called with (step, eval loss) during training; returns True to stop (the pruner's verdict).

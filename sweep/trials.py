@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sweep import record
-from sweep.config import Config, ConfigError, to_config
+from sweep.config import ConfigError, to_config
 from sweep.record import TrialResult
+from sweep.schema import Config
 
 ADAPTER = "adapter"
 RESULT = "result.json"

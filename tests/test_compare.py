@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sweep import compare, headline, report
-from sweep.config import GpuClass
+from sweep.schema import GpuClass
 
 GPUS = [GpuClass(name="L4", memory_gib=24, usd_per_hour=0.8)]
 N = 400

@@ -12,8 +12,9 @@ from sweep import plan as P
 from sweep import plan_cli as cli
 from sweep.__main__ import main
 from sweep.arch import Arch, load_arch
-from sweep.config import CONF_DIR, ConfigError, GpuClass
+from sweep.config import CONF_DIR, ConfigError
 from sweep.recipe import LINEARS, Recipe
+from sweep.schema import GpuClass
 
 # 10-token vocab, hidden 8, intermediate 16, 2 blocks, 2 heads of dim 4, 1 kv head, untied.
 TOY = Arch(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1)

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from sweep import frame, headline, plan, report
-from sweep.config import GpuClass, compose
+from sweep.config import compose
+from sweep.schema import GpuClass
 
 
 def rec(label, method, rank, acc, mem, train_s, status="ok", quant=None, error=None, seed=0):

@@ -21,8 +21,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from sweep import data, methods, models
 from sweep.child import enter
-from sweep.config import Config, to_config
+from sweep.config import to_config
 from sweep.measure import sync
+from sweep.schema import Config
 
 
 def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:

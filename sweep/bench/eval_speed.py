@@ -15,8 +15,8 @@ import torch
 from transformers import StoppingCriteriaList
 
 from sweep import data, evaluate, methods, models
-from sweep.config import Config
 from sweep.measure import sync
+from sweep.schema import Config
 
 
 @torch.no_grad()

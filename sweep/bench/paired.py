@@ -16,10 +16,11 @@ from typing import Any
 
 from sweep.bench import bare_loop
 from sweep.child import gpu_present, trial_context
-from sweep.config import Config, as_dict, compose
+from sweep.config import as_dict, compose
 from sweep.cpus import CPUS_ENV
 from sweep.launch import launch
 from sweep.points import merge_overrides, slug
+from sweep.schema import Config
 
 APPROACHES = {
     "full": ["method=full"],

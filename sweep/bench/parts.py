@@ -20,7 +20,7 @@ from typing import Any
 from sweep.bench import eval_speed
 from sweep.bench.paired import core_halves, step_cost, throughput
 from sweep.bench.sweep_time import sweep_vs_peer
-from sweep.config import Config
+from sweep.schema import Config
 
 OUT = Path("reports/bench")
 Ratio = tuple[str, str, str]  # (comparison, ratio, target): one row of harness.md's first table

@@ -24,8 +24,9 @@ from transformers import Trainer, TrainingArguments
 
 from sweep import data, evaluate, methods, models
 from sweep.bench import bare_loop
-from sweep.config import Config, compose
+from sweep.config import compose
 from sweep.points import grid_points, trial_overrides
+from sweep.schema import Config
 
 
 class GenerationEvalTrainer(Trainer):
