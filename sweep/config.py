@@ -216,7 +216,7 @@ def validate(cfg: Config) -> None:
         )
     require(d.source in DATASET_SOURCES, "dataset.source", f"one of {DATASET_SOURCES}", d.source)
     if d.source == "reasoning_gym":
-        _check_reasoning_gym_task(d.task)
+        _check_reasoning_gym_task(d.task, d.task_args)
     if d.source == "file":
         require(
             bool(d.path) and Path(str(d.path)).is_file(),
@@ -295,10 +295,29 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _check_reasoning_gym_task(task: str | None) -> None:
+def _check_reasoning_gym_task(task: str | None, task_args: dict[str, Any]) -> None:
+    """The task exists and its arguments are its own (the config class's fields)."""
+    import dataclasses
+
     from reasoning_gym.factory import DATASETS
 
     require(task in DATASETS, "dataset.task", "a reasoning-gym task (e.g. chain_sum)", task)
+    own = [f.name for f in dataclasses.fields(DATASETS[task][1]) if f.name not in ("seed", "size")]
+    for arg in reasoning_gym_args(task, task_args):  # type: ignore[arg-type]
+        if arg not in own:
+            raise ConfigError(
+                f"dataset.task_args.{task}.{arg}: not an argument of reasoning-gym {task}; "
+                f"its arguments: {', '.join(own)}"
+            )
+
+
+def reasoning_gym_args(task: str, task_args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments for `task`: its own entry of dataset.task_args ({task: {arg: value}}), so
+    dataset.task=<other> starts from that task's defaults; flat `arg: value` entries apply to
+    whichever task is chosen."""
+    own = task_args.get(task)
+    flat = {k: v for k, v in task_args.items() if not isinstance(v, dict)}
+    return {**(own if isinstance(own, dict) else {}), **flat}
 
 
 def redact(url: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError
+from sweep.config import ConfigError, reasoning_gym_args
 from sweep.schema import DatasetConfig
 
 IGNORE = -100  # label value the loss skips (prompt and padding tokens)
@@ -83,7 +83,7 @@ def load_task(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) 
 def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) -> Task:
     import reasoning_gym as rg
 
-    args = dict(cfg.task_args)
+    args = reasoning_gym_args(str(cfg.task), cfg.task_args)
     try:
         train_ds = rg.create_dataset(cfg.task, seed=cfg.seed, size=n_train, **args)
         # reasoning-gym seeds item i with seed + i: start eval far past the train items.
@@ -92,7 +92,7 @@ def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int 
         )
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(
-            f"dataset.task_args={args}: rejected by reasoning-gym {cfg.task}: {exc}"
+            f"dataset.task_args.{cfg.task}={args}: rejected by reasoning-gym {cfg.task}: {exc}"
         ) from None
     train = [Example(e["question"], str(e["answer"]), e) for e in train_ds]
     seen = {ex.prompt for ex in train}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import string
 import tempfile
@@ -36,6 +37,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+HUB_ID = re.compile(
+    r"\w[\w.-]*(/\w[\w.-]*)?"
+)  # "gpt2" or "org/name"; a path has more or starts with ./ /
+
+
 def resolve(cfg: ModelConfig, cache_dir: str | Path) -> str:
     """Local directory (or hub id) holding safetensors weights and a tokenizer for `cfg`."""
     cache = Path(cache_dir) / "models"
@@ -53,6 +59,11 @@ def resolve(cfg: ModelConfig, cache_dir: str | Path) -> str:
                 f"there (expected one of {', '.join(WEIGHT_FILES)})"
             )
         return str(path)
+    if not HUB_ID.fullmatch(str(cfg.name_or_path)):
+        raise ConfigError(
+            f"model.name_or_path={cfg.name_or_path!r}: no such local directory, and not a hub id "
+            "(org/name); give a directory holding config.json and safetensors weights, or a hub id"
+        )
     return str(cfg.name_or_path)  # a hub id: transformers fetches or reads its own cache
 
 

@@ -100,3 +100,13 @@ def test_bad_sweep_cpus_is_refused_before_any_trial(capsys, monkeypatch, tmp_pat
     monkeypatch.setenv("SWEEP_CPUS", spec)
     assert expected in _error(capsys, "run", "sweep=smoke", "model=tiny_llama")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_local_model_path_that_does_not_exist_fails_in_preflight(tmp_path):
+    from sweep.preflight import preflight
+
+    missing = tmp_path / "no" / "such" / "dir"
+    for name in (str(missing), "./no-such-dir", "~/models/x/y"):
+        cfg = compose(["model=hf", f"model.name_or_path='{name}'", "model.name=mine"])
+        with pytest.raises(ConfigError, match="no such local directory, and not a hub id"):
+            preflight(cfg)

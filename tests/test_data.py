@@ -163,3 +163,22 @@ def test_empty_file_is_rejected(tmp_path):
     p.write_text("\n")
     with pytest.raises(ConfigError, match="the file has no rows"):
         data.load_task(_file_cfg(p), 10, 2)
+
+
+def test_any_reasoning_gym_task_by_name_starts_from_its_own_defaults():
+    from sweep.config import reasoning_gym_args
+
+    cfg = compose(["dataset.task=letter_counting"])  # chain_sum's args stay with chain_sum
+    assert reasoning_gym_args("letter_counting", cfg.dataset.task_args) == {}
+    task = data.load_task(cfg.dataset, 4, 4)
+    assert task.train and all("letter" in ex.prompt.lower() for ex in task.train)
+    chain = compose(["dataset.task_args.chain_sum.max_digits=1", "+dataset.task_args.max_terms=3"])
+    assert reasoning_gym_args("chain_sum", chain.dataset.task_args) == {
+        "min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1,
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        compose(["dataset.task=letter_counting", "+dataset.task_args.letter_counting.digits=2"])
+    assert str(err.value) == (
+        "dataset.task_args.letter_counting.digits: not an argument of reasoning-gym "
+        "letter_counting; its arguments: min_words, max_words"
+    )

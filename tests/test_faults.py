@@ -245,7 +245,12 @@ def test_too_many_steps_for_the_task_names_the_cause():
     from sweep.preflight import preflight
 
     cfg = compose(
-        ["model=tiny_llama", "dataset.task_args.max_digits=1", "train.steps=2000", "eval.size=10"]
+        [
+            "model=tiny_llama",
+            "dataset.task_args.chain_sum.max_digits=1",
+            "train.steps=2000",
+            "eval.size=10",
+        ]
     )
     with pytest.raises(ConfigError, match="no eval items left.*too few distinct prompts"):
         preflight(cfg)

@@ -196,8 +196,8 @@ def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
         "sweep.grid.lora.method.r=[4]",
         "+sweep.grid.lora.train.batch_size=[2048]",
         "+sweep.grid.lora.train.max_seq_len=[512]",
-        "+sweep.grid.lora.dataset.task_args.min_terms=[20]",
-        "+sweep.grid.lora.dataset.task_args.max_terms=[20]",
+        "+sweep.grid.lora.dataset.task_args.chain_sum.min_terms=[20]",
+        "+sweep.grid.lora.dataset.task_args.chain_sum.max_terms=[20]",
         # full FT at an absurd learning rate: NaN or exploding loss
         "+sweep.grid.full.method.lr=[0.9]",
         "+sweep.grid.full.train.steps=[40]",

@@ -52,8 +52,8 @@ def measure(model: str, seq_len: int, approach: list[str], out: Path) -> dict[st
         "eval.max_new_tokens=1",
         "train.precision=fp32",
         "train.loss_logits=all",  # logits at every position, as the published tables assume
-        f"dataset.task_args.min_terms={max(2, seq_len // 12)}",
-        f"dataset.task_args.max_terms={max(2, seq_len // 12)}",
+        f"dataset.task_args.chain_sum.min_terms={max(2, seq_len // 12)}",
+        f"dataset.task_args.chain_sum.max_terms={max(2, seq_len // 12)}",
     ]
     result = run_trial(compose(overrides), out)
     m = result.metrics
