@@ -10,6 +10,7 @@ block, a built-in, the tiny model's settings) or from a hub id or local director
 from __future__ import annotations
 
 import difflib
+import math
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,14 +122,36 @@ def auto_config(name_or_path: str) -> Any:
         return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     except OSError:
         pass
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise OSError(unreachable)
+    return AutoConfig.from_pretrained(name_or_path)
+
+
+def hub_unreachable() -> str | None:
+    """None when the Hugging Face hub answers on port 443 within 3 s, else why not."""
     from huggingface_hub import constants
 
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError:
-        raise OSError(f"no network: cannot reach {host} (offline?)") from None
-    return AutoConfig.from_pretrained(name_or_path)
+        return f"no network: cannot reach {host} (offline?)"
+    return None
+
+
+def check_hub_model(name_or_path: str) -> None:
+    """One line when a hub id is neither in the local cache nor downloadable (offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r}: not in the Hugging Face cache and {unreachable}; "
+            "download it where there is network (it is cached) or give a local directory"
+        )
 
 
 def arch_from_hf_config(cfg: Any, name: str = "model") -> Arch:
@@ -170,23 +193,36 @@ def total_params(arch: Arch) -> int:
     return linear_params(arch) + other_params(arch)
 
 
-def lora_tensors(arch: Arch, r: int, targets: tuple[str, ...] = LINEARS) -> list[int]:
-    """Element counts of every LoRA tensor: A (r x in) and B (out x r) per targeted linear."""
-    per_block = [n for name, i, o in arch.linears() if name in targets for n in (r * i, o * r)]
+Shape = tuple[int, ...]
+
+
+def lora_shapes(arch: Arch, r: int, targets: tuple[str, ...] = LINEARS) -> list[Shape]:
+    """Every LoRA tensor: A (r x in) and B (out x r) per targeted linear of every block."""
+    per_block = [s for name, i, o in arch.linears() if name in targets for s in ((r, i), (o, r))]
     return per_block * arch.layers
 
 
-def full_tensors(arch: Arch) -> list[int]:
-    """Element counts of every parameter tensor of the base model."""
+def full_shapes(arch: Arch) -> list[Shape]:
+    """Every parameter tensor of the base model (torch's (out, in) for linears)."""
     h, v = arch.hidden, arch.vocab
-    block = [i * o for _, i, o in arch.linears()] + [h, h]
-    embeds = [v * h] * (1 if arch.tie_embeddings else 2)
-    return embeds + block * arch.layers + [h]
+    block: list[Shape] = [(o, i) for _, i, o in arch.linears()] + [(h,), (h,)]
+    embeds: list[Shape] = [(v, h)] * (1 if arch.tie_embeddings else 2)
+    return embeds + block * arch.layers + [(h,)]
+
+
+def trainable_shapes(arch: Arch, rec: Recipe) -> list[Shape]:
+    """Every trainable tensor: the whole model, or the recipe's adapters."""
+    return full_shapes(arch) if rec.kind == "full" else lora_shapes(arch, rec.r, rec.targets)
+
+
+def lora_tensors(arch: Arch, r: int, targets: tuple[str, ...] = LINEARS) -> list[int]:
+    """Element counts of every LoRA tensor (`lora_shapes`)."""
+    return [math.prod(s) for s in lora_shapes(arch, r, targets)]
 
 
 def trainable_tensors(arch: Arch, rec: Recipe) -> list[int]:
-    """Element counts of every trainable tensor: the whole model, or the recipe's adapters."""
-    return full_tensors(arch) if rec.kind == "full" else lora_tensors(arch, rec.r, rec.targets)
+    """Element counts of every trainable tensor (`trainable_shapes`)."""
+    return [math.prod(s) for s in trainable_shapes(arch, rec)]
 
 
 def train_flops_per_token(

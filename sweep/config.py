@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweep.metrics import OBJECTIVES
 from sweep.schema import (
     Config,
+    DatasetConfig,
     MethodConfig,
     QuantConfig,
 )
@@ -35,7 +36,25 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 METHODS = ("full", "lora", "qlora")
 MODEL_SOURCES = ("packaged", "hf", "tiny")
 DATASET_SOURCES = ("reasoning_gym", "file", "hub")
+# dataset.scorer: built in (sweep/scorers.py), or a function path such as mypkg.mod:fn
+SCORERS = ("exact", "numeric", "regex", "gsm8k", "choice")
+FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*[.:][A-Za-z_]\w*")
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed", "fp16-mixed")
+# transformers' attention kernels; flash_attention_2 needs the flash-attn package and a GPU
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
+# the frozen base's weights under LoRA; auto: the 16-bit compute dtype under *-mixed, else
+# as train.precision (fp32 on CPU)
+BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+# transformers' `optim` names; auto: adamw_torch_fused on CUDA, adamw_torch (foreach) on CPU
+OPTIMIZERS = (
+    "auto",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+)
 QUANT_TYPES = ("nf4", "fp4")
 SWEEP_KINDS = ("grid", "search")
 PRUNERS = ("none", "median")
@@ -198,6 +217,8 @@ def validate(cfg: Config) -> None:
         "a hub id or local path",
         cfg.model.name_or_path,
     )
+    attn = cfg.model.attn_implementation
+    require(attn in ATTENTIONS, "model.attn_implementation", f"one of {ATTENTIONS}", attn)
     require(m.name in METHODS, "method.name", f"one of {METHODS}", m.name)
     require(m.lr > 0 and m.lr < 1, "method.lr", "0 < lr < 1", m.lr)
     if m.name != "full":
@@ -232,15 +253,45 @@ def validate(cfg: Config) -> None:
         )
     if d.source == "hub":
         require(bool(d.path), "dataset.path", "a hub dataset id", d.path)
+    _check_dataset_scoring(d)
     require(t.steps >= 1, "train.steps", "an integer >= 1", t.steps)
+    require(t.epochs >= 0, "train.epochs", ">= 0 (0: train.steps decides)", t.epochs)
+    require(
+        t.epochs == 0 or d.source != "reasoning_gym",
+        "train.epochs",
+        "0 for a reasoning-gym task (it generates train.steps x batch examples); epochs need "
+        "a dataset of fixed size (dataset=file or hub)",
+        t.epochs,
+    )
+    require(t.grad_accum >= 1, "train.grad_accum", "an integer >= 1", t.grad_accum)
     require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
-    require(8 <= t.max_seq_len <= 32768, "train.max_seq_len", "8..32768", t.max_seq_len)
+    require(
+        t.max_seq_len == 0 or 8 <= t.max_seq_len <= 32768,
+        "train.max_seq_len",
+        "0 (auto: from the train data) or 8..32768",
+        t.max_seq_len,
+    )
     require(t.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", t.precision)
+    require(t.optimizer in OPTIMIZERS, "train.optimizer", f"one of {OPTIMIZERS}", t.optimizer)
+    require(t.base_dtype in BASE_DTYPES, "train.base_dtype", f"one of {BASE_DTYPES}", t.base_dtype)
+    require(
+        t.base_dtype in ("auto", "fp32") or resolve_precision(t.precision) != "fp32",
+        "train.base_dtype",
+        "auto or fp32 with train.precision=fp32 (a 16-bit base needs a 16-bit precision)",
+        t.base_dtype,
+    )
     if t.precision == "fp16-mixed":
         require(_cuda(), "train.precision", "fp16-mixed only on a CUDA device", t.precision)
+    if t.precision in ("bf16", "bf16-mixed") and _cuda():
+        require(
+            _cuda_bf16(),
+            "train.precision",
+            "fp16-mixed or fp32 on this GPU (no bf16 support, e.g. T4 or V100)",
+            t.precision,
+        )
     require(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
     require(
-        0 <= t.measure_warmup_steps < t.steps,
+        0 <= t.measure_warmup_steps < (t.steps if not t.epochs else 10**9),
         "train.measure_warmup_steps",
         f"0 <= n < train.steps ({t.steps})",
         t.measure_warmup_steps,
@@ -289,10 +340,61 @@ def validate(cfg: Config) -> None:
     )
 
 
+def _check_dataset_scoring(d: DatasetConfig) -> None:
+    """The scorer's name (a function path imports in preflight), its regex, the eval split."""
+    allowed = f"one of {SCORERS} or a function path (mypkg.mod:fn)"
+    require(
+        d.scorer in SCORERS or bool(FUNCTION_PATH.fullmatch(d.scorer)),
+        "dataset.scorer",
+        allowed,
+        d.scorer,
+    )
+    if d.source == "reasoning_gym":
+        require(
+            d.scorer == "exact",
+            "dataset.scorer",
+            "exact for a reasoning-gym task (task_score is the task's own scorer)",
+            d.scorer,
+        )
+    if d.scorer == "regex":
+        try:
+            groups = re.compile(str(d.answer_regex)).groups if d.answer_regex else 0
+        except re.error:
+            groups = 0
+        require(
+            groups == 1,
+            "dataset.answer_regex",
+            "a regular expression with one group for dataset.scorer=regex, e.g. 'answer: (\\S+)'",
+            d.answer_regex,
+        )
+    require(
+        d.max_new_tokens is None or d.max_new_tokens >= 1,
+        "dataset.max_new_tokens",
+        "null (eval.max_new_tokens) or an integer >= 1",
+        d.max_new_tokens,
+    )
+    if d.eval_split is not None:
+        require(
+            d.source == "hub", "dataset.eval_split", "null unless dataset.source=hub", d.eval_split
+        )
+        require(
+            d.eval_split != d.split,
+            "dataset.eval_split",
+            f"a split other than dataset.split ({d.split}) or null",
+            d.eval_split,
+        )
+
+
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
 
 
 def _check_reasoning_gym_task(task: str | None, task_args: dict[str, Any]) -> None:

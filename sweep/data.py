@@ -5,12 +5,18 @@
 Sources: a reasoning-gym task (offline generator with its own scorer), a local JSONL/CSV file, or
 a hub dataset. Every method sees the same examples in the same order: the examples depend only on
 the dataset config and the sizes, never on the method.
+
+A row with a `messages` list (dataset.messages_field; roles system, user, assistant) is a chat:
+its last assistant turn is the answer and the turns before it the prompt. Training puts the loss
+on every assistant turn (earlier replies are the behaviour taught as much as the last one);
+evaluation generates the last one and its eval loss is on the last one only.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +25,14 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError, reasoning_gym_args
-from sweep.schema import DatasetConfig
+from sweep import scorers
+from sweep.config import ConfigError, one_line, reasoning_gym_args
+from sweep.schema import AUTO_MAX_LEN, DatasetConfig
+from sweep.scorers import Scorer, normalize
 
 IGNORE = -100  # label value the loss skips (prompt and padding tokens)
 EVAL_SEED_OFFSET = 1_000_003
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -31,6 +40,11 @@ class Example:
     prompt: str
     answer: str
     entry: dict[str, Any] = field(default_factory=dict)  # the task's own record, for its scorer
+    turns: list[dict[str, str]] | None = None  # a chat row's turns before its last assistant turn
+
+
+def exact_match(answer: str, ex: Example) -> float:
+    return float(normalize(answer) == normalize(ex.answer))
 
 
 @dataclass
@@ -39,14 +53,8 @@ class Task:
     eval: list[Example]
     score: Callable[[str, Example], float]  # (model's answer, example) -> score in [0, 1]
     select: list[Example] = field(default_factory=list)  # selection split (search sweeps)
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.strip().lower().split()).rstrip(".")
-
-
-def exact_match(answer: str, ex: Example) -> float:
-    return float(normalize(answer) == normalize(ex.answer))
+    right: Callable[[str, Example], float] = exact_match  # 1 if the answer is right: accuracy
+    whole_text: bool = False  # the model's answer is its whole generation, not its first line
 
 
 def distinct(examples: list[Example]) -> list[Example]:
@@ -63,21 +71,49 @@ def distinct(examples: list[Example]) -> list[Example]:
 
 def load_task(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) -> Task:
     """Build the train, eval and selection examples. Eval prompts never repeat a train prompt;
-    the selection split (for choosing a setting in a search sweep) repeats neither."""
+    the selection split (for choosing a setting in a search sweep) repeats neither. A hub
+    dataset with dataset.eval_split is scored on that split; otherwise eval and selection rows
+    are held out of the train rows. Every row is checked against dataset.scorer (a gsm8k answer
+    needs its '#### N'), so a bad row fails in preflight."""
     if cfg.source == "reasoning_gym":
         return _reasoning_gym(cfg, n_train, n_eval, n_select)
-    rows = _read_file(Path(str(cfg.path)), cfg) if cfg.source == "file" else _read_hub(cfg)
-    if len(rows) < 2:
+    scorer = scorers.get(cfg.scorer, cfg.answer_regex)
+    if cfg.source == "file":
+        rows, held = _read_file(Path(str(cfg.path)), cfg, scorer), None
+    else:
+        rows = _read_hub(cfg, cfg.split, "dataset.split", scorer)
+        held = (
+            _read_hub(cfg, cfg.eval_split, "dataset.eval_split", scorer) if cfg.eval_split else None
+        )
+    if len(rows) < (1 if held else 2):
         raise ConfigError(f"dataset.path={cfg.path!r}: {len(rows)} usable rows; need at least 2")
     random.Random(cfg.seed).shuffle(rows)
-    n_eval = min(n_eval, max(1, len(rows) // 5))  # eval takes at most a fifth of the rows
-    n_select = min(n_select, len(rows) // 5)  # and the selection split another fifth
-    eval_rows, select_rows = rows[:n_eval], rows[n_eval : n_eval + n_select]
-    train_rows = rows[n_eval + n_select :]
-    seen = {r.prompt for r in train_rows}
-    eval_rows = distinct([r for r in eval_rows if r.prompt not in seen] or eval_rows)
+    if held is not None:  # the dataset's own eval split; the selection split is held out of train
+        n_select = min(n_select, len(rows) // 5)
+        select_rows, train_rows = rows[:n_select], rows[n_select:]
+        seen = {r.prompt for r in train_rows}
+        random.Random(cfg.seed).shuffle(held)
+        eval_rows = distinct([r for r in held if r.prompt not in seen])[:n_eval]
+    else:
+        n_eval = min(n_eval, max(1, len(rows) // 5))  # eval takes at most a fifth of the rows
+        n_select = min(n_select, len(rows) // 5)  # and the selection split another fifth
+        eval_rows, select_rows = rows[:n_eval], rows[n_eval : n_eval + n_select]
+        train_rows = rows[n_eval + n_select :]
+        seen = {r.prompt for r in train_rows}
+        eval_rows = distinct([r for r in eval_rows if r.prompt not in seen] or eval_rows)
     select_rows = [r for r in select_rows if r.prompt not in seen]
-    return Task(train=train_rows, eval=eval_rows, score=exact_match, select=select_rows)
+
+    def score(answer: str, ex: Example) -> float:
+        return scorer(answer, ex.answer)
+
+    return Task(
+        train=train_rows,
+        eval=eval_rows,
+        score=score,
+        select=select_rows,
+        right=lambda answer, ex: float(score(answer, ex) == 1.0),
+        whole_text=scorer.whole_text,
+    )
 
 
 def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int = 0) -> Task:
@@ -120,22 +156,57 @@ def _reasoning_gym(cfg: DatasetConfig, n_train: int, n_eval: int, n_select: int 
     )
 
 
-def _row(rec: Any, cfg: DatasetConfig, where: str) -> Example:
+def _row(rec: Any, cfg: DatasetConfig, where: str, scorer: Scorer) -> Example:
+    """One row as an example: a chat (a `messages` list) or a prompt and an answer field."""
     if not isinstance(rec, dict):
         raise ConfigError(
             f"{where}: expected an object with {cfg.prompt_field!r} and {cfg.answer_field!r}"
         )
-    for key in (cfg.prompt_field, cfg.answer_field):
-        value = rec.get(key)
-        if value is None or str(value).strip() == "":
-            raise ConfigError(
-                f"{where}: missing or empty field {key!r} "
-                f"(set dataset.prompt_field / dataset.answer_field)"
-            )
-    return Example(str(rec[cfg.prompt_field]), str(rec[cfg.answer_field]).strip(), dict(rec))
+    if rec.get(cfg.messages_field) is not None:
+        ex = _chat_row(rec, cfg, where)
+    else:
+        for key in (cfg.prompt_field, cfg.answer_field):
+            value = rec.get(key)
+            if value is None or str(value).strip() == "":
+                raise ConfigError(
+                    f"{where}: missing or empty field {key!r} (set dataset.prompt_field / "
+                    f"dataset.answer_field, or give the row a {cfg.messages_field!r} list)"
+                )
+        ex = Example(str(rec[cfg.prompt_field]), str(rec[cfg.answer_field]).strip(), dict(rec))
+    lacks = scorer.check(ex.answer)
+    if lacks:
+        raise ConfigError(f"{where}: {lacks} (dataset.scorer={scorer.name})")
+    return ex
 
 
-def _read_file(path: Path, cfg: DatasetConfig) -> list[Example]:
+def _chat_row(rec: dict[str, Any], cfg: DatasetConfig, where: str) -> Example:
+    """A chat row: its last assistant turn is the answer, the turns before it the prompt (turns
+    after it carry no loss and are not part of the prompt, so they are left out)."""
+    key = cfg.messages_field
+    msgs = rec[key]
+    if not isinstance(msgs, list) or not msgs:
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list of {{role, content}} turns")
+    turns = []
+    for j, m in enumerate(msgs):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ROLES:
+            raise ConfigError(f"{where}: {key}[{j}] has role {role!r}; allowed: {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise ConfigError(f"{where}: {key}[{j}] ({role}) has no text 'content'")
+        turns.append({"role": role, "content": m["content"]})
+    last = max((j for j, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+    if last is None:
+        raise ConfigError(f"{where}: {key!r} has no assistant turn (the last one is the answer)")
+    if not any(t["role"] == "user" for t in turns[:last]):
+        raise ConfigError(f"{where}: {key!r} has no user turn before its last assistant turn")
+    answer = turns[last]["content"].strip()
+    if not answer:
+        raise ConfigError(f"{where}: {key}[{last}] (the last assistant turn) is empty")
+    prompt = "\n".join(f"{t['role']}: {t['content']}" for t in turns[:last])
+    return Example(prompt, answer, dict(rec), turns=turns[:last])
+
+
+def _read_file(path: Path, cfg: DatasetConfig, scorer: Scorer) -> list[Example]:
     rows: list[Example] = []
     if path.suffix == ".jsonl":
         for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -145,21 +216,30 @@ def _read_file(path: Path, cfg: DatasetConfig) -> list[Example]:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-            rows.append(_row(rec, cfg, f"{path}:{i}"))
+            rows.append(_row(rec, cfg, f"{path}:{i}", scorer))
     else:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM
             for i, rec in enumerate(csv.DictReader(fh), start=2):
-                rows.append(_row(rec, cfg, f"{path}:{i}"))
+                rows.append(_row(rec, cfg, f"{path}:{i}", scorer))
     if not rows:
         raise ConfigError(f"dataset.path={str(path)!r}: the file has no rows")
     return rows
 
 
-def _read_hub(cfg: DatasetConfig) -> list[Example]:
+def _read_hub(cfg: DatasetConfig, split: str | None, key: str, scorer: Scorer) -> list[Example]:
+    """The rows of one split of a hub dataset (`key`: the config key naming the split)."""
     from datasets import load_dataset
 
-    ds = load_dataset(str(cfg.path), cfg.subset, split=cfg.split)
-    return [_row(rec, cfg, f"{cfg.path}[{i}]") for i, rec in enumerate(ds)]
+    try:
+        ds = load_dataset(str(cfg.path), cfg.subset, split=split)
+    except (ValueError, KeyError) as exc:  # e.g. a split the dataset does not have
+        raise ConfigError(f"{key}={split!r}: {cfg.path}: {one_line(exc)}") from None
+    except OSError as exc:  # no such dataset, or offline before its first download
+        raise ConfigError(
+            f"dataset.path={cfg.path!r}: cannot load ({type(exc).__name__}: {one_line(exc)}); "
+            "a hub dataset needs network on first use"
+        ) from None
+    return [_row(rec, cfg, f"{cfg.path}[{split}][{i}]", scorer) for i, rec in enumerate(ds)]
 
 
 def retention_passages(tok: Any, n: int, tokens: int) -> list[list[int]]:
@@ -181,34 +261,98 @@ def retention_passages(tok: Any, n: int, tokens: int) -> list[list[int]]:
     return passages
 
 
-def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return msgs + [{"role": "user", "content": prompt}]
-
-
-def prompt_ids(tok: Any, prompt: str, system_prompt: str | None) -> list[int]:
-    """Token ids of the rendered prompt, ending where the assistant's answer starts."""
-    return list(
-        tok.apply_chat_template(
-            messages(prompt, system_prompt),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-        )["input_ids"]
+def messages(prompt: str | Example, system_prompt: str | None) -> list[dict[str, str]]:
+    """The prompt as chat turns: the system prompt (unless a chat row has its own), then the
+    user's prompt, or a chat row's turns before its last assistant turn."""
+    if isinstance(prompt, Example):
+        turns = prompt.turns or [{"role": "user", "content": prompt.prompt}]
+    else:
+        turns = [{"role": "user", "content": prompt}]
+    own_system = any(t["role"] == "system" for t in turns)
+    head = (
+        [{"role": "system", "content": system_prompt}] if system_prompt and not own_system else []
     )
+    return head + [dict(t) for t in turns]
 
 
-def encode(tok: Any, ex: Example, max_len: int, system_prompt: str | None) -> dict[str, list[int]]:
-    """Prompt + answer as one chat; labels only on the answer (and its end-of-turn) tokens."""
-    p_ids = prompt_ids(tok, ex.prompt, system_prompt)
-    chat = messages(ex.prompt, system_prompt) + [{"role": "assistant", "content": ex.answer}]
-    ids = list(tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
+def _render(tok: Any, msgs: list[dict[str, str]], generation: bool = False) -> list[int]:
+    ids = tok.apply_chat_template(
+        msgs, add_generation_prompt=generation, tokenize=True, return_dict=True
+    )["input_ids"]
+    return list(ids)
+
+
+def prompt_ids(tok: Any, prompt: str | Example, system_prompt: str | None) -> list[int]:
+    """Token ids of the rendered prompt (a text, or an example: a chat row's whole conversation
+    before its last assistant turn), ending where the assistant's answer starts."""
+    return _render(tok, messages(prompt, system_prompt), generation=True)
+
+
+def encode(
+    tok: Any, ex: Example, max_len: int, system_prompt: str | None, every_turn: bool = True
+) -> dict[str, list[int]]:
+    """Prompt + answer as one chat; labels only on the answer (and its end-of-turn) tokens, and
+    with every_turn on a chat row's earlier assistant turns too. At most max_len tokens."""
+    return clip(_encode(tok, ex, system_prompt, every_turn), max_len)
+
+
+def clip(row: dict[str, list[int]], max_len: int) -> dict[str, list[int]]:
+    """Too long: drop the start of the prompt, keep the answer."""
+    cut = max(0, len(row["input_ids"]) - max_len)
+    return {"input_ids": row["input_ids"][cut:][:max_len], "labels": row["labels"][cut:][:max_len]}
+
+
+def _encode(
+    tok: Any, ex: Example, system_prompt: str | None, every_turn: bool = True
+) -> dict[str, list[int]]:
+    conv = messages(ex, system_prompt)
+    p_ids = _render(tok, conv, generation=True)
+    ids = _render(tok, [*conv, {"role": "assistant", "content": ex.answer}])
     if ids[: len(p_ids)] != p_ids:  # the template renders the prompt differently inside a chat
         answer = tok(ex.answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
-        ids = p_ids + list(answer)
+        return {"input_ids": p_ids + list(answer), "labels": [IGNORE] * len(p_ids) + list(answer)}
     labels = [IGNORE] * len(p_ids) + ids[len(p_ids) :]
-    cut = max(0, len(ids) - max_len)  # too long: drop the start of the prompt, keep the answer
-    return {"input_ids": ids[cut:][:max_len], "labels": labels[cut:][:max_len]}
+    for k, turn in enumerate(conv if every_turn and ex.turns else []):
+        if turn["role"] != "assistant":
+            continue
+        start, through = _render(tok, conv[:k], generation=True), _render(tok, conv[: k + 1])
+        # a template that renders an earlier turn differently inside the longer chat (e.g. drops
+        # its reasoning) leaves that turn as context only
+        if ids[: len(through)] == through and through[: len(start)] == start:
+            labels[len(start) : len(through)] = through[len(start) :]
+    return {"input_ids": ids, "labels": labels}
+
+
+@dataclass
+class Encoded:
+    rows: list[dict[str, list[int]]]
+    max_len: int  # train.max_seq_len, or the length sized from the data
+    truncated: int  # examples longer than max_len (they lose the start of the prompt)
+    longest: int  # tokens of the longest example
+
+
+def auto_max_len(lengths: list[int], cap: int = AUTO_MAX_LEN) -> int:
+    """The 99th percentile (nearest rank) of `lengths`, within 8..cap."""
+    if not lengths:
+        return cap
+    p99 = sorted(lengths)[math.ceil(0.99 * len(lengths)) - 1]
+    return max(8, min(cap, p99))
+
+
+def encode_train(
+    tok: Any, examples: list[Example], max_len: int, system_prompt: str | None
+) -> Encoded:
+    """The train rows at `max_len` tokens; 0 sizes it from the data: the 99th percentile of the
+    examples' tokenized lengths, at most AUTO_MAX_LEN."""
+    full = [_encode(tok, ex, system_prompt) for ex in examples]
+    lengths = [len(r["input_ids"]) for r in full]
+    n = max_len or auto_max_len(lengths)
+    return Encoded(
+        rows=[clip(r, n) for r in full],
+        max_len=n,
+        truncated=sum(length > n for length in lengths),
+        longest=max(lengths, default=0),
+    )
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:

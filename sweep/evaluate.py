@@ -3,7 +3,9 @@
     python -m sweep trial train.steps=1 eval.size=40    # mostly evaluation
 
 Prompts are left-padded and generated together (eval.batch_size at a time); the answer is the
-first line of the generated text. Accuracy is the mean of the task's scores. A trial's final
+first line of the generated text (generation stops there), or the whole text for a scorer that
+reads it all (dataset.scorer=gsm8k: reasoning, then '#### N'; sweep/scorers.py). Accuracy is the
+share of items answered right, task_score the mean of the task's scores. A trial's final
 evaluation (`loss_and_accuracy`) scores the eval loss and prefills the generation cache in one
 forward pass, so the prompts are run through the model once, not twice.
 """
@@ -22,7 +24,6 @@ from sweep.data import (
     Task,
     collate,
     encode,
-    exact_match,
     prompt_ids,
     to_device,
 )
@@ -61,12 +62,19 @@ def answer_line_done(tok: Any, prompt_width: int) -> Any:
 
 
 def _greedy(
-    model: Any, tok: Any, ids: torch.Tensor, mask: torch.Tensor, n: int, **kw: Any
+    model: Any,
+    tok: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
+    first_line: bool = True,
+    **kw: Any,
 ) -> list[str]:
     """Greedy continuation of left-padded prompts (kw: a prompt cache) until each row's answer
-    line is complete or `n` tokens; the decoded new text."""
+    line is complete (with first_line; else its end of turn) or `n` tokens; the decoded new text."""
     from transformers import StoppingCriteriaList
 
+    stop = [answer_line_done(tok, ids.shape[1])] if first_line else []
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -75,7 +83,7 @@ def _greedy(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         use_cache=True,
-        stopping_criteria=StoppingCriteriaList([answer_line_done(tok, ids.shape[1])]),
+        stopping_criteria=StoppingCriteriaList(stop),
         **kw,
     )
     return tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
@@ -83,16 +91,22 @@ def _greedy(
 
 @torch.no_grad()
 def generate(
-    model: Any, tok: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int
+    model: Any,
+    tok: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    first_line: bool = True,
 ) -> list[str]:
-    """Greedy completions of token-id prompts, batched with left padding."""
+    """Greedy completions of token-id prompts, batched with left padding; with first_line each
+    stops once its first non-empty line has ended."""
     device = next(model.parameters()).device
     outputs: list[str] = []
     was_training = model.training
     model.eval()
     for start in range(0, len(prompts), batch_size):
         ids, mask = _left_pad(prompts[start : start + batch_size], tok.pad_token_id)
-        outputs += _greedy(model, tok, ids.to(device), mask.to(device), max_new_tokens)
+        outputs += _greedy(model, tok, ids.to(device), mask.to(device), max_new_tokens, first_line)
     model.train(was_training)
     return outputs
 
@@ -106,20 +120,22 @@ def item_id(ex: Example) -> str:
 def _score(
     tok: Any, task: Task, texts: list[str], examples: list[Example] | None = None
 ) -> dict[str, Any]:
-    """Per-item results and their means: `accuracy` is exact match (the answer line equals the
-    expected answer, ignoring case, surrounding space and a final period); `task_score` is the
-    task's own scorer, which may give partial credit (reasoning-gym: '-5' for '5' scores 0.5)."""
+    """Per-item results and their means: `accuracy` is the share answered right (reasoning-gym:
+    the answer line equals the expected answer, ignoring case, surrounding space and a final
+    period; a file or hub dataset: its scorer gives 1); `task_score` is the mean of the task's
+    scorer, which may give partial credit (reasoning-gym: '-5' for '5' scores 0.5). The answer
+    is the first line of the generation, or all of it for a scorer that reads the whole text."""
     examples = task.eval if examples is None else examples
     items = []
     for ex, text in zip(examples, texts, strict=True):
-        answer = extract_answer(text)
+        answer = text.strip() if task.whole_text else extract_answer(text)
         items.append(
             {
                 "id": item_id(ex),
                 "prompt": ex.prompt,
                 "expected": ex.answer,
                 "answer": answer,
-                "exact": int(exact_match(answer, ex)),
+                "exact": int(task.right(answer, ex)),
                 "score": float(task.score(answer, ex)),
             }
         )
@@ -144,8 +160,9 @@ def accuracy(
     system_prompt: str | None = None,
 ) -> dict[str, Any]:
     """Score the eval set; returns accuracy, the number of tokens generated, and a few samples."""
-    prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in task.eval]
-    return _score(tok, task, generate(model, tok, prompts, max_new_tokens, batch_size))
+    prompts = [prompt_ids(tok, ex, system_prompt) for ex in task.eval]
+    texts = generate(model, tok, prompts, max_new_tokens, batch_size, not task.whole_text)
+    return _score(tok, task, texts)
 
 
 @torch.no_grad()
@@ -157,9 +174,10 @@ def eval_loss(
     batch_size: int,
     system_prompt: str | None = None,
 ) -> float:
-    """Mean cross-entropy per answer token on the eval examples (teacher forcing)."""
+    """Mean cross-entropy per answer token on the eval examples (teacher forcing; a chat row's
+    answer is its last assistant turn)."""
     device = next(model.parameters()).device
-    rows = [encode(tok, ex, max_len, system_prompt) for ex in examples]
+    rows = [encode(tok, ex, max_len, system_prompt, every_turn=False) for ex in examples]
     pad = collate(tok.pad_token_id, answer_logits=True)
     was_training = model.training
     model.eval()
@@ -213,7 +231,7 @@ def loss_and_accuracy(
     """
     was_training = model.training
     model.eval()
-    prompts = [prompt_ids(tok, ex.prompt, system_prompt) for ex in task.eval]
+    prompts = [prompt_ids(tok, ex, system_prompt) for ex in task.eval]
     shared = shared_prefix(prompts)
     texts: list[str] = []
     total, count = 0.0, 0
@@ -225,7 +243,7 @@ def loss_and_accuracy(
         try:
             out, loss, tokens = _one_batch(
                 model, tok, task.eval[start:end], prompts[start:end], shared, max_len,
-                max_new_tokens, system_prompt,
+                max_new_tokens, system_prompt, not task.whole_text,
             )  # fmt: skip
         except torch.OutOfMemoryError:
             if size == 1:
@@ -253,6 +271,7 @@ def _one_batch(
     max_len: int,
     max_new_tokens: int,
     system_prompt: str | None,
+    first_line: bool = True,
 ) -> tuple[list[str], float, int]:
     """One batch: (generated texts, summed answer loss, answer tokens).
 
@@ -266,9 +285,9 @@ def _one_batch(
     """
     device = next(model.parameters()).device
     pad = tok.pad_token_id
-    rows = [encode(tok, ex, max_len, system_prompt) for ex in chunk]
+    rows = [encode(tok, ex, max_len, system_prompt, every_turn=False) for ex in chunk]
     if any(r["input_ids"][: len(p)] != p for r, p in zip(rows, prompts, strict=True)):
-        texts = generate(model, tok, prompts, max_new_tokens, len(chunk))
+        texts = generate(model, tok, prompts, max_new_tokens, len(chunk), first_line)
         n = sum(sum(x != IGNORE for x in r["labels"][1:]) for r in rows)
         return texts, eval_loss(model, tok, chunk, max_len, len(chunk), system_prompt) * n, n
     answers = [r["input_ids"][len(p) :] for r, p in zip(rows, prompts, strict=True)]
@@ -308,6 +327,7 @@ def _one_batch(
         prompt_ids_.to(device),
         prompt_mask.to(device),
         max_new_tokens,
+        first_line,
         past_key_values=cache,
     )
     return texts, loss.item(), int(tail_mask.sum())

@@ -18,7 +18,21 @@ import pandas as pd
 
 from sweep.metrics import METRICS
 
-RUN_COLUMNS = ("label", "method", "rank", "quant", "precision", "seed", "lr", "model", "dataset")
+RUN_COLUMNS = (
+    "label",
+    "method",
+    "rank",
+    "quant",
+    "precision",
+    "base_dtype",
+    "trainable_dtype",
+    "optimizer",
+    "gradient_checkpointing",
+    "seed",
+    "lr",
+    "model",
+    "dataset",
+)
 METRIC_COLUMNS = tuple(METRICS)  # every metric a record can hold (sweep.metrics)
 
 # Student t quantiles t(0.975, df) for df = 1..30 (two-sided 95%); beyond 30 see t975().

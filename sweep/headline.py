@@ -70,7 +70,7 @@ def headline(records: list[dict[str, Any]], gpus: list[GpuClass]) -> pd.DataFram
         return pd.DataFrame()
     g = ok.groupby("label", sort=False)
     table = g[RESOURCE_COLUMNS].mean()
-    for col in ("method", "rank", "quant", "memory_kind", "lr"):
+    for col in ("method", "rank", "quant", "base_dtype", "memory_kind", "lr", *RECIPE_COLUMNS):
         table[col] = g[col].first()
     table["runs"] = g.size()
     table["train_s_ci"] = g["train_s"].agg(lambda v: mean_ci(v)[1])
@@ -91,6 +91,47 @@ def headline(records: list[dict[str, Any]], gpus: list[GpuClass]) -> pd.DataFram
     table["pareto_memory"] = pareto(table, *PARETO_PAIRS[0], better)
     table["pareto_time"] = pareto(table, *PARETO_PAIRS[1], better)
     return table
+
+
+RECIPE_COLUMNS = ("precision", "optimizer", "gradient_checkpointing")
+
+
+def _recipe_diffs(table: pd.DataFrame) -> list[list[str]]:
+    """Per row: the recipe settings (precision, optimizer, checkpointing) that differ from the
+    full FT row's; empty where none do, or without a full FT row or the setting recorded."""
+    full = table[table.method == "full"]
+    if full.empty:
+        return [[] for _ in range(len(table))]
+    base = full.iloc[0]
+    return [
+        [
+            f"{c} {row[c]} (full FT: {base[c]})"
+            for c in RECIPE_COLUMNS
+            if c in table and pd.notna(row[c]) and pd.notna(base[c]) and row[c] != base[c]
+        ]
+        for _, row in table.iterrows()
+    ]
+
+
+def recipe_differs(table: pd.DataFrame) -> list[bool]:
+    """Rows trained with another precision, optimizer or checkpointing than full FT."""
+    return [bool(d) for d in _recipe_diffs(table)]
+
+
+def recipe_note(table: pd.DataFrame) -> list[str]:
+    """The lines under the table for `†` rows: what differs from the full FT row."""
+    lines = [
+        f"- † {label}: {'; '.join(d)}"
+        for label, d in zip(table["label"], _recipe_diffs(table), strict=True)
+        if d
+    ]
+    if not lines:
+        return []
+    head = (
+        "Rows marked † differ from the full FT row in more than the method, so their memory "
+        "and time differences are not the method's alone:"
+    )
+    return [head, *lines, ""]
 
 
 def _col(table: pd.DataFrame, name: str) -> pd.Series:
@@ -123,8 +164,13 @@ def markdown_table(table: pd.DataFrame) -> str:
     full = table.method == "full"
     out = pd.DataFrame(
         {
-            "approach": table["label"] + ["*" if p else "" for p in table["pareto_memory"]],
-            "quantization": table["quant"].fillna("none (16/32-bit)"),
+            "approach": table["label"]
+            + ["*" if p else "" for p in table["pareto_memory"]]
+            + ["†" if d else "" for d in recipe_differs(table)],
+            "base weights": [
+                q if isinstance(q, str) else (f"{b}" if isinstance(b, str) else "16/32-bit")
+                for q, b in zip(table["quant"], _col(table, "base_dtype"), strict=True)
+            ],
             "n": [fmt_num(v, "{:.0f}") for v in _col(table, "n")],
             mem_name: [
                 fmt_num(v, "{:.2f}") + (" host" if k == "host_rss" else "")
@@ -340,6 +386,7 @@ def section(table: pd.DataFrame, records: list[dict[str, Any]]) -> list[str]:
         "",
         *[f"- {s}" for s in sentences(table)],
         "",
+        *recipe_note(table),
         *selection_note(records),
         *seeds_note(records),
     ]

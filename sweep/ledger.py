@@ -41,12 +41,14 @@ def grad_bytes(params: Iterable[torch.Tensor]) -> int:
 
 
 def optimizer_state_bytes(optimizer: Any) -> int:
-    """Bytes of every tensor in optimizer.state (through accelerate's wrapper, if any)."""
+    """Bytes of every tensor in optimizer.state (through accelerate's wrapper, if any); a tensor
+    several states share (bitsandbytes' 8-bit quantization maps) counts once."""
     inner = getattr(optimizer, "optimizer", optimizer)
-    total = 0
+    total, seen = 0, set()
     for state in inner.state.values():
         for value in state.values():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and id(value) not in seen:
+                seen.add(id(value))
                 total += tensor_bytes(value)
     return total
 

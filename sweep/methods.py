@@ -19,10 +19,19 @@ import torch
 from sweep import recipe
 from sweep.schema import MethodConfig, TrainConfig
 
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def dtype_for(precision: str) -> torch.dtype:
-    """Dtype the (non-quantized) weights are loaded in."""
+    """Dtype the (non-quantized) weights are loaded in for inference and the 4-bit base's
+    other weights."""
     return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def load_dtype(rec: recipe.Recipe) -> torch.dtype:
+    """Dtype a trial loads its model in: the recipe's base weights (precision by role); a
+    4-bit base loads its unquantized parts as the precision says."""
+    return TORCH_DTYPES.get(rec.base_dtype, dtype_for(rec.precision))
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -116,9 +125,9 @@ def keep_4bit_trainable(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def optimizer_name(method: MethodConfig) -> str:
-    """The optimizer on this machine, as the planner assumes it (sweep.recipe.optimizer)."""
-    return recipe.optimizer(method, torch.cuda.is_available())
+def optimizer_name(train: TrainConfig) -> str:
+    """train.optimizer on this machine, as the planner assumes it (sweep.recipe.optimizer)."""
+    return recipe.optimizer(train.optimizer, torch.cuda.is_available())
 
 
 def _logical_numel(p: torch.nn.Parameter) -> int:

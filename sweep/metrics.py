@@ -34,8 +34,10 @@ HIGHER, LOWER = True, False
 
 METRICS: dict[str, Metric] = {
     # accuracy on the held-out eval items (sweep.evaluate)
-    "accuracy": _m("fraction", HIGHER, "exact match of the first generated line", True),
-    "task_score": _m("fraction", HIGHER, "the task's own scorer (partial credit)"),
+    "accuracy": _m(
+        "fraction", HIGHER, "answered right: exact match of the first line, or dataset.scorer", True
+    ),
+    "task_score": _m("fraction", HIGHER, "mean of the task's own scorer (partial credit)"),
     "n_eval": _m("count", None, "eval items scored"),
     "generated_tokens": _m("count", None, "tokens generated over the eval items"),
     "eval_loss": _m("nats/token", LOWER, "answer-token loss on the eval items", True),
@@ -98,7 +100,13 @@ METRICS: dict[str, Metric] = {
     "mfu": _m("fraction", HIGHER, "train_tflops over the GPU's dense peak"),
     # what was trained
     "steps": _m("count", None, "optimizer steps taken"),
+    "effective_batch": _m("count", None, "examples per optimizer step (batch x grad_accum)"),
+    "train_examples": _m("count", None, "examples in the train split"),
+    "dataset_tokens": _m("count", None, "tokens in the train split (after truncation)"),
+    "epochs_covered": _m("count", None, "passes over the train split the steps made"),
     "tokens_seen": _m("count", None, "non-padding tokens trained on"),
+    "max_seq_len": _m("count", None, "tokens per example, at most (train.max_seq_len=0: p99)"),
+    "truncated_examples": _m("count", LOWER, "train examples cut to max_seq_len"),
     "trainable_params": _m("count", LOWER, "parameters with gradients"),
     "total_params": _m("count", None, "parameters of the model (4-bit counted unpacked)"),
     "trainable_pct": _m("fraction", None, "trainable over total, in percent"),

@@ -51,18 +51,19 @@ from omegaconf import OmegaConf
 from sweep import recipe
 from sweep.arch import (
     Arch,
+    Shape,
     arch_for_model,
     linear_params,
     other_params,
     total_params,
+    trainable_shapes,
     trainable_tensors,
 )
 from sweep.config import CONF_DIR, method_config, resolve_precision
 from sweep.recipe import Recipe
-from sweep.schema import Config, GpuClass
+from sweep.schema import AUTO_MAX_LEN, Config, GpuClass
 
 GIB = 1024**3
-OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
 ATTENTIONS = ("sdpa", "eager")
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes 4-bit default)
 DQ_BLOCK = 256  # absmaxes per second-level fp32 constant (double quantization)
@@ -82,6 +83,7 @@ class Settings:
     optimizer: str = "auto"  # auto: as a trial on CUDA (sweep.recipe.optimizer)
     target_modules: Any = None  # None: conf/method/lora.yaml's (all-linear); or [q_proj, v_proj]
     double_quant: bool | None = None  # None: conf/method/qlora.yaml's (true)
+    base_dtype: str = "auto"  # LoRA's frozen base: auto (16-bit under *-mixed) | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa (flash / memory-efficient: no probabilities kept) | eager
     padded: bool = True  # a batch with padding: SDPA then keeps an additive mask in every block
@@ -99,12 +101,12 @@ class Settings:
 
 
 def weight_bytes(arch: Arch, rec: Recipe) -> float:
-    """Base weights at the precision's bytes (QLoRA: NF4 linears), plus fp32 LoRA adapters."""
+    """Base weights in the recipe's base dtype (QLoRA: NF4 linears), plus fp32 LoRA adapters."""
     adapters = 0 if rec.kind == "full" else 4 * sum(trainable_tensors(arch, rec))
     if rec.kind == "qlora":
         nf4 = nf4_bytes(linear_params(arch), rec.double_quant)
         return nf4 + 4 * other_params(arch) + adapters
-    return param_bytes(rec.precision) * total_params(arch) + adapters
+    return DTYPE_BYTES[rec.base_dtype] * total_params(arch) + adapters
 
 
 def nf4_bytes(n: int, double_quant: bool = True) -> float:
@@ -114,22 +116,32 @@ def nf4_bytes(n: int, double_quant: bool = True) -> float:
     return n / 2 + constants
 
 
-def param_bytes(mode: str) -> int:
-    """Bytes per base weight: bf16 keeps 2; fp32 and the *-mixed modes keep fp32 weights."""
-    return 2 if mode == "bf16" else 4
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def trainable_bytes(rec: Recipe) -> int:
     """Bytes per trainable parameter (and per gradient): adapters are always fp32."""
-    return param_bytes(rec.precision) if rec.kind == "full" else 4
+    return DTYPE_BYTES[rec.trainable_dtype]
 
 
-def optimizer_bytes(tensors: list[int], optimizer: str, dtype_bytes: int) -> tuple[float, float]:
-    """(states, step buffer) of AdamW over these trainable tensors."""
+def optimizer_bytes(shapes: list[Shape], optimizer: str, dtype_bytes: int) -> tuple[float, float]:
+    """(states, step buffer) of the optimizer over these trainable tensors.
+
+    AdamW keeps two states per weight in the weight's dtype; torch's foreach AdamW
+    (adamw_torch) also allocates a parameter-sized buffer during the step, the fused one and
+    bitsandbytes' do not. bitsandbytes 8-bit: two uint8 states + blockwise absmax
+    (`adam8_state_bytes`); its paged 32-bit: two fp32 states (paged to host memory only under
+    pressure). Adafactor (transformers', beta1 None): fp32 row and column second-moment factors
+    per matrix, a full fp32 one per vector; during the step about two temporaries the size of
+    the largest tensor (it updates one tensor at a time)."""
+    n = sum(math.prod(s) for s in shapes)
     if optimizer.endswith("adamw_8bit"):
-        states = sum(adam8_state_bytes(n) for n in tensors)
-        return states, 0.0
-    n = sum(tensors)
+        return sum(adam8_state_bytes(math.prod(s)) for s in shapes), 0.0
+    if optimizer == "paged_adamw_32bit":
+        return 2 * 4 * n, 0.0
+    if optimizer == "adafactor":
+        states = sum(4 * (sum(s[:-1]) + s[-1]) if len(s) > 1 else 4 * s[0] for s in shapes)
+        return states, 2 * 4 * max((math.prod(s) for s in shapes), default=0)
     step = dtype_bytes * n if optimizer == "adamw_torch" else 0.0  # foreach: sqrt(v) buffer
     return 2 * dtype_bytes * n, step
 
@@ -216,6 +228,8 @@ def weight_copy_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
     """
     if not rec.precision.endswith("-mixed"):
         return 0.0
+    if rec.kind == "lora" and DTYPE_BYTES[rec.base_dtype] == 2:  # 16-bit base: nothing to cast
+        return 2 * sum(trainable_tensors(arch, rec))
     lm_head = arch.vocab * arch.hidden
     if rec.kind == "full":
         return 2 * (lm_head + linear_params(arch))
@@ -232,8 +246,8 @@ def loss_bytes(arch: Arch, s: Settings) -> float:
 
 
 def residual_bytes(rec: Recipe) -> int:
-    """The residual stream (what checkpointing keeps per block): fp32 unless bf16 weights."""
-    return 2 if rec.precision == "bf16" and rec.kind != "qlora" else 4
+    """The residual stream (what checkpointing keeps per block): fp32 unless 16-bit weights."""
+    return 2 if rec.kind != "qlora" and DTYPE_BYTES.get(rec.base_dtype) == 2 else 4
 
 
 # ---------------------------------------------------------------- the plan
@@ -245,6 +259,7 @@ class Row:
 
     approach: str
     rank: int | None
+    base: str  # dtype of the base weights (precision by role; QLoRA: nf4)
     optimizer: str
     trainable_params: int
     weights_gib: float
@@ -263,7 +278,7 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
     dtype_bytes = trainable_bytes(rec)
     weights = weight_bytes(arch, rec)
     grads = dtype_bytes * sum(tensors)
-    states, step = optimizer_bytes(tensors, rec.optimizer, dtype_bytes)
+    states, step = optimizer_bytes(trainable_shapes(arch, rec), rec.optimizer, dtype_bytes)
     acts = activation_bytes(arch, s, rec)
     early = early_grads(arch, rec, grads, dtype_bytes)
     allocated = weights + states + max(acts + early, grads + step)
@@ -272,6 +287,7 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
     return Row(
         approach=rec.kind,
         rank=None if rec.kind == "full" else rec.r,
+        base=rec.base_dtype,
         optimizer=rec.optimizer,
         trainable_params=sum(tensors),
         weights_gib=weights / GIB,
@@ -302,7 +318,7 @@ def plan_recipes(s: Settings) -> list[Recipe]:
             m.target_modules = s.target_modules
         if m.quant is not None and s.double_quant is not None:
             m.quant.double_quant = s.double_quant
-        rec = recipe.of_method(m, s.precision, cuda=True)
+        rec = recipe.of_method(m, s.precision, cuda=True, base_choice=s.base_dtype)
         recipe.require_targets(rec, m.target_modules)
         return rec if s.optimizer == "auto" else replace(rec, optimizer=s.optimizer)
 
@@ -328,9 +344,11 @@ def trial_settings(cfg: Config, cuda: bool, seq_len: int | None = None) -> Setti
     t = cfg.train
     return Settings(
         batch_size=t.batch_size,
-        seq_len=seq_len or t.max_seq_len,
+        seq_len=seq_len or t.max_seq_len or AUTO_MAX_LEN,  # 0 (auto): at most the cap
         precision=t.precision,
         gradient_checkpointing=t.gradient_checkpointing,
+        attention="eager" if cfg.model.attn_implementation == "eager" else "sdpa",
+        padded=cfg.model.attn_implementation != "flash_attention_2",  # flash: no mask kept
         cuda_context_gib=Settings.cuda_context_gib if cuda else 0.0,
     )
 

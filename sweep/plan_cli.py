@@ -17,8 +17,8 @@ import pandas as pd
 import yaml
 
 from sweep.arch import Arch, load_arch, model_options, total_params
-from sweep.config import PRECISIONS, ConfigError, require
-from sweep.plan import ATTENTIONS, OPTIMIZERS, Settings, load_gpus, plan, plan_recipes
+from sweep.config import BASE_DTYPES, OPTIMIZERS, PRECISIONS, ConfigError, require
+from sweep.plan import ATTENTIONS, Settings, load_gpus, plan, plan_recipes
 from sweep.recipe import LINEARS
 
 ALIASES = {"max_seq_len": "seq_len", "r": "qlora_rank"}
@@ -56,6 +56,7 @@ def check_settings(s: Settings) -> None:
     require(_count(s.qlora_rank), "qlora_rank", "an integer >= 1", s.qlora_rank)
     require(s.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", s.precision)
     require(s.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", s.optimizer)
+    require(s.base_dtype in BASE_DTYPES, "base_dtype", f"one of {BASE_DTYPES}", s.base_dtype)
     require(s.attention in ATTENTIONS, "attention", f"one of {ATTENTIONS}", s.attention)
     ll = s.logits_len
     require(isinstance(ll, int) and ll >= 0, "logits_len", "an integer >= 0 (0: seq_len)", ll)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from sweep import data, models
+from sweep import budget, data, models
+from sweep.arch import check_hub_model
 from sweep.config import ConfigError
 from sweep.cpus import CPUS_ENV, parse_cpus
 from sweep.schema import Config
@@ -25,10 +26,21 @@ def preflight(cfg: Config) -> None:
     if cfg.model.source == "packaged":
         models.packaged_file(cfg.model)
     elif cfg.model.source == "hf":
-        models.resolve(cfg.model, cfg.cache_dir)  # a local path must hold safetensors weights
+        path = models.resolve(cfg.model, cfg.cache_dir)  # a local path must hold safetensors
+        if not os.path.isdir(path):
+            check_hub_model(path)  # a hub id: cached, or the hub answers
+    check_attention(cfg.model.attn_implementation)
+    if cfg.train.optimizer.startswith("paged_"):
+        from sweep.child import gpu_present
+
+        if not gpu_present():
+            warn(
+                f"train.optimizer={cfg.train.optimizer}: paging needs CUDA; bitsandbytes runs "
+                "it unpaged here (the same states, kept in memory)"
+            )
     if cfg.method.quant is not None and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("method=qlora needs bitsandbytes (make install adds it)")
-    n_train = cfg.train.steps * cfg.train.batch_size
+    n_train = budget.examples_needed(cfg.train)
     task = data.load_task(cfg.dataset, n_train, cfg.eval.size)
     if not task.train:
         raise ConfigError(f"dataset {cfg.dataset.name}: no train examples")
@@ -43,6 +55,21 @@ def preflight(cfg: Config) -> None:
         warn(
             f"eval.size={cfg.eval.size}: the dataset gives only {len(task.eval)} held-out items "
             f"apart from the train set; scoring {len(task.eval)}"
+        )
+
+
+def check_attention(attn: str) -> None:
+    """flash_attention_2 only where flash-attn is installed and a GPU is present."""
+    if attn != "flash_attention_2":
+        return
+    from sweep.child import gpu_present
+
+    if importlib.util.find_spec("flash_attn") is None or not gpu_present():
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and an "
+            "NVIDIA GPU (pip install flash-attn with your CUDA torch); here: "
+            + ("no flash-attn" if importlib.util.find_spec("flash_attn") is None else "no GPU")
+            + "; use sdpa (the default) or eager"
         )
 
 

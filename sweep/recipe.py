@@ -34,6 +34,8 @@ class Recipe:
     double_quant: bool  # 4-bit base only: quantized quantization constants
     optimizer: str  # transformers' `optim` name
     precision: str  # resolved train.precision (never "auto")
+    base_dtype: str = "fp32"  # the frozen (LoRA) or all (full) base weights: fp32 bf16 fp16 nf4 fp4
+    trainable_dtype: str = "fp32"  # the trained weights and their optimizer master copies
 
     @property
     def kind(self) -> str:
@@ -55,23 +57,52 @@ def targets(target_modules: Any) -> tuple[str, ...]:
     return tuple(n for n in LINEARS if n in names or any(p.endswith("." + n) for p in names))
 
 
-def optimizer(method: MethodConfig, cuda: bool) -> str:
-    """AdamW everywhere; the QLoRA recipe's paged 8-bit AdamW for a 4-bit base on CUDA."""
-    return "paged_adamw_8bit" if method.quant is not None and cuda else "adamw_torch"
+def optimizer(choice: str, cuda: bool) -> str:
+    """train.optimizer, one for every approach: "auto" is torch's fused AdamW on CUDA and its
+    foreach AdamW on CPU; the QLoRA paper's paged 8-bit AdamW is an explicit choice."""
+    if choice != "auto":
+        return choice
+    return "adamw_torch_fused" if cuda else "adamw_torch"
 
 
-def of_method(method: MethodConfig, precision: str, cuda: bool) -> Recipe:
+def dtypes(method: MethodConfig, precision: str, base_choice: str = "auto") -> tuple[str, str]:
+    """(base, trainable) weight dtypes: precision by role. Full FT: every weight trains, in
+    fp32 (master copies under *-mixed autocast) or bf16 for pure bf16. LoRA: the frozen base in
+    the 16-bit compute dtype under *-mixed (train.base_dtype=auto), else as the precision, and
+    fp32 adapters (PEFT upcasts them). QLoRA: a 4-bit base and fp32 adapters."""
+    weights = "bf16" if precision == "bf16" else "fp32"
+    if method.name == "full":
+        return weights, weights
+    if method.quant is not None:
+        return method.quant.type, "fp32"
+    if base_choice != "auto":
+        return base_choice, "fp32"
+    sixteen = {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}
+    return sixteen.get(precision, weights), "fp32"
+
+
+def of_method(
+    method: MethodConfig,
+    precision: str,
+    cuda: bool,
+    optimizer_choice: str = "auto",
+    base_choice: str = "auto",
+) -> Recipe:
     """The recipe of a method config; precision "auto" resolves as on `cuda` (bf16 assumed)."""
     adapters = method.name != "full"
     q = method.quant
+    resolved = resolve_precision(precision, cuda_bf16=cuda)
+    base, trainable = dtypes(method, resolved, base_choice)
     return Recipe(
         method=method.name,
         r=method.r if adapters else 0,
         targets=targets(method.target_modules) if adapters else (),
         quant_type=q.type if q else None,
         double_quant=bool(q and q.double_quant),
-        optimizer=optimizer(method, cuda),
-        precision=resolve_precision(precision, cuda_bf16=cuda),
+        optimizer=optimizer(optimizer_choice, cuda),
+        precision=resolved,
+        base_dtype=base,
+        trainable_dtype=trainable,
     )
 
 
@@ -81,7 +112,8 @@ def of(cfg: Config, cuda: bool | None = None) -> Recipe:
         import torch
 
         cuda = torch.cuda.is_available()
-    return of_method(cfg.method, cfg.train.precision, cuda)
+    t = cfg.train
+    return of_method(cfg.method, t.precision, cuda, t.optimizer, t.base_dtype)
 
 
 def require_targets(recipe: Recipe, target_modules: Sequence[str] | str) -> None:

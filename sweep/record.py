@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sweep import recipe
 from sweep.config import as_dict, config_hash
 from sweep.schema import Config
 
@@ -94,7 +95,7 @@ def label(cfg: Config) -> str:
 
 
 def run_info(cfg: Config) -> dict[str, Any]:
-    m = cfg.method
+    m, rec = cfg.method, recipe.of(cfg)
     return {
         "label": label(cfg),
         "experiment": cfg.experiment,
@@ -106,6 +107,11 @@ def run_info(cfg: Config) -> dict[str, Any]:
         "lr": m.lr,
         "quant": f"{m.quant.type}-{m.quant.bits}bit" if m.quant else None,
         "precision": cfg.train.precision,
+        "optimizer": rec.optimizer,
+        "base_dtype": rec.base_dtype,
+        "trainable_dtype": rec.trainable_dtype,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "attention": cfg.model.attn_implementation,
         "seed": cfg.train.seed,
         "config_hash": config_hash(cfg),
         "config": as_dict(cfg),

@@ -39,6 +39,7 @@ class ModelConfig:
     source: str = "packaged"
     name_or_path: str | None = None
     trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"
     tiny: TinyConfig = field(default_factory=TinyConfig)
     arch: ArchConfig | None = None
 
@@ -78,18 +79,30 @@ class DatasetConfig:
     split: str = "train"
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    messages_field: str = "messages"  # a row with this list is a chat (sweep/data.py)
+    eval_split: str | None = None  # hub: the split scored; null: held out from `split`
+    scorer: str = "exact"  # exact | numeric | regex | gsm8k | choice | mypkg.mod:fn
+    answer_regex: str | None = None  # scorer=regex: a pattern with one group
+    max_new_tokens: int | None = None  # generation budget; null: eval.max_new_tokens
     seed: int = 1234
     system_prompt: str | None = None
+
+
+AUTO_MAX_LEN = 2048  # train.max_seq_len=0: the 99th percentile of the train lengths, at most this
 
 
 @dataclass
 class TrainConfig:
     steps: int = 60
+    epochs: float = 0.0
     batch_size: int = 8
-    max_seq_len: int = 64
+    grad_accum: int = 1
+    max_seq_len: int = 0  # 0: auto, from the train data (sweep.data.encode_train)
     weight_decay: float = 0.0
     warmup_steps: int = 5
     precision: str = "auto"
+    optimizer: str = "auto"
+    base_dtype: str = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
     measure_warmup_steps: int = 2

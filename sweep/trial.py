@@ -11,6 +11,7 @@ so a sweep can record it and go on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,11 +26,12 @@ from typing import Any
 import psutil
 import torch
 
-from sweep import data, evaluate, ledger, measure, methods, models, plan, recipe, record
+from sweep import budget, data, evaluate, ledger, measure, methods, models, plan, recipe, record
 from sweep.arch import arch_for_model, train_flops_per_token
 from sweep.config import ConfigError, as_dict, to_config
+from sweep.preflight import warn
 from sweep.record import TrialResult, run_info
-from sweep.schema import Config
+from sweep.schema import AUTO_MAX_LEN, Config
 from sweep.train import train
 
 # Called with (step, eval loss) during training; returns True to stop (the pruner's verdict).
@@ -95,7 +97,7 @@ def base_eval(
 
         def score() -> dict[str, Any]:
             acc = evaluate.loss_and_accuracy(
-                model, tok, task, t.max_seq_len, e.max_new_tokens, e.batch_size,
+                model, tok, task, t.max_seq_len, new_tokens(cfg), e.batch_size,
                 cfg.dataset.system_prompt,
             )  # fmt: skip
             keys = ("accuracy", "task_score", "eval_loss", "items")
@@ -107,6 +109,28 @@ def base_eval(
         retention, lambda: evaluate.passage_losses(model, passages, e.batch_size)
     )
     return out
+
+
+def new_tokens(cfg: Config) -> int:
+    """The generation budget per eval answer: the dataset's own, else eval.max_new_tokens."""
+    return cfg.dataset.max_new_tokens or cfg.eval.max_new_tokens
+
+
+def sized_rows(cfg: Config, tok: Any, task: data.Task) -> tuple[Config, data.Encoded]:
+    """The train rows at train.max_seq_len (0: sized from the data; the config returned holds
+    the length used, for evaluation and the planner); warns when an example is cut."""
+    t = cfg.train
+    enc = data.encode_train(tok, task.train, t.max_seq_len, cfg.dataset.system_prompt)
+    if enc.truncated:
+        auto = f" (auto: the 99th percentile, at most {AUTO_MAX_LEN})" if not t.max_seq_len else ""
+        warn(
+            f"train.max_seq_len={t.max_seq_len}{auto}: {enc.truncated} of {len(enc.rows)} train "
+            f"examples are longer (up to {enc.longest} tokens) and lose the start of their "
+            f"prompt; raise it{'' if auto else ', or 0 sizes it from the data'}"
+        )
+    if enc.max_len != t.max_seq_len:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, max_seq_len=enc.max_len))
+    return cfg, enc
 
 
 def write_items(path: Path, items: list[dict[str, Any]]) -> None:
@@ -222,13 +246,19 @@ def run_trial(
             tok = models.load_tokenizer(path, cfg.model.trust_remote_code)
             model = models.load_model(
                 path,
-                methods.dtype_for(t.precision),
+                methods.load_dtype(recipe.of(cfg)),
                 cfg.model.trust_remote_code,
+                attn_implementation=cfg.model.attn_implementation,
                 **methods.load_kwargs(cfg.method, t.precision),
             )
         with meter.phase("data"):
-            task = data.load_task(cfg.dataset, t.steps * t.batch_size, e.size, e.select_size)
-            rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
+            n_train = budget.examples_needed(t)
+            task = data.load_task(cfg.dataset, n_train, e.size, e.select_size)
+            cfg, enc = sized_rows(cfg, tok, task)
+            t, rows = cfg.train, enc.rows
+            t.steps = budget.resolve_steps(t, len(rows))  # train.epochs: from the split's size
+            metrics.update(budget.metrics(t, rows))
+            metrics.update(max_seq_len=enc.max_len, truncated_examples=enc.truncated)
             passages = data.retention_passages(tok, e.retention_size, e.retention_tokens)
         retention: dict[str, list[float]] = {}
         if e.base or passages:
@@ -286,7 +316,7 @@ def run_trial(
             with meter.phase("eval"):
                 model, metrics["eval_merged"] = methods.merged_for_eval(model)
                 acc = evaluate.loss_and_accuracy(
-                    model, tok, task, t.max_seq_len, e.max_new_tokens, e.batch_size, sp
+                    model, tok, task, t.max_seq_len, new_tokens(cfg), e.batch_size, sp
                 )
                 if task.select:
                     metrics["select_loss"] = evaluate.eval_loss(
@@ -344,10 +374,12 @@ def summary(result: TrialResult) -> str:
         v = m.get(key)
         return "-" if v is None else fmt.format(v)
 
+    scorer = (r.get("config") or {}).get("dataset", {}).get("scorer", "exact")
+    right = "exact match" if scorer == "exact" else f"right by {scorer}"
     lines = [
         f"trial      {r.get('label')}  model={r.get('model')}  task={r.get('dataset')}  "
         f"precision={r.get('precision')}  status={result.status}",
-        f"accuracy   {f('accuracy', '{:.1%}')} exact match on {f('n_eval', '{}')} items, task score "
+        f"accuracy   {f('accuracy', '{:.1%}')} {right} on {f('n_eval', '{}')} items, task score "
         f"{f('task_score', '{:.1%}')}  (untuned base {f('base_accuracy', '{:.1%}')})"
         f"  eval loss {f('eval_loss', '{:.3f}')}",
         f"retention  general-text loss {f('retention_loss_before', '{:.3f}')} -> "

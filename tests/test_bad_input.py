@@ -20,19 +20,94 @@ def _error(capsys, *argv: str) -> str:
     ("override", "expected"),
     [
         ("method.alpha=-1", "method.alpha=-1.0 is not allowed; expected null (2*r) or > 0"),
-        ("train.max_seq_len=4", "train.max_seq_len=4 is not allowed; expected 8..32768"),
+        (
+            "train.max_seq_len=4",
+            "train.max_seq_len=4 is not allowed; expected 0 (auto: from the train data) or 8..32768",
+        ),
         ("method.dropout=1.5", "method.dropout=1.5 is not allowed"),
         ("eval.size=0", "eval.size=0 is not allowed"),
         (
             "sweep.kind=random",
             "sweep.kind='random' is not allowed; expected one of ('grid', 'search')",
         ),
-        ("dataset=nosuch", "dataset=nosuch: no such option; allowed: chain_sum, file, hub"),
+        ("dataset=nosuch", "dataset=nosuch: no such option; allowed: chain_sum, file, gsm8k, hub"),
         ("method=ful", "method=ful: no such option (did you mean full?)"),
     ],
 )
 def test_out_of_range_and_unknown_values(capsys, override, expected):
     assert expected in _error(capsys, "check", override)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["dataset=gsm8k", "dataset.scorer=gsm8kk"],
+            "error: dataset.scorer='gsm8kk' is not allowed; expected one of ('exact', 'numeric', "
+            "'regex', 'gsm8k', 'choice') or a function path (mypkg.mod:fn)",
+        ),
+        (
+            ["dataset.scorer=numeric"],
+            "error: dataset.scorer='numeric' is not allowed; expected exact for a reasoning-gym "
+            "task (task_score is the task's own scorer)",
+        ),
+        (
+            ["dataset=hub", "dataset.path=a/b", "dataset.scorer=regex"],
+            "error: dataset.answer_regex=None is not allowed; expected a regular expression with "
+            "one group for dataset.scorer=regex, e.g. 'answer: (\\S+)'",
+        ),
+        (
+            ["dataset=hub", "dataset.path=a/b", "dataset.scorer=regex", "dataset.answer_regex=a+"],
+            "error: dataset.answer_regex='a+' is not allowed; expected a regular expression with "
+            "one group",
+        ),
+        (
+            ["dataset=gsm8k", "dataset.eval_split=train"],
+            "error: dataset.eval_split='train' is not allowed; expected a split other than "
+            "dataset.split (train) or null",
+        ),
+        (
+            ["dataset=gsm8k", "dataset.max_new_tokens=0"],
+            "error: dataset.max_new_tokens=0 is not allowed; expected null (eval.max_new_tokens) "
+            "or an integer >= 1",
+        ),
+    ],
+)
+def test_bad_scoring_and_split_settings(capsys, overrides, expected):
+    assert _error(capsys, "check", *overrides).startswith(expected)
+
+
+def test_eval_split_is_for_hub_datasets(capsys, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": "4"}\n')
+    err = _error(capsys, "check", "dataset=file", f"dataset.path={rows}", "dataset.eval_split=test")
+    assert err == (
+        "error: dataset.eval_split='test' is not allowed; expected null unless dataset.source=hub"
+    )
+
+
+def test_a_malformed_chat_row_fails_the_sweep_up_front(tmp_path, capsys):
+    bad = tmp_path / "chat.jsonl"
+    good = (
+        '{"messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]}'
+    )
+    bad.write_text(good + '\n{"messages": [{"role": "user", "content": "2+2"}]}\n')
+    err = _error(capsys, "run", "sweep=smoke", "dataset=file", f"dataset.path={bad}")
+    assert err == f"error: {bad}:2: 'messages' has no assistant turn (the last one is the answer)"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_scorer_that_does_not_import_fails_the_sweep_up_front(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": "4"}\n')
+    err = _error(
+        capsys, "run", "sweep=smoke", "dataset=file", f"dataset.path={rows}",
+        "dataset.scorer=mypkg.scoring:score",
+    )  # fmt: skip
+    assert err.startswith(
+        "error: dataset.scorer='mypkg.scoring:score' does not import (ModuleNotFoundError: "
+    )
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_sweep_with_bad_trial_value_fails_before_any_trial(capsys, tmp_path):
@@ -110,3 +185,33 @@ def test_a_local_model_path_that_does_not_exist_fails_in_preflight(tmp_path):
         cfg = compose(["model=hf", f"model.name_or_path='{name}'", "model.name=mine"])
         with pytest.raises(ConfigError, match="no such local directory, and not a hub id"):
             preflight(cfg)
+
+
+def test_attention_kernel_is_checked_before_anything_loads():
+    from sweep.preflight import check_attention
+
+    with pytest.raises(ConfigError, match="model.attn_implementation='flash' is not allowed"):
+        compose(["model.attn_implementation=flash"])
+    check_attention("eager")  # always available
+    from sweep.child import gpu_present
+
+    if importlib.util.find_spec("flash_attn") is None or not gpu_present():
+        with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
+            check_attention("flash_attention_2")
+
+
+def test_a_hub_id_offline_and_not_cached_fails_in_preflight(monkeypatch):
+    from sweep import arch
+    from sweep.preflight import preflight
+
+    def no_network(*args, **kwargs):
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(arch.socket, "create_connection", no_network)
+    cfg = compose(["model=hf", "model.name_or_path=some-org/not-cached-model", "model.name=x"])
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert str(err.value).startswith(
+        "model.name_or_path='some-org/not-cached-model': not in the Hugging Face cache and no "
+        "network: cannot reach"
+    )

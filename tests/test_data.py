@@ -2,6 +2,7 @@ import pytest
 
 from sweep import data, models
 from sweep.config import ConfigError, compose
+from sweep.schema import AUTO_MAX_LEN
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,194 @@ def test_any_reasoning_gym_task_by_name_starts_from_its_own_defaults():
         "dataset.task_args.letter_counting.digits: not an argument of reasoning-gym "
         "letter_counting; its arguments: min_words, max_words"
     )
+
+
+# ---- chat rows (a `messages` list) ------------------------------------------------------------
+
+
+def _chat(*turns, **extra):
+    return {"messages": [{"role": r, "content": c} for r, c in turns], **extra}
+
+
+CONVERSATION = _chat(
+    ("system", "Be brief."),
+    ("user", "Capital of France?"),
+    ("assistant", "Paris"),
+    ("user", "And of Italy?"),
+    ("assistant", "Rome"),
+)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _labelled(tok, row):
+    """The labelled tokens as text, one string per run of labelled tokens."""
+    runs, run = [], []
+    for i, lab in zip(row["input_ids"], row["labels"]):
+        if lab != data.IGNORE:
+            assert lab == i
+            run.append(i)
+        elif run:
+            runs, run = runs + [run], []
+    return [tok.decode(r) for r in runs + ([run] if run else [])]
+
+
+def test_a_chat_row_is_detected_and_split_at_its_last_assistant_turn(tmp_path):
+    p = _write_jsonl(tmp_path / "chat.jsonl", [CONVERSATION] * 2 + [{"prompt": "q", "answer": "a"}])
+    rows = data._read_file(p, _file_cfg(p), data.scorers.get("exact"))
+    ex = rows[0]
+    assert ex.answer == "Rome" and [t["role"] for t in ex.turns] == [
+        "system", "user", "assistant", "user",
+    ]  # fmt: skip
+    assert ex.prompt.endswith("user: And of Italy?")
+    assert rows[2].turns is None and rows[2].answer == "a"  # plain rows in the same file
+
+
+def test_chat_rows_train_on_every_assistant_turn_and_evaluate_the_last(tok, tmp_path):
+    p = _write_jsonl(tmp_path / "chat.jsonl", [CONVERSATION])
+    (ex,) = data._read_file(p, _file_cfg(p), data.scorers.get("exact"))
+    row = data.encode(tok, ex, 512, "ignored: the row has its own")
+    text = tok.decode(row["input_ids"])
+    assert text.count("Be brief.") == 1 and "ignored" not in text
+    # loss only on the assistant turns (each with its end-of-turn), nothing else
+    assert _labelled(tok, row) == ["Paris<|im_end|>\n", "Rome<|im_end|>\n"]
+    last = data.encode(tok, ex, 512, None, every_turn=False)  # eval loss: the answer only
+    assert last["input_ids"] == row["input_ids"]
+    assert _labelled(tok, last) == ["Rome<|im_end|>\n"]
+    prompt = tok.decode(data.prompt_ids(tok, ex, None))  # eval prompt: up to the last answer
+    assert prompt == text[: text.rindex("Rome")] and "Paris" in prompt
+
+
+def test_a_chat_row_without_a_system_turn_gets_the_dataset_system_prompt(tok):
+    ex = data.Example("u", "Rome", turns=[{"role": "user", "content": "Capital of Italy?"}])
+    text = tok.decode(data.prompt_ids(tok, ex, "Be brief."))
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert text == tok.decode(data.prompt_ids(tok, "Capital of Italy?", "Be brief."))
+
+
+def test_an_earlier_turn_the_template_renders_differently_is_context_only(tok):
+    """A template that shortens earlier assistant turns (as some drop earlier reasoning): the
+    earlier turn's tokens in the long chat are not what the model would generate, so no loss."""
+    from transformers import PreTrainedTokenizerFast
+
+    short = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, **{
+        k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+    })  # fmt: skip
+    short.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}...{% else %}{{ m['content'] }}"
+        "{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    turns = [dict(role=r, content=c) for r, c in CONVERSATION["messages"][:4]]
+    ex = data.Example("x", "Rome", turns=turns)
+    assert _labelled(short, data.encode(short, ex, 512, None)) == ["Rome<|im_end|>\n"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([("user", "hi")], "'messages' has no assistant turn (the last one is the answer)"),
+        ([("user", "hi"), ("bot", "yo")], "messages[1] has role 'bot'; allowed: system, user, assistant"),
+        ([("system", "s"), ("assistant", "yo")], "'messages' has no user turn before its last assistant turn"),
+        ([("user", "hi"), ("assistant", " ")], "messages[1] (the last assistant turn) is empty"),
+    ],
+)  # fmt: skip
+def test_a_malformed_chat_row_is_named_with_its_line(tmp_path, messages, problem):
+    p = _write_jsonl(tmp_path / "bad.jsonl", [CONVERSATION, _chat(*messages)])
+    with pytest.raises(ConfigError) as err:
+        data.load_task(_file_cfg(p), 10, 2)
+    assert str(err.value) == f"{p}:2: {problem}"
+
+
+def test_chat_content_must_be_text(tmp_path):
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    p = _write_jsonl(tmp_path / "bad.jsonl", [row])
+    with pytest.raises(
+        ConfigError, match=r"bad.jsonl:1: messages\[0\] \(user\) has no text 'content'"
+    ):
+        data.load_task(_file_cfg(p), 10, 2)
+
+
+# ---- hub datasets with their own eval split ---------------------------------------------------
+
+
+def _fake_hub(monkeypatch, splits):
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        if split not in splits:
+            raise ValueError(f'Unknown split "{split}". Should be one of {list(splits)}.')
+        return datasets.Dataset.from_list(splits[split])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def _qa(prefix, n):
+    return [{"question": f"{prefix} {i}?", "answer": f"#### {i}"} for i in range(n)]
+
+
+def test_a_hub_eval_split_is_what_is_scored(monkeypatch):
+    calls = _fake_hub(monkeypatch, {"train": _qa("train", 20), "test": _qa("test", 30)})
+    cfg = compose(["dataset=gsm8k"]).dataset
+    task = data.load_task(cfg, 100, 25, n_select=3)
+    assert ("openai/gsm8k", "main", "train") in calls and ("openai/gsm8k", "main", "test") in calls
+    assert len(task.eval) == 25 and all(e.prompt.startswith("test") for e in task.eval)
+    assert len(task.train) == 17 and all(e.prompt.startswith("train") for e in task.train)
+    assert len(task.select) == 3 and all(e.prompt.startswith("train") for e in task.select)
+    assert task.whole_text and task.score("so #### 7", task.eval[0]) == float(
+        task.eval[0].answer == "#### 7"
+    )
+    again = data.load_task(cfg, 100, 25, n_select=3)
+    assert [e.prompt for e in again.eval] == [e.prompt for e in task.eval]
+
+
+def test_without_an_eval_split_a_hub_dataset_holds_out_part_of_train(monkeypatch):
+    calls = _fake_hub(monkeypatch, {"train": _qa("train", 20)})
+    cfg = compose(["dataset=hub", "dataset.path=some/set"]).dataset
+    task = data.load_task(cfg, 100, 10)
+    assert [c[2] for c in calls] == ["train"]
+    assert len(task.eval) == 4 and len(task.train) == 16  # a fifth held out
+
+
+def test_an_eval_split_the_dataset_lacks_is_one_line(monkeypatch):
+    _fake_hub(monkeypatch, {"train": _qa("train", 5)})
+    cfg = compose(["dataset=gsm8k", "dataset.eval_split=tset"]).dataset
+    with pytest.raises(ConfigError) as err:
+        data.load_task(cfg, 10, 2)
+    assert str(err.value).startswith("dataset.eval_split='tset': openai/gsm8k: Unknown split")
+
+
+# ---- train.max_seq_len=0: sized from the data -------------------------------------------------
+
+
+def test_auto_max_len_is_the_99th_percentile_capped():
+    assert data.auto_max_len(list(range(1, 201))) == 198  # nearest rank: the 198th of 200
+    assert data.auto_max_len([50] * 99 + [5000]) == 50
+    assert data.auto_max_len([3000] * 10) == AUTO_MAX_LEN == 2048
+    assert data.auto_max_len([3]) == 8
+
+
+def test_encode_train_sizes_from_the_data_and_counts_what_it_cuts(tok):
+    examples = [data.Example("1+1", "2")] * 99 + [data.Example("x" * 300, "42")]
+    full = len(data.encode(tok, examples[0], 10_000, None)["input_ids"])
+    auto = data.encode_train(tok, examples, 0, None)
+    assert auto.max_len == full and auto.truncated == 1 and auto.longest > 300
+    assert all(len(r["input_ids"]) <= full for r in auto.rows)
+    assert auto.rows[-1] == data.encode(tok, examples[-1], full, None)  # cut as encode cuts
+    fixed = data.encode_train(tok, examples, 16, None)
+    assert fixed.max_len == 16 and fixed.truncated == 100
+    roomy = data.encode_train(tok, examples, 4096, None)
+    assert roomy.truncated == 0 and roomy.rows[0] == data.encode(tok, examples[0], 4096, None)
+
+
+def test_the_default_train_config_keeps_64_and_0_means_auto():
+    assert compose([]).train.max_seq_len == 64  # conf/train/default.yaml
+    assert compose(["train.max_seq_len=0"]).train.max_seq_len == 0

@@ -120,3 +120,72 @@ def test_a_lora_adapter_folded_in_for_evaluation_gives_the_same_answers():
         cfg.train,
     )
     assert methods.merged_for_eval(qlora)[1] is False  # folding into 4-bit weights would round
+
+
+class _Scripted(torch.nn.Module):
+    """A stand-in model whose greedy continuation is a fixed text, one token per step, stopped
+    as transformers stops it: at eos, `max_new_tokens` or when every stopping criterion says so."""
+
+    def __init__(self, tok, text):
+        super().__init__()
+        self.tok, self.weight = tok, torch.nn.Parameter(torch.zeros(1))
+        self.script = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    def generate(self, input_ids, max_new_tokens, stopping_criteria, **kw):
+        ids = input_ids
+        for token in self.script[:max_new_tokens]:
+            ids = torch.cat([ids, torch.full((len(ids), 1), token)], 1)
+            if token == self.tok.eos_token_id or (
+                stopping_criteria and all(stopping_criteria(ids, None))
+            ):
+                break
+        return ids
+
+
+@pytest.mark.parametrize(("first_line", "expected"), [(True, "72\n"), (False, "72\n#### 72")])
+def test_generation_stops_at_the_first_line_only_for_a_first_line_scorer(first_line, expected):
+    tok = models.char_tokenizer()
+    model = _Scripted(tok, "72\n#### 72")
+    prompt = data.prompt_ids(tok, "Q?", None)
+    assert evaluate.generate(model, tok, [prompt], 40, 1, first_line) == [expected]
+
+
+def _chat_file(path, n=12):
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Add."},
+                {"role": "user", "content": f"{i} + 1?"},
+                {"role": "assistant", "content": f"{i + 1}"},
+                {"role": "user", "content": f"and {i} + 2?"},
+                {"role": "assistant", "content": f"so {i} + 2 = {i + 2}"},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("scorer", ["exact", "numeric", "regex"])
+def test_one_pass_gives_the_answers_and_loss_of_two_passes_on_chat_rows(tmp_path, scorer):
+    """Chat prompts (the conversation up to the last assistant turn), eval loss on the last turn
+    only, and whole-text generation for a scorer that reads it: the same both ways."""
+    cfg = compose(
+        tiny(
+            "dataset=file",
+            f"dataset.path={_chat_file(tmp_path / 'chat.jsonl')}",
+            f"dataset.scorer={scorer}",
+            "dataset.answer_regex='= (\\d+)'",
+            "eval.size=3",
+            "eval.batch_size=2",
+            "eval.max_new_tokens=6",
+            "train.max_seq_len=160",
+        )
+    )
+    model, tok, _ = _tiny_lora(cfg)
+    separate, one_pass = _two_ways(cfg, model, tok)
+    _same(separate, one_pass)
+    task = data.load_task(cfg.dataset, 4, cfg.eval.size)
+    assert task.whole_text == (scorer == "regex")
+    assert one_pass["items"][0]["expected"].startswith("so ")  # the last assistant turn

@@ -21,7 +21,8 @@ GIB = 1024**3
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_trial_on_cuda_records_device_peaks_and_mfu(tmp_path, method):
-    cfg = compose(tiny(f"method={method}"))
+    paged = ["train.optimizer=paged_adamw_8bit"] if method == "qlora" else []  # QLoRA's recipe
+    cfg = compose(tiny(f"method={method}", *paged))
     bf16 = torch.cuda.is_bf16_supported()
     assert cfg.train.precision == ("bf16-mixed" if bf16 else "fp32")  # precision=auto
     result = run_trial(cfg, tmp_path)
@@ -38,7 +39,7 @@ def test_trial_on_cuda_records_device_peaks_and_mfu(tmp_path, method):
         assert 0 < m["mfu"] < 1
     assert m["base_4bit"] is (method == "qlora")
     if method == "qlora":
-        assert methods.optimizer_name(cfg.method) == "paged_adamw_8bit"
+        assert methods.optimizer_name(cfg.train) == "paged_adamw_8bit"
         # 8-bit states for tensors of 4096 elements or more, fp32 below: as the planner says
         plan_bytes = m["plan_optimizer_gib"] * GIB
         assert m["ledger_optimizer_bytes"] == pytest.approx(plan_bytes, rel=0.05)

@@ -77,11 +77,12 @@ def test_precision_is_one_key_for_every_method():
     assert methods.load_kwargs(compose(["method=lora"]).method, "bf16") == {}
 
 
-def test_optimizer_is_adamw_on_cpu_and_paged_8bit_for_qlora_on_cuda():
-    qlora = compose(["method=qlora"]).method
-    expected = "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
-    assert methods.optimizer_name(qlora) == expected
-    assert methods.optimizer_name(compose(["method=lora"]).method) == "adamw_torch"
+def test_one_optimizer_for_every_approach_unless_chosen():
+    expected = "adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch"
+    for method in ("full", "lora", "qlora"):
+        assert methods.optimizer_name(compose([f"method={method}"]).train) == expected
+    chosen = compose(["method=qlora", "train.optimizer=paged_adamw_8bit"]).train
+    assert methods.optimizer_name(chosen) == "paged_adamw_8bit"
 
 
 def _qlora_grads(path, evaluate_first: bool) -> torch.Tensor:

@@ -10,11 +10,12 @@ import pytest
 from sweep import arch as A
 from sweep import plan as P
 from sweep import plan_cli as cli
+from sweep import recipe
 from sweep.__main__ import main
 from sweep.arch import Arch, load_arch
 from sweep.config import CONF_DIR, ConfigError
 from sweep.recipe import LINEARS, Recipe
-from sweep.schema import GpuClass
+from sweep.schema import GpuClass, MethodConfig, QuantConfig
 
 # 10-token vocab, hidden 8, intermediate 16, 2 blocks, 2 heads of dim 4, 1 kv head, untied.
 TOY = Arch(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1)
@@ -27,8 +28,10 @@ GPUS = [
 ]
 
 
-def R(kind: str, r: int = 0, precision: str = "fp32", targets=LINEARS) -> Recipe:
+def R(kind: str, r: int = 0, precision: str = "fp32", targets=LINEARS, base: str = "auto"):
     """A recipe as sweep.recipe.of builds it on CUDA for method=<kind> method.r=<r>."""
+    method = MethodConfig(name=kind, r=r, quant=QuantConfig() if kind == "qlora" else None)
+    base_dtype, trainable_dtype = recipe.dtypes(method, precision, base)
     return Recipe(
         method=kind,
         r=0 if kind == "full" else r,
@@ -37,6 +40,8 @@ def R(kind: str, r: int = 0, precision: str = "fp32", targets=LINEARS) -> Recipe
         double_quant=kind == "qlora",
         optimizer="paged_adamw_8bit" if kind == "qlora" else "adamw_torch",
         precision=precision,
+        base_dtype=base_dtype,
+        trainable_dtype=trainable_dtype,
     )
 
 
@@ -123,15 +128,18 @@ def hf_config(arch: Arch, layers: int):
     )
 
 
-def saved_bytes(arch: Arch, layers: int, precision: str, approach: str, batch: int, seq: int):
-    """Bytes torch keeps for backward (parameters excluded), through saved-tensor hooks."""
+def saved_bytes(
+    arch: Arch, layers: int, precision: str, approach: str, batch: int, seq: int, base16=False
+):
+    """Bytes torch keeps for backward (parameters excluded), through saved-tensor hooks;
+    `base16`: a bf16 base under LoRA (the recipe's base dtype under bf16-mixed)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(hf_config(arch, layers))
-    model = model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+    model = model.to(torch.bfloat16 if precision == "bf16" or base16 else torch.float32)
     if approach == "lora":
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -153,21 +161,31 @@ def saved_bytes(arch: Arch, layers: int, precision: str, approach: str, batch: i
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
-@pytest.mark.parametrize("approach", ["full", "lora"])
-def test_block_activations_match_torch_saved_tensors(precision, approach):
+@pytest.mark.parametrize(
+    "precision, approach, base",
+    [
+        ("fp32", "full", "auto"),
+        ("bf16", "full", "auto"),
+        ("bf16-mixed", "full", "auto"),
+        ("fp32", "lora", "auto"),
+        ("bf16", "lora", "auto"),
+        ("bf16-mixed", "lora", "auto"),  # the default on a bf16 GPU: a bf16 frozen base
+        ("bf16-mixed", "lora", "fp32"),  # train.base_dtype=fp32: fp32 base, autocast copies
+    ],
+)
+def test_block_activations_match_torch_saved_tensors(precision, approach, base):
     """One more block adds exactly what layer_bytes_per_token (+ weight copies) predicts."""
     arch = Arch(vocab=50, hidden=48, intermediate=136, layers=1, heads=4, kv_heads=2)
     batch, seq = 3, 20
     s = P.Settings(batch_size=batch, seq_len=seq, precision=precision)
-    one_block = saved_bytes(arch, 3, precision, approach, batch, seq) - saved_bytes(
-        arch, 2, precision, approach, batch, seq
+    rec = R(approach, 4, precision, base=base)
+    base16 = rec.base_dtype == "bf16" and precision != "bf16"
+    one_block = saved_bytes(arch, 3, precision, approach, batch, seq, base16) - saved_bytes(
+        arch, 2, precision, approach, batch, seq, base16
     )
-    predicted = batch * seq * P.layer_bytes_per_token(arch, s, R(approach, 4, precision))
-    if precision == "bf16-mixed":  # the 16-bit weight copies of that block
-        predicted += (
-            P.weight_copy_bytes(arch, s, R(approach, 4, precision)) - 2 * arch.vocab * arch.hidden
-        )
+    predicted = batch * seq * P.layer_bytes_per_token(arch, s, rec)
+    two = Arch(vocab=50, hidden=48, intermediate=136, layers=2, heads=4, kv_heads=2)
+    predicted += P.weight_copy_bytes(two, s, rec) - P.weight_copy_bytes(arch, s, rec)  # per block
     assert one_block == predicted
 
 
@@ -176,10 +194,14 @@ def test_quantized_below_lora_below_full():
     full, lora, qlora = (
         P.plan_row(arch, s, R(a, 16, s.mode), GPUS) for a in ("full", "lora", "qlora")
     )
-    # Weights: LoRA is the same base as full FT plus its fp32 adapters; QLoRA's base is 4-bit.
-    assert qlora.weights_gib < full.weights_gib < lora.weights_gib
+    # Precision by role under bf16-mixed: full FT keeps fp32 weights (master copies), LoRA's
+    # frozen base is bf16 plus fp32 adapters, QLoRA's base is 4-bit.
+    assert qlora.weights_gib < lora.weights_gib < full.weights_gib
     adapters = 4 * sum(A.lora_tensors(arch, 16)) / GIB
-    assert lora.weights_gib - full.weights_gib == pytest.approx(adapters)
+    assert lora.weights_gib - full.weights_gib / 2 == pytest.approx(adapters)
+    fp32_base = P.plan_row(arch, s, R("lora", 16, s.mode, base="fp32"), GPUS)  # base_dtype=fp32
+    assert fp32_base.weights_gib - full.weights_gib == pytest.approx(adapters)
+    assert fp32_base.total_gib > lora.total_gib + full.weights_gib / 2  # + autocast's copies
 
     def training_state(row: P.Row) -> float:  # what training adds on top of the weights
         return row.grads_gib + row.optimizer_gib

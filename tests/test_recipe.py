@@ -57,7 +57,7 @@ def test_planner_predicts_what_methods_builds(tiny_path, overrides):
     model = methods.apply(base, cfg.method, cfg.train)
     trainable, _ = methods.count_params(model)
     assert row.trainable_params == trainable > 0
-    assert row.optimizer == rec.optimizer == methods.optimizer_name(cfg.method)
+    assert row.optimizer == rec.optimizer == methods.optimizer_name(cfg.train)
     adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
     assert adapted == set(rec.targets)
 
@@ -83,9 +83,13 @@ def test_targets_follow_peft_matching():
 
 
 def test_optimizer_and_precision_as_a_trial_resolves_them():
-    qlora = compose(["method=qlora"])
-    assert recipe.of(qlora, cuda=True).optimizer == "paged_adamw_8bit"
+    qlora = compose(["method=qlora"])  # one optimizer for every approach by default
+    assert recipe.of(qlora, cuda=True).optimizer == "adamw_torch_fused"
     assert recipe.of(qlora, cuda=False).optimizer == "adamw_torch"
+    paged = compose(["method=qlora", "train.optimizer=paged_adamw_8bit"])  # the QLoRA recipe
+    assert recipe.of(paged, cuda=True).optimizer == "paged_adamw_8bit"
+    with pytest.raises(ConfigError, match="train.optimizer='adam' is not allowed; expected one of"):
+        compose(["train.optimizer=adam"])
     lora = compose(["method=lora", "train.precision=auto"])
     assert recipe.of(lora, cuda=False).precision == (
         "bf16-mixed" if torch.cuda.is_available() else "fp32"
@@ -93,3 +97,63 @@ def test_optimizer_and_precision_as_a_trial_resolves_them():
     assert recipe.of_method(lora.method, "auto", cuda=True).precision == "bf16-mixed"
     with pytest.raises(ConfigError, match="method.quant=.* null for full fine-tuning"):
         compose(["method=qlora", "method.name=full"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=full", "train.optimizer=adafactor"],
+        ["method=full", "train.optimizer=adamw_8bit"],
+        ["method=lora", "method.r=4", "train.optimizer=paged_adamw_32bit"],
+        ["method=lora", "method.r=4", "train.optimizer=adafactor"],
+        ["method=full", "train.optimizer=adamw_torch_fused"],
+    ],
+    ids=" ".join,
+)
+def test_planner_optimizer_states_match_the_optimizer_transformers_builds(tiny_path, overrides):
+    """The optimizer the Trainer builds for train.optimizer, after one step, holds the state
+    bytes the planner predicts for that optimizer."""
+    from transformers import Trainer, TrainingArguments
+
+    from sweep import ledger
+
+    cfg = compose(["model=tiny_llama", *overrides])
+    model = methods.apply(models.load_model(tiny_path, torch.float32), cfg.method, cfg.train)
+    args = TrainingArguments(
+        output_dir="unused", optim=methods.optimizer_name(cfg.train), use_cpu=True, report_to="none"
+    )
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = cls(params, **kwargs)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    row = plan.predict_trial(cfg, cuda=False)
+    measured = ledger.optimizer_state_bytes(opt)
+    # torch and bitsandbytes keep a step counter (4-8 bytes) per tensor beside the states
+    assert measured == pytest.approx(row.optimizer_gib * 1024**3, rel=0.02, abs=8 * len(params))
+
+
+def test_precision_by_role(tiny_path):
+    """Under bf16-mixed: full FT trains fp32 masters, LoRA's frozen base is bf16 with fp32
+    adapters (what the model built from the recipe holds), QLoRA's base is 4-bit."""
+
+    def roles(*overrides: str) -> tuple[str, str]:
+        rec = recipe.of(compose(["train.precision=bf16-mixed", *overrides]), cuda=True)
+        return rec.base_dtype, rec.trainable_dtype
+
+    assert roles("method=full") == ("fp32", "fp32")
+    assert roles("method=lora") == ("bf16", "fp32")
+    assert roles("method=lora", "train.base_dtype=fp32") == ("fp32", "fp32")
+    assert roles("method=qlora") == ("nf4", "fp32")
+    assert recipe.of(compose(["method=lora"]), cuda=False).base_dtype == "fp32"  # CPU: fp32
+    cfg = compose(["model=tiny_llama", "method=lora", "train.precision=bf16-mixed"])
+    rec = recipe.of(cfg, cuda=True)
+    model = methods.apply(
+        models.load_model(tiny_path, methods.load_dtype(rec)), cfg.method, cfg.train
+    )
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert (frozen, trained) == ({torch.bfloat16}, {torch.float32})
+    with pytest.raises(ConfigError, match="train.base_dtype='bf16' is not allowed"):
+        compose(["train.precision=fp32", "train.base_dtype=bf16"])

@@ -161,3 +161,24 @@ def test_predicted_vs_measured_and_skipped_trials(tmp_path):
     assert "## Predicted vs measured memory" in text
     assert "| 2 / 2 (1.00x) " in text and "| 2 / 3 (1.50x) " in text
     assert "| skipped_predicted_oom " in text and "predicted peak 90.00 GiB" in text
+
+
+def test_rows_with_another_optimizer_or_precision_than_full_ft_are_flagged():
+    records = [
+        rec("full", "full", None, 0.60, 40.0, 100.0),
+        rec("lora r=16", "lora", 16, 0.55, 15.0, 62.0),
+    ]
+    records += [rec("qlora r=16", "qlora", 16, 0.52, 7.0, 90.0, quant="nf4-4bit")]
+    for r in records:
+        r["run"].update(optimizer="adamw_torch_fused", gradient_checkpointing=False)
+    records[2]["run"].update(optimizer="paged_adamw_8bit", gradient_checkpointing=True)
+    table = headline.headline(records, GPUS)
+    assert headline.recipe_differs(table) == [False, False, True]
+    text = headline.markdown_table(table)
+    assert "qlora r=16*†" in text or "qlora r=16†" in text
+    assert "lora r=16†" not in text
+    note = "\n".join(headline.recipe_note(table))
+    assert "optimizer paged_adamw_8bit (full FT: adamw_torch_fused)" in note
+    assert "gradient_checkpointing True (full FT: False)" in note
+    records[2]["run"].update(optimizer="adamw_torch_fused", gradient_checkpointing=False)
+    assert headline.recipe_note(headline.headline(records, GPUS)) == []  # same recipe: no note

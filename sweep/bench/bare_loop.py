@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
-from sweep import data, methods, models
+from sweep import budget, data, methods, models
 from sweep.child import enter
 from sweep.config import to_config
 from sweep.measure import sync
@@ -49,12 +49,17 @@ def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:
 
 
 def _optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    m, t = cfg.method, cfg.train
-    if methods.optimizer_name(m) == "paged_adamw_8bit":
-        import bitsandbytes as bnb
+    """The optimizer class and arguments transformers picks for train.optimizer (the same one
+    the harness's Trainer builds), applied by hand."""
+    from transformers import Trainer, TrainingArguments
 
-        return bnb.optim.PagedAdamW8bit(params, lr=m.lr, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=m.lr, weight_decay=t.weight_decay)
+    m, t = cfg.method, cfg.train
+    args = TrainingArguments(
+        output_dir="unused", optim=methods.optimizer_name(t), learning_rate=m.lr,
+        use_cpu=not torch.cuda.is_available(), report_to="none",
+    )  # fmt: skip
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    return cls(params, weight_decay=t.weight_decay, **kwargs)
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -63,7 +68,7 @@ def run(cfg: Config) -> dict[str, Any]:
     torch.manual_seed(t.seed)
     path = models.resolve(cfg.model, cfg.cache_dir)
     tok = models.load_tokenizer(path)
-    task = data.load_task(cfg.dataset, t.steps * t.batch_size, cfg.eval.size)
+    task = data.load_task(cfg.dataset, budget.examples_needed(t), cfg.eval.size)
     rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
     model = hand_written_model(cfg, path)
     model.train()

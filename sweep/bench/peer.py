@@ -22,7 +22,7 @@ import optuna
 import torch
 from transformers import Trainer, TrainingArguments
 
-from sweep import data, evaluate, methods, models
+from sweep import budget, data, evaluate, methods, models
 from sweep.bench import bare_loop
 from sweep.config import compose
 from sweep.points import grid_points, trial_overrides
@@ -96,7 +96,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
     t, e = first.train, first.eval
     path = models.resolve(first.model, first.cache_dir)
     tok = models.load_tokenizer(path)
-    task = data.load_task(first.dataset, t.steps * t.batch_size, e.size)
+    task = data.load_task(first.dataset, budget.examples_needed(t), e.size)
     rows = [data.encode(tok, ex, t.max_seq_len, first.dataset.system_prompt) for ex in task.train]
 
     def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
@@ -108,7 +108,8 @@ def run(overrides: list[str]) -> dict[str, Any]:
     def hp_space(trial: optuna.Trial) -> dict[str, Any]:
         point = trial.suggest_categorical("point", labels)
         m = cfgs[point].method
-        return {"point": point, "learning_rate": m.lr, "optim": methods.optimizer_name(m)}
+        optim = methods.optimizer_name(cfgs[point].train)
+        return {"point": point, "learning_rate": m.lr, "optim": optim}
 
     accuracies: dict[str, float] = {}
 
@@ -127,7 +128,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps,
         lr_scheduler_type="linear",
-        optim=methods.optimizer_name(first.method),
+        optim=methods.optimizer_name(first.train),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=1,
