@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff check and format check
 clean: ## remove trial outputs and local stores (keeps .venv and the model cache)
 	rm -rf outputs mlflow.db mlartifacts
 
-.PHONY: generate export inference bench-plan bench
+.PHONY: generate export inference bench-plan bench bench-real
 generate: $(STAMP) ## answer a prompt with a trial's model: make generate RUN=<dir|name|run id> PROMPT="..." [MERGED=1]
 	$(BIN)/python -m sweep generate "$(RUN)" "$(PROMPT)" $(if $(filter 1 true yes,$(MERGED)),--merged)
 
@@ -70,6 +70,9 @@ inference: $(STAMP) ## inference block (adapter separate vs merged) for every tr
 
 bench-plan: $(STAMP) ## planner vs measured ledger per memory component (tiny + SmolLM2, two seq lengths)
 	$(BIN)/python -m sweep.bench.memory $(ARGS)
+
+bench-real: $(STAMP) ## GPU: peak memory of full FT / LoRA / QLoRA on a random-weight 7B shape vs the planner: make bench-real [ARGS="--model llama3_8b"]
+	$(BIN)/python -m sweep.bench.real_shape $(ARGS)
 
 bench: $(STAMP) ## harness vs bare loop, vs Trainer.hyperparameter_search, overhead, eval: make bench [ARGS="--steps 8 train.steps=10"]
 	$(BIN)/python -m sweep.bench $(ARGS)

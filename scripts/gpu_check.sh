@@ -41,7 +41,7 @@ EOF
 read -r -a EXTRA <<<"${EXTRA:-}"   # more overrides, e.g. EXTRA="train.steps=4" for a dry run
 M=(model=hf "model.name_or_path=$MODEL" "${EXTRA[@]}")
 
-PARTS=${PARTS:-sweep inference tests bench mfu cudatests}   # which parts to run
+PARTS=${PARTS:-sweep inference tests bench mfu realshape cudatests}   # which parts to run
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 
@@ -75,6 +75,12 @@ EOF
       2>&1 | tee -a "$OUT/mfu.log" | grep "trial \|^speed\|^memory\|rror"
   done
 fi
+
+# Real-size memory (issue 13): random-weight Llama-2-7B shape, batch 1 x 512, full FT (8-bit AdamW,
+# checkpointing; bf16-mixed and pure bf16), LoRA r=16 on a bf16 base, QLoRA r=16: measured peak
+# VRAM vs planner vs the published ranges. About 3-4 minutes on an H200 (most of it writing and
+# loading the 13 GB model).
+has realshape && step "real-shape memory (llama2_7b, random weights)" && timeout ${REAL_S:-300} $PY -m sweep.bench.real_shape --out "$OUT" 2>&1 | tee "$OUT/real-shape.log" | grep -v "^train\|it/s\]" | tail -20
 
 has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/test_trial.py tests/test_adapters.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
 

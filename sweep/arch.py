@@ -239,3 +239,21 @@ def train_flops_per_token(
     weight_grads = matmul if full else adapters
     attention = 12 * arch.layers * seq_len * arch.heads * arch.dim
     return 4 * (matmul + adapters) + 2 * weight_grads + attention
+
+
+def llama_config(arch: Arch, **extra: Any) -> Any:
+    """A transformers LlamaConfig of this architecture (a random-weight model of a real shape:
+    the memory and time are the real model's, the answers are not)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=arch.vocab,
+        hidden_size=arch.hidden,
+        intermediate_size=arch.intermediate,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        head_dim=arch.dim,
+        tie_word_embeddings=arch.tie_embeddings,
+        **extra,
+    )

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from sweep import scorers
-from sweep.config import ConfigError, one_line, reasoning_gym_args
+from sweep.config import ConfigError, one_line
 from sweep.schema import AUTO_MAX_LEN, DatasetConfig
 from sweep.scorers import Scorer, normalize
+from sweep.validate import reasoning_gym_args
 
 IGNORE = -100  # label value the loss skips (prompt and padding tokens)
 EVAL_SEED_OFFSET = 1_000_003

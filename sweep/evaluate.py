@@ -27,6 +27,7 @@ from sweep.data import (
     prompt_ids,
     to_device,
 )
+from sweep.schema import Config
 
 
 def extract_answer(text: str) -> str:
@@ -351,3 +352,8 @@ def passage_losses(model: Any, passages: list[list[int]], batch_size: int) -> li
         out += loss.mean(-1).tolist()
     model.train(was_training)
     return out
+
+
+def new_tokens(cfg: Config) -> int:
+    """The generation budget per eval answer: the dataset's own, else eval.max_new_tokens."""
+    return cfg.dataset.max_new_tokens or cfg.eval.max_new_tokens

@@ -59,9 +59,10 @@ from sweep.arch import (
     trainable_shapes,
     trainable_tensors,
 )
-from sweep.config import CONF_DIR, method_config, resolve_precision
+from sweep.config import CONF_DIR, method_config
 from sweep.recipe import Recipe
 from sweep.schema import AUTO_MAX_LEN, Config, GpuClass
+from sweep.validate import resolve_precision
 
 GIB = 1024**3
 ATTENTIONS = ("sdpa", "eager")

@@ -17,9 +17,11 @@ import pandas as pd
 import yaml
 
 from sweep.arch import Arch, load_arch, model_options, total_params
-from sweep.config import BASE_DTYPES, OPTIMIZERS, PRECISIONS, ConfigError, require
+from sweep.config import ConfigError
+from sweep.errors import require
 from sweep.plan import ATTENTIONS, Settings, load_gpus, plan, plan_recipes
 from sweep.recipe import LINEARS
+from sweep.validate import BASE_DTYPES, OPTIMIZERS, PRECISIONS
 
 ALIASES = {"max_seq_len": "seq_len", "r": "qlora_rank"}
 

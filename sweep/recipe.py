@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sweep.config import ConfigError, resolve_precision
+from sweep.config import ConfigError
 from sweep.schema import Config, MethodConfig
+from sweep.validate import resolve_precision
 
 # The seven linear layers of a Llama-style block, with the module paths transformers gives them.
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

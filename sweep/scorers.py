@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from sweep.config import SCORERS, ConfigError, one_line
+from sweep.config import ConfigError, one_line
+from sweep.validate import SCORERS
 
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")  # 1,234.50 -> 1234.50
 GSM8K_ANSWER = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")

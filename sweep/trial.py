@@ -12,7 +12,6 @@ so a sweep can record it and go on.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -28,7 +27,8 @@ import torch
 
 from sweep import budget, data, evaluate, ledger, measure, methods, models, plan, recipe, record
 from sweep.arch import arch_for_model, train_flops_per_token
-from sweep.config import ConfigError, as_dict, to_config
+from sweep.baseline import BASE_ITEMS_FILE, ITEMS_FILE, base_eval, write_items
+from sweep.config import ConfigError, to_config
 from sweep.preflight import warn
 from sweep.record import TrialResult, run_info
 from sweep.schema import AUTO_MAX_LEN, Config
@@ -36,84 +36,6 @@ from sweep.train import train
 
 # Called with (step, eval loss) during training; returns True to stop (the pruner's verdict).
 Reporter = Callable[[int, float], bool]
-
-
-ITEMS_FILE = "eval_items.jsonl"  # the trial's per-item results, beside result.json
-BASE_ITEMS_FILE = "base_items.jsonl"  # the untuned base model's, on the same items
-
-
-def _base_cache_file(cfg: Config, model_path: str, part: str, quant: bool) -> Path:
-    """Cache of the untuned model's results: `part` "accuracy" (the eval items) or "retention"
-    (the general-text passages), for the base as loaded with (quant) or without quantization."""
-    d = as_dict(cfg)
-    e = d["eval"]  # only what changes the answers: not eval.every
-    key: dict[str, Any] = {
-        "part": part,
-        "model": model_path,
-        "precision": cfg.train.precision,
-        "quant": d["method"]["quant"] if quant else None,
-        "version": 3,
-    }
-    if part == "accuracy":
-        key["dataset"] = d["dataset"]
-        key["eval"] = [e[k] for k in ("size", "batch_size", "max_new_tokens")]
-        key["max_len"] = cfg.train.max_seq_len
-    else:
-        key["retention"] = [e["retention_size"], e["retention_tokens"]]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir) / "base_accuracy" / f"{part}-{digest}.json"
-
-
-def _cached(path: Path, compute: Callable[[], Any]) -> Any:
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record.write_whole(path, lambda tmp: tmp.write_text(json.dumps(value)))
-    return value
-
-
-def base_eval(
-    cfg: Config,
-    model: Any,
-    tok: Any,
-    task: data.Task,
-    model_path: str,
-    passages: list[list[int]],
-) -> dict[str, Any]:
-    """The untuned model on the same eval items (the zero line; with eval.base) and on the
-    retention passages (before training), each cached per model and settings.
-
-    The zero line is the unquantized base's: a QLoRA trial reuses it where a trial on the same
-    base scored it already (in the default grid QLoRA runs last), and otherwise scores its own
-    4-bit base (`base_quant` in the result says which). Retention is always the loaded model's
-    own "before", so its change is what training did."""
-    e, t = cfg.eval, cfg.train
-    quant = cfg.method.quant is not None
-    out: dict[str, Any] = {}
-    if e.base:
-        plain = _base_cache_file(cfg, model_path, "accuracy", quant=False)
-        own = _base_cache_file(cfg, model_path, "accuracy", quant=quant)
-
-        def score() -> dict[str, Any]:
-            acc = evaluate.loss_and_accuracy(
-                model, tok, task, t.max_seq_len, new_tokens(cfg), e.batch_size,
-                cfg.dataset.system_prompt,
-            )  # fmt: skip
-            keys = ("accuracy", "task_score", "eval_loss", "items")
-            return {**{k: acc[k] for k in keys}, "base_quant": record.run_info(cfg)["quant"]}
-
-        out = _cached(plain if plain.exists() else own, score)
-    retention = _base_cache_file(cfg, model_path, "retention", quant=quant)
-    out["retention"] = _cached(
-        retention, lambda: evaluate.passage_losses(model, passages, e.batch_size)
-    )
-    return out
-
-
-def new_tokens(cfg: Config) -> int:
-    """The generation budget per eval answer: the dataset's own, else eval.max_new_tokens."""
-    return cfg.dataset.max_new_tokens or cfg.eval.max_new_tokens
 
 
 def sized_rows(cfg: Config, tok: Any, task: data.Task) -> tuple[Config, data.Encoded]:
@@ -131,12 +53,6 @@ def sized_rows(cfg: Config, tok: Any, task: data.Task) -> tuple[Config, data.Enc
     if enc.max_len != t.max_seq_len:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, max_seq_len=enc.max_len))
     return cfg, enc
-
-
-def write_items(path: Path, items: list[dict[str, Any]]) -> None:
-    """Per-item results as JSON lines, written whole."""
-    text = "".join(json.dumps(i) + "\n" for i in items)
-    record.write_whole(path, lambda tmp: tmp.write_text(text))
 
 
 def _mean(xs: list[float]) -> float:
@@ -316,7 +232,7 @@ def run_trial(
             with meter.phase("eval"):
                 model, metrics["eval_merged"] = methods.merged_for_eval(model)
                 acc = evaluate.loss_and_accuracy(
-                    model, tok, task, t.max_seq_len, new_tokens(cfg), e.batch_size, sp
+                    model, tok, task, t.max_seq_len, evaluate.new_tokens(cfg), e.batch_size, sp
                 )
                 if task.select:
                     metrics["select_loss"] = evaluate.eval_loss(

@@ -378,3 +378,16 @@ def test_counts_below_one_are_refused_before_anything_runs(arg, capsys):
         main([*arg, "--only", "sweep"])
     assert exc.value.code == 2
     assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_real_shape_bench_runs_every_approach_on_a_random_model(tmp_path):
+    """The GPU memory benchmark's path (random weights from an architecture, harness trials,
+    table), on the tiny shape on CPU; on a GPU it measures the Llama-2-7B shape."""
+    from sweep.bench import real_shape
+
+    table = real_shape.run("tiny_llama", 48, tmp_path / "work", steps=2)
+    assert [r["approach"] for r in table] == list(real_shape.APPROACHES)
+    assert all(r["status"] == "ok" for r in table), [r["error"] for r in table]
+    assert all(r["planner (GiB)"] and r["planner (GiB)"] > 0 for r in table)
+    text = real_shape.write(table, "tiny_llama", 48, tmp_path / "out").read_text()
+    assert text.count("| ok ") == 4 and "32-48" in text and "6-8" in text

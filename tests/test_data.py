@@ -167,7 +167,7 @@ def test_empty_file_is_rejected(tmp_path):
 
 
 def test_any_reasoning_gym_task_by_name_starts_from_its_own_defaults():
-    from sweep.config import reasoning_gym_args
+    from sweep.validate import reasoning_gym_args
 
     cfg = compose(["dataset.task=letter_counting"])  # chain_sum's args stay with chain_sum
     assert reasoning_gym_args("letter_counting", cfg.dataset.task_args) == {}

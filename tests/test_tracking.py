@@ -48,7 +48,7 @@ def test_experiment_created_by_another_worker_meanwhile_is_joined(monkeypatch):
 
 def test_per_item_results_round_trip_through_mlflow(tmp_path):
     """The report rebuilds its paired statistics from MLflow alone: the items come back whole."""
-    from sweep.trial import BASE_ITEMS_FILE, ITEMS_FILE, write_items
+    from sweep.baseline import BASE_ITEMS_FILE, ITEMS_FILE, write_items
 
     trial = tmp_path / "t"
     items = [
