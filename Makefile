@@ -60,10 +60,10 @@ export: $(STAMP) ## write a trial's merged standalone model: make export RUN=<di
 plan: $(STAMP) ## predicted peak memory per approach, no download: make plan MODEL=llama2_7b ARGS="batch_size=4"
 	$(BIN)/python -m sweep plan $(MODEL) $(ARGS)
 
-worker: $(STAMP) ## join a shared sweep as one more worker: make worker SWEEP=default STORAGE=postgresql://...
-	@test -n "$(STORAGE)" || { echo "error: STORAGE=postgresql://user:pass@host/db is required"; exit 2; }
+worker: $(STAMP) ## join a shared sweep as one more worker: SWEEP_STORAGE=postgresql://... make worker SWEEP=default
+	@test -n "$(STORAGE)$$SWEEP_STORAGE" || { echo "error: the storage URL is required: export SWEEP_STORAGE=postgresql://user@host/db (password in ~/.pgpass), or STORAGE=..."; exit 2; }
 	@# no echo: make would print the storage URL, password included; the sweep prints it redacted
-	@$(BIN)/python -m sweep run sweep=$(SWEEP) sweep.storage=$(STORAGE) $(ARGS)
+	@$(BIN)/python -m sweep run sweep=$(SWEEP) $(if $(STORAGE),sweep.storage=$(STORAGE)) $(ARGS)
 
 inference: $(STAMP) ## inference block (adapter separate vs merged) for every trial, added to the report: make inference EXP=default
 	$(BIN)/python -m sweep inference $(EXP)

@@ -132,6 +132,7 @@ def trial_child(
     pruning: tuple[str, str, int] | None,
     memory_limit_gib: float,
     launched: float,
+    live_run: str | None = None,
 ) -> None:
     """What a sweep runs in each trial process: the trial in `<trial_dir>` (sweep.trial.run_dir).
     Every value arrives as an argument, pickled through the fork server's pipe: the storage URL
@@ -140,6 +141,6 @@ def trial_child(
     from sweep.trial import run_dir
 
     try:
-        sys.exit(run_dir(trial_dir, launched, pruning))
+        sys.exit(run_dir(trial_dir, launched, pruning, live_run))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep says what
         sys.exit(130)  # happened in one line; a traceback from here would only bury it

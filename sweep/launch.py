@@ -63,9 +63,10 @@ def launch(
     pruning: tuple[str, str, int] | None = None,
     memory_limit_gib: float = 0.0,
     env: dict[str, str] | None = None,
+    live_run: str | None = None,
 ) -> TrialResult:
     """Run one trial in a fresh process and return its record (a failed one if it left none);
-    `env` adds to the environment it gets."""
+    `env` adds to the environment it gets; `live_run` is its MLflow run (sweep.live)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(as_dict(trial_cfg), indent=2))
     result_file = trial_dir / "result.json"
@@ -80,6 +81,7 @@ def launch(
             pruning,
             memory_limit_gib,
             time.time(),  # startup_s counts from here
+            live_run,
         ),
         name=f"trial {trial_dir.name}",
     )

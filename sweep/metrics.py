@@ -115,6 +115,17 @@ METRICS: dict[str, Metric] = {
     "final_loss": _m("nats/token", LOWER, "training loss at the last step"),
 }
 
+# What a live trial streams per optimizer step to its MLflow run (sweep.stream), not records.
+STEP_METRICS: dict[str, Metric] = {
+    "train_loss": _m("nats/token", LOWER, "training loss of the step"),
+    "learning_rate": _m("lr", None, "the scheduler's learning rate"),
+    "grad_norm": _m("norm", None, "gradient norm before clipping"),
+    "step_s": _m("s", LOWER, "the step's wall time"),
+    "step_tokens_per_s": _m("tokens/s", HIGHER, "non-padding tokens per second in the step"),
+    "memory_gib": _m("GiB", LOWER, "CUDA allocated, else the process's resident memory"),
+    "periodic_eval_loss": _m("nats/token", LOWER, "eval loss every eval.every steps"),
+}
+
 HIGHER_IS_BETTER = {
     k: m.higher_is_better for k, m in METRICS.items() if m.higher_is_better is not None
 }

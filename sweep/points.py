@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import optuna
+
 from sweep.config import ConfigError
 from sweep.schema import Config
 
@@ -121,3 +123,35 @@ def trial_overrides(cfg: Config, user: list[str], extra: list[str]) -> list[str]
 
 def slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_")
+
+
+# ---------------------------------------------------------------- the points in Optuna
+
+# Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.
+FINAL_FAILURES = ("oom",)
+
+
+def is_final(t: optuna.trial.FrozenTrial) -> bool:
+    """Finished for good: complete, pruned (or diverged), or failed with a deterministic cause."""
+    state = t.state
+    if t.user_attrs.get("duplicate"):
+        return False
+    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        return True
+    return state == optuna.trial.TrialState.FAIL and t.user_attrs.get("status") in FINAL_FAILURES
+
+
+class PointSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler over the sweep's points, without its `after_trial`. That hook stops
+    the study once no point is left unvisited, which left queued retries WAITING for ever, and
+    it looks up a `grid_id` a queued retry does not carry (KeyError 'grid_id' when exactly one
+    point was left). The sweep counts its own trials (`run_grid`), so nothing is lost."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Any,
+    ) -> None:
+        return None

@@ -28,6 +28,16 @@ from sweep.config import ConfigError, one_line, redact
 warnings.filterwarnings("ignore", message=r"RetryHeartbeatStaleTrialCallback is experimental")
 
 
+STORAGE_ENV = "SWEEP_STORAGE"  # the storage URL from the environment: off the command line
+
+
+def url_for(configured: str | None, output_dir: str, experiment: str) -> str:
+    """sweep.storage, else $SWEEP_STORAGE, else the journal file under outputs/<experiment>/.
+    From the environment (or with the password in ~/.pgpass, which libpq reads) the URL never
+    appears in the process list or in the overrides MLflow records."""
+    return configured or os.environ.get(STORAGE_ENV) or default_url(output_dir, experiment)
+
+
 def default_url(output_dir: str, experiment: str) -> str:
     return f"journal://{Path(output_dir, experiment, 'optuna.journal').resolve()}"
 

@@ -17,51 +17,31 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 
-from sweep import record, storage, tracking
+from sweep import live, record, storage, tracking
 from sweep.child import start_trial_server
-from sweep.config import ConfigError, as_dict, compose, config_hash
+from sweep.config import ConfigError, as_dict, compose, config_hash, one_line
 from sweep.launch import launch, memory_limit_gib, predicted_oom, summary_line
 from sweep.metrics import OBJECTIVES
-from sweep.points import Point, flatten, grid_points, is_dist, slug, trial_overrides
+from sweep.points import (
+    Point,
+    PointSampler,
+    flatten,
+    grid_points,
+    is_dist,
+    is_final,
+    slug,
+    trial_overrides,
+)
 from sweep.preflight import check_point, preflight, warn
 from sweep.record import TrialResult
 from sweep.schema import Config
 
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
-# Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.
-FINAL_FAILURES = ("oom",)
 # A record on disk with one of these is a finished point: reused, never trained again.
 REUSABLE = ("ok", "oom", "diverged", "pruned", "skipped_predicted_oom")
-
-
-def is_final(t: optuna.trial.FrozenTrial) -> bool:
-    """Finished for good: complete, pruned (or diverged), or failed with a deterministic cause."""
-    state = t.state
-    if t.user_attrs.get("duplicate"):
-        return False
-    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
-        return True
-    return state == optuna.trial.TrialState.FAIL and t.user_attrs.get("status") in FINAL_FAILURES
-
-
-class PointSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler over the sweep's points, without its `after_trial`. That hook stops
-    the study once no point is left unvisited, which left queued retries WAITING for ever, and
-    it looks up a `grid_id` a queued retry does not carry (KeyError 'grid_id' when exactly one
-    point was left). The sweep counts its own trials (`run_grid`), so nothing is lost."""
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: optuna.trial.FrozenTrial,
-        state: optuna.trial.TrialState,
-        values: Any,
-    ) -> None:
-        return None
 
 
 class SweepStopped(ConfigError):
@@ -134,9 +114,7 @@ class Sweep:
             raise ConfigError("sweep.pruner=median needs eval.every > 0 (intermediate eval loss)")
         self.root = Path(self.cfg.output_dir, self.cfg.experiment)
         self._remember_settings()
-        self.storage_url = s.storage or storage.default_url(
-            self.cfg.output_dir, self.cfg.experiment
-        )
+        self.storage_url = storage.url_for(s.storage, self.cfg.output_dir, self.cfg.experiment)
         self.storage = storage.open_storage(self.storage_url, s.heartbeat_s)
         tracking.check_reachable()
         self.parent = tracking.retrying(
@@ -182,6 +160,22 @@ class Sweep:
             return
         if n:
             print(f"[sweep] {n} finished trial record(s) were missing from MLflow: logged now")
+        try:
+            killed = live.close_orphans(self.parent, self.root / "trials")
+        except Exception as exc:  # best effort: the records are what the report reads
+            print(f"[sweep] could not close orphaned runs ({one_line(exc)})", flush=True)
+            killed = 0
+        if killed:
+            print(f"[sweep] {killed} trial run(s) of a killed sweep closed as KILLED in MLflow")
+
+    def _live_run(self, trial_dir: Path, cfg: Config) -> str | None:
+        """The trial's MLflow run, created RUNNING now (None when tracking is unavailable: the
+        trial runs and its record is logged at the end or on the next run)."""
+        try:
+            return live.start_run(self.parent, trial_dir.name, record.run_info(cfg))
+        except Exception as exc:
+            print(f"[sweep] no live run for {trial_dir.name} ({one_line(exc)})", flush=True)
+            return None
 
     def _finished_record(self, label: str, cfg: Config) -> tuple[Path, TrialResult] | None:
         """A record this point already left on disk with a final outcome and the same config
@@ -240,7 +234,12 @@ class Sweep:
             result = skipped
         else:
             result = launch(
-                cfg, trial_dir, self.cfg.sweep.timeout_s, prune, self.cfg.sweep.memory_limit_gib
+                cfg,
+                trial_dir,
+                self.cfg.sweep.timeout_s,
+                prune,
+                self.cfg.sweep.memory_limit_gib,
+                live_run=self._live_run(trial_dir, cfg),
             )
         result.run.update(
             point=point.name,

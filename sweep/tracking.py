@@ -40,6 +40,7 @@ for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "sweep.parent"
+LIVE_TAG = "sweep.live"  # "true" on a nested run created at its trial's start (sweep.live)
 TRIAL_TAG = "sweep.trial"  # a nested run's trial directory name: one run per finished trial
 ITEM_FILES = ("eval_items", "base_items")  # record keys naming per-item files beside result.json
 PARAM_KEYS = (
@@ -52,6 +53,10 @@ PARAM_KEYS = (
     "lr",
     "quant",
     "precision",
+    "base_dtype",
+    "optimizer",
+    "gradient_checkpointing",
+    "attention",
     "seed",
     "config_hash",
     "point",
@@ -186,13 +191,22 @@ def retrying(call: Callable[[], T], what: str, waits: tuple[float, ...] = RETRY_
     raise AssertionError("unreachable")
 
 
-def _logged_runs(c: MlflowClient, parent_id: str) -> dict[str, Any]:
-    """Nested runs of the parent by their trial directory's name (TRIAL_TAG)."""
+def child_runs(c: MlflowClient, parent_id: str) -> list[Any]:
+    """The parent's nested runs."""
     exp_id = c.get_run(parent_id).info.experiment_id
-    runs = c.search_runs(
+    return c.search_runs(
         [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000
     )
-    return {r.data.tags[TRIAL_TAG]: r for r in runs if TRIAL_TAG in r.data.tags}
+
+
+def _logged_runs(c: MlflowClient, parent_id: str) -> dict[str, Any]:
+    """Nested runs of the parent by their trial directory's name (TRIAL_TAG)."""
+    return {r.data.tags[TRIAL_TAG]: r for r in child_runs(c, parent_id) if TRIAL_TAG in r.data.tags}
+
+
+def trial_params(run: dict[str, Any]) -> dict[str, str]:
+    """A trial's MLflow params: the record's run keys in PARAM_KEYS, as text."""
+    return {k: str(run.get(k)) for k in PARAM_KEYS if k in run}
 
 
 def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
@@ -201,30 +215,38 @@ def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
     One run per trial directory (tag TRIAL_TAG): a trial already logged is not logged again,
     and a run left RUNNING by an interrupted logging is replaced."""
     c = client()
-    previous = _logged_runs(c, parent_id).get(trial_dir.name)
-    if previous is not None:
-        if previous.info.status != "RUNNING":
-            return previous.info.run_id
-        c.delete_run(previous.info.run_id)
-    parent = c.get_run(parent_id)
-    run = c.create_run(
-        parent.info.experiment_id,
-        run_name=result.run.get("label"),
-        tags={
-            "mlflow.parentRunId": parent_id,
-            TRIAL_TAG: trial_dir.name,
-            "status": result.status,
-            "error": str(result.train.get("error") or "")[:4000],
-        },
-    )
-    rid = run.info.run_id
-    params = {k: str(result.run.get(k)) for k in PARAM_KEYS if k in result.run}
-    c.log_batch(rid, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    runs = [r for r in child_runs(c, parent_id) if r.data.tags.get(TRIAL_TAG) == trial_dir.name]
+    done = [r for r in runs if r.info.status != "RUNNING"]
+    if done:
+        return done[0].info.run_id
+    lives = [r for r in runs if r.data.tags.get(LIVE_TAG) == "true"][:1]
+    for r in runs:  # an interrupted logging's half run: start it again
+        if r not in lives:
+            c.delete_run(r.info.run_id)
+    previous = lives[0] if lives else None
+    live = previous is not None
+    tags = {
+        "status": result.status,
+        "error": str(result.train.get("error") or "")[:4000],
+        "device": str(result.meta.get("device")),
+        "device_name": str(result.meta.get("device_name")),
+    }
+    if live:  # created at the trial's start (sweep.live): its params and step curves are in
+        rid = previous.info.run_id
+        for k, v in tags.items():
+            c.set_tag(rid, k, v)
+    else:
+        parent = c.get_run(parent_id)
+        tags.update({"mlflow.parentRunId": parent_id, TRIAL_TAG: trial_dir.name})
+        run = c.create_run(parent.info.experiment_id, run_name=result.run.get("label"), tags=tags)
+        rid = run.info.run_id
+        params = trial_params(result.run)
+        c.log_batch(rid, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     now = int(1000 * time.time())
     metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in _numeric(result.metrics).items()]
     metrics += [
         mlflow.entities.Metric("train_loss", float(v), now, i + 1)
-        for i, v in enumerate(result.train.get("loss_curve", []))
+        for i, v in enumerate([] if live else result.train.get("loss_curve", []))
         if not math.isnan(v)
     ]
     for i in range(0, len(metrics), 900):
@@ -274,7 +296,10 @@ def trial_records(experiment: str) -> list[dict[str, Any]]:
     exp_id = c.get_run(parent).info.experiment_id
     runs = c.search_runs(
         [exp_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent}' AND attributes.status != 'RUNNING'",
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent}' AND attributes.status != 'RUNNING' "
+            "AND attributes.status != 'KILLED'"  # a trial killed with its worker: no record
+        ),
         order_by=["attributes.start_time ASC"],
         max_results=5000,
     )

@@ -182,8 +182,11 @@ def train(
     out_dir: str,
     hook: StepHook | None = None,
     every: int = 0,
+    extra_callbacks: tuple[TrainerCallback, ...] = (),
 ) -> TrainStats:
-    """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats."""
+    """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats.
+    `extra_callbacks` (e.g. sweep.live.LiveMetrics) run after the measuring one and get its
+    stats (their `stats` attribute)."""
     args = TrainingArguments(
         output_dir=out_dir,
         max_steps=cfg.steps,
@@ -207,13 +210,16 @@ def train(
         **methods.trainer_flags(cfg.precision),
     )
     callback = MeasureCallback(cfg, hook, every)
+    for extra in extra_callbacks:
+        if hasattr(extra, "stats"):
+            extra.stats = callback.stats
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=rows,
         data_collator=collate_fn,
         processing_class=tok,
-        callbacks=[callback, LedgerCallback(callback.stats)],
+        callbacks=[callback, LedgerCallback(callback.stats), *extra_callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # the callback's progress bar replaces its prints
     trainer.train()

@@ -25,7 +25,19 @@ from typing import Any
 import psutil
 import torch
 
-from sweep import budget, data, evaluate, ledger, measure, methods, models, plan, recipe, record
+from sweep import (
+    budget,
+    data,
+    evaluate,
+    ledger,
+    measure,
+    methods,
+    models,
+    plan,
+    recipe,
+    record,
+    stream,
+)
 from sweep.arch import arch_for_model, train_flops_per_token
 from sweep.baseline import BASE_ITEMS_FILE, ITEMS_FILE, base_eval, write_items
 from sweep.config import ConfigError, to_config
@@ -141,10 +153,12 @@ def run_trial(
     out_dir: str | Path,
     reporter: Reporter | None = None,
     launched: float | None = None,
+    live_run: str | None = None,
 ) -> TrialResult:
     """Run one trial and write `<out_dir>/result.json`; never raises for a failed run.
     `launched`: when the sweep asked for this trial's process (epoch s; startup_s counts from
-    it), else this process's start."""
+    it), else this process's start. `live_run`: the MLflow run the sweep created for this trial,
+    which then streams its steps and system metrics (sweep.live)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = TrialResult(run=run_info(cfg), meta=record.environment())
@@ -153,6 +167,9 @@ def run_trial(
     result.train = {"status": "failed", "error": None, "metrics": metrics}
     meter = measure.Meter()
     stats = None
+    live_run = stream.usable(live_run)
+    streams = stream.LiveMetrics(live_run) if live_run else None
+    system = stream.SystemMetrics(live_run)
     try:
         meter.start_device()
         torch.manual_seed(cfg.train.seed)
@@ -199,6 +216,8 @@ def run_trial(
         def hook(step: int) -> bool:
             loss = evaluate.eval_loss(model, tok, watched, t.max_seq_len, e.batch_size, sp)
             curve.append([step, loss])
+            if streams is not None:
+                streams.log({"periodic_eval_loss": loss}, step)
             return reporter(step, loss) if reporter is not None else False
 
         with meter.phase("train"):
@@ -212,6 +231,7 @@ def run_trial(
                 str(out / "trainer"),
                 hook,
                 e.every,
+                (streams,) if streams is not None else (),
             )
         metrics.update(stats.metrics())
         width = int((stats.ledger.get("batch_shape") or [t.max_seq_len])[-1])
@@ -278,6 +298,7 @@ def run_trial(
         or metrics.get("peak_host_rss_gib")
     )
     metrics["memory_kind"] = "vram" if metrics.get("peak_vram_gib") else "host_rss"
+    system.finish()
     record.save(result, out / "result.json")
     return result
 
@@ -324,6 +345,7 @@ def run_dir(
     trial_dir: str | Path,
     launched: float | None = None,
     pruning: tuple[str, str, int] | None = None,
+    live_run: str | None = None,
 ) -> int:
     """Run the trial described by <trial_dir>/config.json: a sweep's trial process calls this
     with its launch time and, when the sweep prunes, (storage URL, study name, trial id)."""
@@ -334,7 +356,7 @@ def run_dir(
         from sweep.storage import pruning_reporter
 
         reporter = pruning_reporter(*pruning)
-    result = run_trial(cfg, out, reporter, launched)
+    result = run_trial(cfg, out, reporter, launched, live_run)
     print(summary(result), flush=True)
     return 0
 

@@ -192,3 +192,50 @@ def test_a_dead_workers_trial_is_taken_over_through_heartbeats(pg_url, tmp_path)
     assert Counter(r.run["label"] for r in records if r.status == "ok") == Counter(
         {"full": 1, "lora r=4": 1}
     )
+
+
+@pytest.mark.slow
+def test_a_distinctive_storage_password_is_found_nowhere(pg_url, tmp_path):
+    """A worker given the URL on its command line, and one given it in SWEEP_STORAGE: the
+    password is in no file the sweep wrote (mlflow.db, artifacts, outputs, reports) and in no
+    line it printed."""
+    from urllib.parse import urlparse
+
+    import psycopg2
+
+    secret = f"pw-{uuid.uuid4().hex[:10]}-Zq"
+    original = urlparse(pg_url).password
+    conn = psycopg2.connect(pg_url)
+    conn.autocommit = True
+    conn.cursor().execute(f"ALTER ROLE CURRENT_USER PASSWORD '{secret}'")
+    try:
+        url = pg_url.replace(f":{original}@", f":{secret}@")
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        }
+        grid = [*SMOKE, "~sweep.grid.qlora", "sweep.grid.lora.method.r=[4]"]
+        cmd = [sys.executable, "-m", "sweep", "run", *grid]
+        runs = [
+            subprocess.run(
+                [*cmd, f"sweep.storage={url}"], cwd=tmp_path, env=env, capture_output=True,
+                text=True, timeout=600,
+            ),
+            subprocess.run(
+                cmd, cwd=tmp_path, env={**env, "SWEEP_STORAGE": url}, capture_output=True,
+                text=True, timeout=600,
+            ),
+        ]  # fmt: skip
+        for r in runs:
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            assert secret not in r.stdout + r.stderr
+        assert "storage postgresql://" in runs[1].stdout  # the second worker used the env URL
+        written = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert any(p.name == "mlflow.db" for p in written)
+        assert any(p.name == "report.md" for p in written)
+        leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
+        assert not leaks, leaks
+    finally:
+        conn.cursor().execute(f"ALTER ROLE CURRENT_USER PASSWORD '{original}'")
+        conn.close()
