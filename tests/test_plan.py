@@ -114,18 +114,10 @@ def test_counts_match_the_real_model_and_peft():
 
 
 def hf_config(arch: Arch, layers: int):
-    from transformers import LlamaConfig
+    """The transformers config of `arch` with `layers` blocks (sweep.arch.llama_config)."""
+    from dataclasses import replace
 
-    return LlamaConfig(
-        vocab_size=arch.vocab,
-        hidden_size=arch.hidden,
-        intermediate_size=arch.intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.kv_heads,
-        tie_word_embeddings=arch.tie_embeddings,
-        max_position_embeddings=64,
-    )
+    return A.llama_config(replace(arch, layers=layers), max_position_embeddings=64)
 
 
 def saved_bytes(
