@@ -41,12 +41,31 @@ def start_run(parent_id: str, trial_dir_name: str, run: dict[str, Any]) -> str:
         "status": "running",
         **{f"worker.{k}": str(worker[k]) for k in WORKER_TAGS},
         **{k: str(run.get(k)) for k in AXIS_TAGS if k in run},
+        **device_tags(),
     }
     created = c.create_run(parent.info.experiment_id, run_name=run.get("label"), tags=tags)
     rid = created.info.run_id
     params = tracking.trial_params(run)
     c.log_batch(rid, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     return rid
+
+
+def device_tags() -> dict[str, str]:
+    """This worker's device, without starting CUDA: `device` (cuda | cpu) and `device_name`
+    (NVML's name of GPU 0, else the CPU model); the record's meta confirms it at the end."""
+    from sweep.child import gpu_present
+    from sweep.record import cpu_model
+
+    if not gpu_present():
+        return {"device": "cpu", "device_name": cpu_model()}
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    finally:
+        pynvml.nvmlShutdown()
+    return {"device": "cuda", "device_name": name if isinstance(name, str) else name.decode()}
 
 
 def _worker_alive(tags: dict[str, str]) -> bool | None:

@@ -31,6 +31,7 @@ def test_a_trial_streams_its_steps_into_the_run_the_sweep_created(tmp_path):
     tags = run.data.tags
     assert (tags["method"], tags["rank"], tags["optimizer"]) == ("lora", "16", "adamw_torch")
     assert run.data.params["method"] == "lora"
+    assert tags["device"] in ("cpu", "cuda") and tags["device_name"]  # searchable from the start
 
     result = run_trial(cfg, tmp_path / "0000-lora", live_run=rid)
     assert result.status == "ok", result.train.get("error")
