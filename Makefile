@@ -34,7 +34,7 @@ trial: $(STAMP) ## run one measured trial: make trial ARGS="method=lora method.r
 sweep: $(STAMP) ## run a sweep and write its report: make sweep SWEEP=default ARGS="..."
 	$(BIN)/python -m sweep run sweep=$(SWEEP) $(ARGS)
 
-report: $(STAMP) ## rebuild reports/<EXP>/ from what was logged: make report EXP=default
+report: $(STAMP) ## rebuild reports/<EXP>/ from what was logged: make report EXP=default (EXP=a,b merges)
 	$(BIN)/python -m sweep report $(EXP)
 
 ui: $(STAMP) ## open the MLflow UI over the tracking store on http://$(HOST):$(PORT)

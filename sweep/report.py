@@ -144,8 +144,15 @@ def _environment(records: list[dict[str, Any]], df: pd.DataFrame) -> list[str]:
         if (df.memory_kind == "vram").any()
         else "host RSS (peak resident memory of the trial process; no GPU)"
     )
+    devices = {}
+    for r in records:  # every device the trials ran on, in order of appearance
+        m = r.get("meta") or {}
+        devices.setdefault(m.get("device_name"), m)
     return [
-        f"- device: {meta.get('device')} ({meta.get('device_name')}), CUDA {meta.get('cuda')}, driver {meta.get('driver')}",
+        *(
+            f"- device: {m.get('device')} ({name}), CUDA {m.get('cuda')}, driver {m.get('driver')}"
+            for name, m in devices.items()
+        ),
         f"- CPU: {meta.get('cpu')} x {meta.get('cpu_count')} (torch threads {meta.get('torch_threads')})",
         f"- headline memory: {kind}",
         f"- precision: {', '.join(sorted(set(map(str, df.precision.dropna()))))}",
@@ -180,6 +187,7 @@ def write(
 ) -> Path:
     """Write report.md, results.csv and the plots for these records; returns the report path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = by_device(records)
     table = headline(records, gpus)  # marks each record `selected` (compare.select)
     df = to_frame(records)
     _replace(out_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
@@ -237,19 +245,40 @@ def write(
     return path
 
 
+def by_device(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records from several devices keep apart: each label gains ' @ <device name>' (the same
+    sweep on two GPUs, or a CPU run beside a GPU run, is never averaged into one row)."""
+    names = {(r.get("meta") or {}).get("device_name") for r in records}
+    if len(names) <= 1:
+        return records
+    out = []
+    for r in records:
+        run = dict(r.get("run") or {})
+        run["label"] = f"{run.get('label')} @ {(r.get('meta') or {}).get('device_name')}"
+        out.append({**r, "run": run})
+    return out
+
+
 def rebuild(experiment: str, overrides: list[str] | None = None) -> Path:
-    """Rebuild reports/<experiment>/ from the records logged to MLflow, and log it there."""
+    """Rebuild reports/<experiment>/ from the records logged to MLflow, and log it there.
+    "a,b" merges experiments (e.g. one sweep on two devices) into reports/a+b/."""
     from sweep import tracking
     from sweep.config import ConfigError, compose
 
     cfg = compose(list(overrides or []))
-    records = tracking.retrying(lambda: tracking.trial_records(experiment), "reading the records")
-    if not records:
-        raise ConfigError(
-            f"experiment {experiment!r}: no trials logged at {tracking.uri()} "
-            "(run `make sweep` first, or set MLFLOW_TRACKING_URI)"
-        )
-    out_dir = Path(cfg.report.dir) / experiment
-    path = write(records, out_dir, experiment, cfg.report.gpus)
-    tracking.retrying(lambda: tracking.log_report(experiment, out_dir), "logging the report")
+    names = [n.strip() for n in experiment.split(",") if n.strip()]
+    records = []
+    for name in names:
+        found = tracking.retrying(lambda n=name: tracking.trial_records(n), "reading the records")
+        if not found:
+            raise ConfigError(
+                f"experiment {name!r}: no trials logged at {tracking.uri()} "
+                "(run `make sweep` first, or set MLFLOW_TRACKING_URI)"
+            )
+        records += found
+    title = "+".join(names)
+    out_dir = Path(cfg.report.dir) / title
+    path = write(records, out_dir, title, cfg.report.gpus)
+    if len(names) == 1:  # a merged report belongs to no one sweep's parent run
+        tracking.retrying(lambda: tracking.log_report(names[0], out_dir), "logging the report")
     return path

@@ -182,3 +182,39 @@ def test_rows_with_another_optimizer_or_precision_than_full_ft_are_flagged():
     assert "gradient_checkpointing True (full FT: False)" in note
     records[2]["run"].update(optimizer="adamw_torch_fused", gradient_checkpointing=False)
     assert headline.recipe_note(headline.headline(records, GPUS)) == []  # same recipe: no note
+
+
+def test_trials_from_two_devices_are_never_averaged_into_one_row():
+    a = [
+        rec("full", "full", None, 0.60, 40.0, 100.0),
+        rec("lora r=16", "lora", 16, 0.55, 15.0, 62.0),
+    ]
+    b = [rec("full", "full", None, 0.61, 20.0, 30.0), rec("lora r=16", "lora", 16, 0.56, 9.0, 20.0)]
+    for r in b:
+        r["meta"]["device_name"] = "Y"
+    assert report.by_device(a) is a  # one device: labels unchanged
+    table = headline.headline(report.by_device(a + b), GPUS)
+    assert sorted(table.label) == ["full @ X", "full @ Y", "lora r=16 @ X", "lora r=16 @ Y"]
+    assert table.set_index("label").loc["lora r=16 @ Y", "train_s"] == 20.0  # not averaged
+
+
+def test_make_report_merges_experiments(tmp_path):
+    from sweep import tracking
+    from sweep.record import TrialResult, save
+
+    for exp, device in (("on_x", "X"), ("on_y", "Y")):
+        parent = tracking.parent_run(exp, {}, [])
+        for r in (
+            rec("full", "full", None, 0.6, 40.0, 100.0),
+            rec("lora r=16", "lora", 16, 0.5, 9.0, 20.0),
+        ):
+            r["meta"]["device_name"] = device
+            trial = tmp_path / exp / r["run"]["label"].replace(" ", "_")
+            result = TrialResult(run=r["run"], train=r["train"], meta=r["meta"])
+            save(result, trial / "result.json")
+            tracking.log_trial(parent, result, trial)
+    path = report.rebuild("on_x,on_y")
+    assert path.parent.name == "on_x+on_y"
+    text = path.read_text()
+    assert "| lora r=16 @ X" in text and "| lora r=16 @ Y" in text
+    assert "(X), CUDA" in text and "(Y), CUDA" in text  # the environment names both devices
