@@ -101,6 +101,11 @@ def client() -> MlflowClient:
     return c
 
 
+# The MLflow 3 UI opens an experiment of this kind on its runs table (not the GenAI overview):
+# the value its own "machine learning" choice writes.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | None:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
@@ -108,7 +113,7 @@ def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | Non
     if not create:
         return None
     try:
-        return c.create_experiment(name)
+        return c.create_experiment(name, tags=EXPERIMENT_KIND)
     except MlflowException:
         exp = c.get_experiment_by_name(name)  # another worker created it at the same moment
         if exp is None:

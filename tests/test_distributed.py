@@ -97,6 +97,10 @@ def test_live_mlflow_server_receives_a_sweep_over_http(mlflow_server, monkeypatc
     lora = next(r for r in children if r.info.run_name == "lora r=4")
     names = {a.path for a in c.list_artifacts(lora.info.run_id)}
     assert {"result.json", "adapter"} <= names  # artifacts went through the server
+    steps = c.get_metric_history(lora.info.run_id, "learning_rate")  # streamed live, over HTTP
+    assert len(steps) == lora.data.metrics["steps"] and lora.info.status == "FINISHED"
+    exp = c.get_experiment_by_name("smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs table
     assert len(tracking.trial_records("smoke")) == 2
 
 

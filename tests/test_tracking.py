@@ -85,3 +85,10 @@ def test_a_storage_password_never_reaches_the_parent_run():
     parent = tracking.parent_run("exp", {}, ["sweep=smoke", f"sweep.storage={url}"])
     param = tracking.client().get_run(parent).data.params["overrides"]
     assert secret not in param and "sweep.storage=postgresql://sweep:***@127.0.0.1" in param
+
+
+def test_the_experiment_opens_on_its_runs_in_the_ui():
+    parent = tracking.parent_run("kind", {}, [])
+    c = tracking.client()
+    exp = c.get_experiment(c.get_run(parent).info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
