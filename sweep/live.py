@@ -18,8 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 # Light at import (no mlflow, optuna): the trial process imports it; the store only when used.
 AXIS_TAGS = ("method", "rank", "quant", "precision", "optimizer", "seed", "base_dtype")
 WORKER_TAGS = ("host", "pid", "started")
@@ -75,10 +73,10 @@ def _worker_alive(tags: dict[str, str]) -> bool | None:
     if tags.get("worker.host") != storage.worker_info()["host"]:
         return None
     try:
-        pid, started = int(tags["worker.pid"]), float(tags["worker.started"])
-        return bool(psutil.Process(pid).create_time() == started)
-    except (KeyError, ValueError, psutil.NoSuchProcess):
+        worker = {"pid": int(tags["worker.pid"]), "started": float(tags["worker.started"])}
+    except (KeyError, ValueError):
         return False
+    return storage.alive(worker)
 
 
 def close_orphans(parent_id: str, trials_root: Path) -> int:

@@ -153,7 +153,8 @@ def _host() -> str:
     return os.environ.get("SWEEP_WORKER_HOST") or socket.gethostname()
 
 
-def _alive(worker: dict[str, Any]) -> bool:
+def alive(worker: dict[str, Any]) -> bool:
+    """The worker process (host, pid, start time from worker_info) still runs here."""
     try:
         return psutil.Process(worker["pid"]).create_time() == worker["started"]
     except (psutil.NoSuchProcess, KeyError):
@@ -165,7 +166,7 @@ def fail_stale_trials(study: optuna.Study) -> int:
     stale = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if worker and worker.get("host") == _host() and not _alive(worker):
+        if worker and worker.get("host") == _host() and not alive(worker):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             stale += 1
     if stale:

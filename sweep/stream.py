@@ -15,7 +15,6 @@ import math
 import time
 from typing import Any
 
-import psutil
 from transformers import TrainerCallback
 
 from sweep.errors import one_line
@@ -89,9 +88,11 @@ def memory_gib() -> float:
     """What the trial holds now: CUDA allocated on a GPU, else the process's resident memory."""
     import torch
 
+    from sweep.measure import host_rss_bytes
+
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated() / 1024**3
-    return psutil.Process().memory_info().rss / 1024**3
+    return host_rss_bytes() / 1024**3
 
 
 class SystemMetrics:
