@@ -256,7 +256,9 @@ def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
     ]
     for i in range(0, len(metrics), 900):
         c.log_batch(rid, metrics=metrics[i : i + 900])
-    c.log_artifact(rid, str(trial_dir / "result.json"))
+    for name in ("config.json", "result.json"):  # the resolved config (redacted), the record
+        if (trial_dir / name).is_file():
+            c.log_artifact(rid, str(trial_dir / name))
     for key in ITEM_FILES:  # per-item eval results: the report's paired statistics need them
         name = result.train.get(key)
         if name and (trial_dir / name).is_file():

@@ -391,3 +391,17 @@ def test_real_shape_bench_runs_every_approach_on_a_random_model(tmp_path):
     assert all(r["planner (GiB)"] and r["planner (GiB)"] > 0 for r in table)
     text = real_shape.write(table, "tiny_llama", 48, tmp_path / "out").read_text()
     assert text.count("| ok ") == 4 and "32-48" in text and "6-8" in text
+
+
+def test_the_benchs_harness_trial_streams_its_live_run_as_in_a_sweep(tmp_path):
+    from sweep import tracking
+    from sweep.bench.paired import step_cost
+
+    out = step_cost([], 1, tmp_path / "bench", steps=12)
+    assert out["harness_ms"] > 0 and out["bare_ms"] > 0
+    assert (tmp_path / "bench" / "mlflow.db").exists()  # the bench's own store
+    c = tracking.client()
+    (run,) = tracking.child_runs(c, tracking.find_parent("bench"))
+    assert run.data.tags[tracking.LIVE_TAG] == "true" and run.info.status == "FINISHED"
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "step_s")]
+    assert sorted(steps) == list(range(1, 13))  # every step streamed while it trained

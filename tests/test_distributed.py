@@ -96,7 +96,10 @@ def test_live_mlflow_server_receives_a_sweep_over_http(mlflow_server, monkeypatc
     assert sorted(r.info.run_name for r in children) == ["full", "lora r=4"]
     lora = next(r for r in children if r.info.run_name == "lora r=4")
     names = {a.path for a in c.list_artifacts(lora.info.run_id)}
-    assert {"result.json", "adapter"} <= names  # artifacts went through the server
+    assert {"config.json", "result.json", "adapter"} <= names  # artifacts went through HTTP
+    assert any(n.endswith(".jsonl") for n in names)  # the per-item eval results
+    report = {a.path for a in c.list_artifacts(tracking.find_parent("smoke"), "report")}
+    assert {"report/report.md", "report/accuracy_vs_peak_memory_gib.png"} <= report
     steps = c.get_metric_history(lora.info.run_id, "learning_rate")  # streamed live, over HTTP
     assert len(steps) == lora.data.metrics["steps"] and lora.info.status == "FINISHED"
     exp = c.get_experiment_by_name("smoke")

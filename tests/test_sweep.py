@@ -91,7 +91,8 @@ def test_smoke_sweep_end_to_end_and_rerun_runs_nothing_new(tmp_path, capsys):
         "accuracy" in r.data.metrics and "peak_host_rss_gib" in r.data.metrics for r in children
     )
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert c.list_artifacts(parent, "report")  # report logged to the parent run
+    report = {a.path for a in c.list_artifacts(parent, "report")}  # on the parent run
+    assert {"report/report.md", "report/accuracy_vs_peak_memory_gib.png"} <= report
 
     # the report: one headline row per approach, numbers equal to the records
     report_dir = tmp_path / "reports" / "smoke"

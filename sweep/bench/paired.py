@@ -2,7 +2,9 @@
 
 Each round runs sweep/bench/bare_loop.py and a harness trial on the same settings in fresh
 processes forked from the same server as the sweep's trials; on CPU both at once, each pinned
-to its own half of the cores (core_halves), else one after the other.
+to its own half of the cores (core_halves), else one after the other. The harness trial streams
+its live MLflow run as in a sweep (sweep.live, into a store of the bench's own), so the ratio
+includes what live logging costs the step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sweep import live, record, tracking
 from sweep.bench import bare_loop
 from sweep.child import gpu_present, trial_context
 from sweep.config import as_dict, compose
@@ -45,8 +48,21 @@ def bare(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str
     return json.loads(out.read_text())
 
 
-def _harness(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    h = launch(cfg, work, 0, env=env)
+def live_store(work: Path) -> str:
+    """A parent run in an MLflow store of the bench's own (work/mlflow.db), for live trial runs:
+    the bench's harness trials then log every step as a sweep's do."""
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    return tracking.parent_run("bench", {}, [])
+
+
+def _harness(
+    cfg: Config, work: Path, env: dict[str, str] | None = None, parent: str | None = None
+) -> dict[str, Any]:
+    run = live.start_run(parent, work.name, record.run_info(cfg)) if parent else None
+    h = launch(cfg, work, 0, env=env, live_run=run)
+    if run:
+        tracking.log_trial(parent, h, work)  # closes the live run, as the sweep does
     if h.status != "ok":
         raise RuntimeError(f"harness trial: {h.status} {h.train.get('error')}")
     return h.metrics
@@ -71,7 +87,7 @@ def core_halves() -> tuple[str, str] | None:
 
 
 def _pair(
-    overrides: list[str], work: Path, i: int, concurrent: bool = True
+    overrides: list[str], work: Path, i: int, concurrent: bool = True, parent: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One round: the bare loop and a harness trial. On CPU both at once, each pinned to its own
     half of the cores (halves swapped every round): a neighbour's burst or the machine's drift
@@ -82,19 +98,21 @@ def _pair(
     if halves is None:
         if i % 2 == 0:
             b = bare(cfg, work)
-            return b, _harness(cfg, work / f"h{i}")
-        h = _harness(cfg, work / f"h{i}")
+            return b, _harness(cfg, work / f"h{i}", parent=parent)
+        h = _harness(cfg, work / f"h{i}", parent=parent)
         return bare(cfg, work), h
     mine, theirs = halves if i % 2 == 0 else halves[::-1]
     with ThreadPoolExecutor(1) as pool:
-        h = pool.submit(_harness, cfg, work / f"h{i}", {CPUS_ENV: mine})
+        h = pool.submit(_harness, cfg, work / f"h{i}", {CPUS_ENV: mine}, parent)
         b = bare(cfg, work, {CPUS_ENV: theirs})
         return b, h.result()
 
 
 def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
     """Harness trial and bare loop, `repeats` rounds (_pair); each round's ratio of steady
-    tokens/s (steady_rate), and the median of those paired ratios."""
+    tokens/s (steady_rate), and the median of those paired ratios. Harness trials stream live
+    runs (live_store)."""
+    parent = live_store(work)
     rows = []
     for name, approach in APPROACHES.items():
         overrides = merge_overrides(
@@ -107,7 +125,7 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
         mfu: list[float] = []
         for i in range(repeats):
             print(f"[bench] throughput {name}: round {i + 1}/{repeats}", flush=True)
-            bm, hm = _pair(overrides, work / slug(name), i)
+            bm, hm = _pair(overrides, work / slug(name), i, parent=parent)
             b.append(steady_rate(bm))
             h.append(steady_rate(hm))
             b_step.append(bm["s_per_step_median"])
@@ -138,7 +156,8 @@ def step_cost(user: list[str], repeats: int, work: Path, steps: int = 200) -> di
     """The harness's fixed cost per step (Trainer, callbacks, progress, loss logging) on the
     tiny model, where a step is milliseconds and that cost is not lost in the machine's noise.
     One side after the other on all cores, as trials run (pinned halves differ by more than
-    the milliseconds measured here)."""
+    the milliseconds measured here). The harness streams its live run, as in a sweep."""
+    parent = live_store(work)
     overrides = merge_overrides(
         user,
         [
@@ -155,7 +174,7 @@ def step_cost(user: list[str], repeats: int, work: Path, steps: int = 200) -> di
     h: list[float] = []
     for i in range(repeats):
         print(f"[bench] per-step cost (tiny model): round {i + 1}/{repeats}", flush=True)
-        bm, hm = _pair(overrides, work / "step-cost", i, concurrent=False)
+        bm, hm = _pair(overrides, work / "step-cost", i, concurrent=False, parent=parent)
         b.append(bm["s_per_step_median"])
         h.append(hm["s_per_step_median"])
     cost = statistics.median(y - x for x, y in zip(b, h, strict=True))
