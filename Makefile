@@ -13,7 +13,7 @@ PORT    ?= 5000
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install trial sweep report ui test lint clean plan worker
+.PHONY: help install trial sweep report ui test lint clean plan probe worker
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,8 +57,11 @@ generate: $(STAMP) ## answer a prompt with a trial's model: make generate RUN=<d
 export: $(STAMP) ## write a trial's merged standalone model: make export RUN=<dir|name|run id> OUT=<dir>
 	$(BIN)/python -m sweep export "$(RUN)" "$(OUT)"
 
-plan: $(STAMP) ## predicted peak memory per approach, no download: make plan MODEL=llama2_7b ARGS="batch_size=4"
-	$(BIN)/python -m sweep plan $(MODEL) $(ARGS)
+plan: $(STAMP) ## predicted peak memory per approach; DATA=10M (or a file): hours and $ per epoch per GPU tier: make plan MODEL=llama2_7b DATA=10M
+	$(BIN)/python -m sweep plan $(MODEL) $(if $(DATA),data=$(DATA)) $(ARGS)
+
+probe: $(STAMP) ## a few real steps per approach on this machine: predicted vs measured time and memory; calibrates make plan here
+	$(BIN)/python -m sweep probe $(ARGS)
 
 worker: $(STAMP) ## join a shared sweep as one more worker: SWEEP_STORAGE=postgresql://... make worker SWEEP=default
 	@test -n "$(STORAGE)$$SWEEP_STORAGE" || { echo "error: the storage URL is required: export SWEEP_STORAGE=postgresql://user@host/db (password in ~/.pgpass), or STORAGE=..."; exit 2; }
@@ -68,7 +71,7 @@ worker: $(STAMP) ## join a shared sweep as one more worker: SWEEP_STORAGE=postgr
 inference: $(STAMP) ## inference block (adapter separate vs merged) for every trial, added to the report: make inference EXP=default
 	$(BIN)/python -m sweep inference $(EXP)
 
-bench-plan: $(STAMP) ## planner vs measured ledger per memory component (tiny + SmolLM2, two seq lengths)
+bench-plan: $(STAMP) ## planner vs measured ledger, vs published runs (PEFT, fms-acceleration), time model vs this machine: reports/bench/plan.md
 	$(BIN)/python -m sweep.bench.memory $(ARGS)
 
 bench-real: $(STAMP) ## GPU: peak memory of full FT / LoRA / QLoRA on a random-weight 7B shape vs the planner: make bench-real [ARGS="--model llama3_8b"]

@@ -5,6 +5,7 @@
     python -m sweep report EXPERIMENT       rebuild reports/EXPERIMENT/ from MLflow (make report)
     python -m sweep check  [overrides...]   compose and validate a config, print it
     python -m sweep plan   MODEL [key=value...]  predicted peak memory per approach, no download (make plan)
+    python -m sweep probe  [overrides...]   real steps per approach here: predicted vs measured (make probe)
     python -m sweep generate RUN PROMPT [--merged] [key=value...]   a trial's greedy answer (make generate)
     python -m sweep export RUN OUT_DIR      a trial's merged standalone model (make export)
     python -m sweep inference EXPERIMENT   separate vs merged adapters for every trial, into the report (make inference)
@@ -108,6 +109,12 @@ def _plan(args: list[str]) -> int:
     return plan_main(args)
 
 
+def _probe(args: list[str]) -> int:
+    from sweep.probe import main as probe_main
+
+    return probe_main(args)
+
+
 def _inference(args: list[str]) -> int:
     from sweep.inference import inference_report
     from sweep.report import rebuild
@@ -138,6 +145,7 @@ COMMANDS = {
     "generate": _generate,
     "export": _export,
     "plan": _plan,
+    "probe": _probe,
     "inference": _inference,
     "repair-journal": _repair,
 }

@@ -116,6 +116,8 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         metrics = train.get("metrics", {})
         row = {k: run.get(k) for k in RUN_COLUMNS}
         row.update(status=train.get("status", "failed"), error=train.get("error"))
+        meta = rec.get("meta") or {}
+        row.update(device=meta.get("device"), device_name=meta.get("device_name"))
         row["selected"] = bool(rec.get("selected", train.get("status") == "ok"))
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
         rows.append(row)
@@ -125,6 +127,8 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             *RUN_COLUMNS,
             "status",
             "error",
+            "device",
+            "device_name",
             "selected",
             *METRIC_COLUMNS,
         ],

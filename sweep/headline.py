@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from sweep import compare
+from sweep import compare, epoch
 from sweep.frame import fmt_bytes, fmt_num, mean_ci, to_frame
 from sweep.metrics import HIGHER_IS_BETTER, PARETO_PAIRS
 from sweep.plan import gpu_fit
@@ -68,8 +68,9 @@ def headline(records: list[dict[str, Any]], gpus: list[GpuClass]) -> pd.DataFram
     ok = to_frame(chosen)
     if ok.empty:
         return pd.DataFrame()
+    ok["cost_usd"] = [epoch.trial_cost_usd(r, gpus) for r in ok.to_dict("records")]
     g = ok.groupby("label", sort=False)
-    table = g[RESOURCE_COLUMNS].mean()
+    table = g[[*RESOURCE_COLUMNS, "cost_usd"]].mean()
     for col in ("method", "rank", "quant", "base_dtype", "memory_kind", "lr", *RECIPE_COLUMNS):
         table[col] = g[col].first()
     table["runs"] = g.size()
@@ -77,11 +78,18 @@ def headline(records: list[dict[str, Any]], gpus: list[GpuClass]) -> pd.DataFram
     table = table.join(compare.table(chosen))
     table["delta_vs_full_pts"] = table.get("full_delta", math.nan)
     table.loc[table.method == "full", "delta_vs_full_pts"] = 0.0
-    fits = [gpu_fit(p, gpus) for p in table["peak_memory_gib"]]
-    table["gpu"] = [f.name if f else "none listed" for f in fits]
-    table["cost_usd"] = [
-        (t / 3600) * f.usd_per_hour if f else math.nan
-        for t, f in zip(table["total_s"], fits, strict=True)
+    table["device"] = g["device"].first()
+    first: dict[str, dict[str, Any]] = {}
+    for r in chosen:
+        first.setdefault(r["run"]["label"], r)
+    on_gpu = table["device"] == "cuda"
+    table["planned_gpu_gib"] = [  # a CPU run's recipe on a bf16 GPU, from the planner
+        math.nan if gpu else epoch.planned_gpu_peak(first[label]) for label, gpu in on_gpu.items()
+    ]
+    fit_on = table["peak_memory_gib"].where(on_gpu, table["planned_gpu_gib"])
+    table["gpu"] = [
+        (f.name if f else "none listed") + ("" if gpu else " (predicted)")
+        for f, gpu in zip([gpu_fit(p, gpus) for p in fit_on], on_gpu, strict=True)
     ]
     order = table.method.map({"full": 0, "lora": 1, "qlora": 2}).fillna(9) * 1e6 + table[
         "rank"
@@ -210,9 +218,15 @@ def markdown_table(table: pd.DataFrame) -> str:
             "trainable %": [fmt_num(v, "{:.2f}") for v in table.trainable_pct],
             "adapter size": [fmt_bytes(v) for v in table.adapter_bytes],
             "smallest GPU that fits": table["gpu"],
-            "cost (USD)": [fmt_num(v, "{:.4f}") for v in table.cost_usd],
+            "trial cost (USD)": [fmt_num(v, "{:.4f}") for v in table.cost_usd],
         }
     )
+    if table.planned_gpu_gib.notna().any():  # CPU rows: the planner's GPU peak beside theirs
+        out.insert(
+            list(out.columns).index(mem_name) + 1,
+            "planned GPU peak (GiB)",
+            [fmt_num(v, "{:.2f}") for v in table.planned_gpu_gib],
+        )
     if table.mfu.notna().any():  # on a GPU with a known peak
         out.insert(
             list(out.columns).index("model TFLOP/s") + 1,
@@ -371,8 +385,12 @@ def section(table: pd.DataFrame, records: list[dict[str, Any]]) -> list[str]:
         "marks a difference whose interval holds 0 (indistinguishable at this n). "
         "**forgetting** is the loss on general text the trial never trained on (Python's "
         "docs), after minus before training, in nats per token: above 0 the model got worse "
-        "at it. Train time excludes warm-up steps and evaluation; cost is the trial's total "
-        "wall time at the listed price of the smallest GPU class that fits its peak."
+        "at it. Train time excludes warm-up steps and evaluation. Peak memory is the training "
+        "phase's (VRAM on a GPU, the process's resident memory on a CPU); on a CPU run the "
+        "**planned GPU peak** is the planner's for the same recipe on a bf16 GPU, and the "
+        "smallest GPU that fits it is marked predicted. **trial cost** is a GPU trial's wall "
+        "time, less the untuned base model's evaluation, at its GPU class's price "
+        "(`report.gpus`); a CPU trial has none. Cost per epoch: see below."
         + (
             " With repeated seeds (`sweep.seeds`) resources are means over seeds and `±` the "
             "half-width of their 95% Student t interval."

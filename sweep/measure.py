@@ -31,13 +31,14 @@ GIB = 1024**3
 
 
 def peak_tflops(device_name: str, precision: str, gpus: list[GpuClass]) -> float | None:
-    """The dense peak TFLOP/s of the GPU class whose name's first word ("H100", "A100") is in
-    the device's name, for the precision's matmul dtype (fp32: no TF32); None if unknown."""
-    for g in gpus:
-        if g.name.split()[0].lower() in device_name.lower():
-            peak = g.fp32_tflops if precision == "fp32" else g.bf16_tflops
-            return peak or None
-    return None
+    """The dense peak TFLOP/s of the device's GPU class (sweep.cost.device_class: "RTX 4090" in
+    "NVIDIA GeForce RTX 4090") for the precision's matmuls (fp32: no TF32); None if unknown."""
+    from sweep.cost import device_class
+
+    g = device_class(device_name, gpus)
+    if g is None:
+        return None
+    return (g.fp32_tflops if precision == "fp32" else g.bf16_tflops) or None
 
 
 def sync() -> None:

@@ -91,6 +91,8 @@ class Settings:
     logits_len: int = 0  # positions per sequence with logits (train.loss_logits=answer); 0: seq_len
     cuda_context_gib: float = 0.5
     fragmentation: float = 0.10  # allocator slack, as a fraction of the allocated peak
+    data: Any = None  # cost per epoch (sweep.cost): a token count (10M, 1e7) or a data file
+    tiers: Any = None  # GPU tiers of the cost table: None (the seed's four), "all", or names
 
     @property
     def mode(self) -> str:

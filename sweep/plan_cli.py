@@ -1,6 +1,11 @@
 """make plan: the planner's settings from the command line, and the table it prints.
 
     python -m sweep plan llama2_7b batch_size=4 seq_len=512   # make plan MODEL=llama2_7b ARGS="..."
+    python -m sweep plan llama2_7b data=10M seq_len=512       # make plan MODEL=llama2_7b DATA=10M
+
+With `data=` (a token count, or a data file counted with the model's tokenizer) a second table
+gives each approach on each GPU tier: predicted peak, whether it fits, hours and dollars per
+epoch (sweep.cost).
 
 Every field of `sweep.plan.Settings` is a `key=value` (YAML values: ranks=[4,16,64]); a wrong key
 or value is one line naming what is allowed. The model is a conf/model/ name, a hub id or a local
@@ -11,19 +16,23 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from sweep import cost
 from sweep.arch import Arch, load_arch, model_options, total_params
-from sweep.config import ConfigError
+from sweep.config import CONF_DIR, ConfigError
 from sweep.errors import require
 from sweep.plan import ATTENTIONS, Settings, load_gpus, plan, plan_recipes
 from sweep.recipe import LINEARS
+from sweep.schema import GpuClass
 from sweep.validate import BASE_DTYPES, OPTIMIZERS, PRECISIONS
 
 ALIASES = {"max_seq_len": "seq_len", "r": "qlora_rank"}
+CONF_MODEL = CONF_DIR / "model"
 
 
 def parse_settings(args: list[str]) -> Settings:
@@ -38,7 +47,12 @@ def parse_settings(args: list[str]) -> Settings:
             hint = difflib.get_close_matches(key, known, n=1)
             did_you = f" (did you mean {hint[0]}?)" if hint else ""
             raise ConfigError(f"{arg}: not a plan setting{did_you}; allowed: {', '.join(known)}")
-        values[key] = yaml.safe_load(raw)
+        try:
+            values[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"{arg}: not a YAML value (quote a value with spaces: '{key}=[A100 80GB]')"
+            ) from None
     if isinstance(values.get("ranks"), int):
         values["ranks"] = [values["ranks"]]
     s = replace(Settings(), **values)
@@ -77,6 +91,48 @@ def check_settings(s: Settings) -> None:
     require(isinstance(ctx, int | float) and ctx >= 0, "cuda_context_gib", ">= 0", ctx)
     frag = s.fragmentation
     require(isinstance(frag, int | float) and 0 <= frag < 1, "fragmentation", "0..1", frag)
+    if s.data is not None and cost.parse_tokens(s.data) is None:
+        ok = Path(str(s.data)).is_file()
+        require(ok, "data", "a token count (10M, 1e7, 2.5B) or an existing data file", s.data)
+
+
+def epoch_tokens(spec: Any, model: str) -> tuple[int, str]:
+    """Tokens in an epoch: a count as given, or a data file's rows tokenized (prompt + answer,
+    as a trial encodes them) with the model's tokenizer where it is on this machine, else with
+    the packaged SmolLM2's (said in the note: tokenizers differ by some 10-30%)."""
+    n = cost.parse_tokens(spec)
+    if n is not None:
+        return n, f"{n:,} tokens per epoch (given)"
+    from sweep import data
+    from sweep.schema import DatasetConfig
+
+    path = Path(str(spec))
+    task = data.load_task(DatasetConfig(name=path.stem, source="file", path=str(path)), 0, 0)
+    tok, which = _tokenizer(model)
+    n = sum(len(data.encode(tok, ex, 10**9, None)["input_ids"]) for ex in task.train)
+    return n, f"{n:,} tokens per epoch: {len(task.train):,} rows of {path.name}, {which}"
+
+
+def _tokenizer(model: str) -> tuple[Any, str]:
+    """The model's tokenizer if it is on this machine (offline), else the packaged SmolLM2's."""
+    from transformers import AutoTokenizer
+
+    from sweep import models
+    from sweep.config import compose
+
+    name = model
+    try:
+        cfg = compose([f"model={model}"]) if (CONF_MODEL / f"{model}.yaml").is_file() else None
+        if cfg is not None and cfg.model.source != "hf":
+            name = models.resolve(cfg.model, cfg.cache_dir)
+        elif cfg is not None:
+            name = str(cfg.model.name_or_path)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return tok, f"counted with {model}'s tokenizer"
+    except (OSError, ValueError, ConfigError):
+        cfg = compose(["model=smollm2_135m"])
+        tok = models.load_tokenizer(models.resolve(cfg.model, cfg.cache_dir))
+        return tok, f"counted with SmolLM2's tokenizer ({model}'s is not on this machine)"
 
 
 def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
@@ -104,6 +160,55 @@ def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
     return "\n".join([head, "", shown.to_markdown(index=False, floatfmt=".2f"), "", foot])
 
 
+def render_cost(
+    arch: Arch, s: Settings, table: pd.DataFrame, tokens: int, note: str, gpus: list[GpuClass]
+) -> str:
+    """The cost table: each approach on each tier, and where every rate and price comes from."""
+    tiers = cost.pick_tiers(gpus, s.tiers)
+    rows = [
+        (_label(row), rec, float(row.total_gib))
+        for rec, row in zip(plan_recipes(s), table.itertuples(), strict=True)
+    ]
+    out = cost.epoch_table(
+        arch,
+        rows,
+        s.batch_size,
+        s.seq_len,
+        tokens,
+        tiers,
+        cost.load_calibration(),
+        s.gradient_checkpointing,
+    )
+    sources = list(dict.fromkeys(out["source"]))
+    shown = pd.DataFrame(
+        {
+            "approach": out["approach"],
+            "GPU": out["tier"],
+            "peak GiB": [f"{v:.1f}" for v in out["peak_gib"]],
+            "fits": out["fits"],
+            "MFU": [
+                f"{v:.0%} [{sources.index(src) + 1}]" for v, src in zip(out["mfu"], out["source"])
+            ],
+            "hours/epoch": [f"{v:.1f}" for v in out["hours_per_epoch"]],
+            "$/epoch": [f"{v:,.0f}" if v >= 10 else f"{v:.2f}" for v in out["usd_per_epoch"]],
+        }
+    )
+    prices = "; ".join(f"{g.name} ${g.usd_per_hour:.2f}/h ({g.price_source})" for g in tiers)
+    refs = "\n".join(f"[{i + 1}] {src}" for i, src in enumerate(sources))
+    head = (
+        f"Cost per epoch: {note}; batch {s.batch_size} x {s.seq_len} tokens, full sequences "
+        "(padding adds its share). Predicted: step = FLOPs/token x tokens / (MFU x dense peak) "
+        "+ fixed; a tier where it does not fit (fits: no) needs several GPUs or a smaller batch."
+    )
+    return "\n".join(
+        [head, "", shown.to_markdown(index=False), "", "MFU sources:", refs, f"Prices: {prices}"]
+    )
+
+
+def _label(row: Any) -> str:
+    return "full" if row.approach == "full" else f"{row.approach} r={row.rank}"
+
+
 def _millions(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
@@ -116,5 +221,11 @@ def main(args: list[str]) -> int:
             f"{', '.join(model_options())} or a hub id (make plan MODEL=<name>)"
         )
     arch, settings = load_arch(args[0]), parse_settings(args[1:])
-    print(render(args[0], arch, settings, plan(arch, settings, load_gpus())))
+    gpus = load_gpus()
+    cost.pick_tiers(gpus, settings.tiers)  # a wrong tier name fails before any work
+    table = plan(arch, settings, gpus)
+    print(render(args[0], arch, settings, table))
+    if settings.data is not None:
+        tokens, note = epoch_tokens(settings.data, args[0])
+        print("\n" + render_cost(arch, settings, table, tokens, note, gpus))
     return 0

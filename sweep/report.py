@@ -16,12 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from sweep import stats
+from sweep import epoch, stats
 from sweep.frame import fmt_num, overhead, to_frame
 from sweep.headline import headline, section
 from sweep.metrics import PARETO_PAIRS
 from sweep.record import write_whole
-from sweep.schema import GpuClass
+from sweep.schema import GpuClass, ReportConfig
+
+EPOCH_TOKENS = ReportConfig.epoch_tokens
 
 
 def plots(table: pd.DataFrame, base_acc: float | None, out_dir: Path) -> list[Path]:
@@ -183,9 +185,15 @@ def _replace(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write(
-    records: list[dict[str, Any]], out_dir: Path, experiment: str, gpus: list[GpuClass]
+    records: list[dict[str, Any]],
+    out_dir: Path,
+    experiment: str,
+    gpus: list[GpuClass],
+    tiers: Any = None,
+    epoch_tokens: int = EPOCH_TOKENS,
 ) -> Path:
-    """Write report.md, results.csv and the plots for these records; returns the report path."""
+    """Write report.md, results.csv and the plots for these records; returns the report path.
+    `tiers` and `epoch_tokens`: the cost-per-epoch section's GPU tiers and epoch (sweep.epoch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = by_device(records)
     table = headline(records, gpus)  # marks each record `selected` (compare.select)
@@ -205,6 +213,7 @@ def write(
         lines += section(table, records)
         pngs = plots(table, base_acc, out_dir)
         lines += ["## Pareto plots", "", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
+    lines += epoch.section(table, records, gpus, tiers, epoch_tokens)
     lines += predicted_vs_measured(df)
     bad = df[df.status != "ok"]
     lines += ["## Failed, OOM, diverged, pruned and skipped trials", ""]
@@ -278,7 +287,8 @@ def rebuild(experiment: str, overrides: list[str] | None = None) -> Path:
         records += found
     title = "+".join(names)
     out_dir = Path(cfg.report.dir) / title
-    path = write(records, out_dir, title, cfg.report.gpus)
+    r = cfg.report
+    path = write(records, out_dir, title, r.gpus, r.tiers, r.epoch_tokens)
     if len(names) == 1:  # a merged report belongs to no one sweep's parent run
         tracking.retrying(lambda: tracking.log_report(names[0], out_dir), "logging the report")
     return path

@@ -149,12 +149,15 @@ class GpuClass:
     usd_per_hour: float = 0.0
     bf16_tflops: float = 0.0  # dense 16-bit tensor peak (for MFU); 0: unknown
     fp32_tflops: float = 0.0  # dense fp32 peak, no TF32
+    price_source: str = ""  # where usd_per_hour comes from, and when
 
 
 @dataclass
 class ReportConfig:
     dir: str = "reports"
     gpus: list[GpuClass] = field(default_factory=list)
+    epoch_tokens: int = 10_000_000  # the epoch of the report's cost-per-epoch section
+    tiers: Any = None  # its GPU tiers: null (the seed's four), "all", or names from gpus
 
 
 @dataclass

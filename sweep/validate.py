@@ -60,6 +60,17 @@ def resolve_precision(precision: str, cuda_bf16: bool | None = None) -> str:
     return "bf16-mixed" if cuda_bf16 else "fp32"
 
 
+def _check_report(cfg: Config) -> None:
+    """report.epoch_tokens a count; report.tiers names of report.gpus (sweep.cost.pick_tiers)."""
+    n = cfg.report.epoch_tokens
+    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    require(ok, "report.epoch_tokens", "an integer >= 1 (training tokens)", n)
+    if cfg.report.tiers is not None:
+        from sweep.cost import pick_tiers
+
+        pick_tiers(list(cfg.report.gpus), cfg.report.tiers, "report.tiers")
+
+
 def validate(cfg: Config) -> None:
     """Range and consistency checks; raises ConfigError with one line on the first problem."""
     m, d, t, e, s = cfg.method, cfg.dataset, cfg.train, cfg.eval, cfg.sweep
@@ -75,6 +86,7 @@ def validate(cfg: Config) -> None:
         "a hub id or local path",
         cfg.model.name_or_path,
     )
+    _check_report(cfg)
     attn = cfg.model.attn_implementation
     require(attn in ATTENTIONS, "model.attn_implementation", f"one of {ATTENTIONS}", attn)
     require(m.name in METHODS, "method.name", f"one of {METHODS}", m.name)

@@ -72,9 +72,19 @@ def test_gpu_class_is_the_smallest_that_fits_and_cost_uses_its_price():
     assert table.loc["lora r=16", "gpu"] == "T4"
     assert table.loc["lora r=64", "gpu"] == "L4"
     assert table.loc["full", "gpu"] == "A100-80"
-    assert table.loc["full", "cost_usd"] == pytest.approx(110 / 3600 * 3.6)
     assert plan.gpu_fit(200.0, GPUS) is None
     assert plan.gpu_fit(16.0, GPUS).name == "T4"
+
+
+def test_trial_cost_is_at_the_price_of_the_gpu_it_ran_on_without_the_base_evaluation():
+    on_a100 = rec("full", "full", None, 0.60, 10.0, 100.0)  # fits a T4, ran on an A100
+    on_a100["meta"]["device_name"] = "NVIDIA A100-80 SXM4"
+    on_a100["train"]["metrics"]["base_eval_s"] = 30.0
+    table = headline.headline([on_a100], GPUS).set_index("label")
+    assert table.loc["full", "gpu"] == "T4"  # what would fit
+    assert table.loc["full", "cost_usd"] == pytest.approx((110 - 30) / 3600 * 3.6)  # what it cost
+    unknown = rec("full", "full", None, 0.60, 10.0, 100.0)  # device "X": no class, no price
+    assert math.isnan(headline.headline([unknown], GPUS).cost_usd.iloc[0])
 
 
 def test_pareto_membership():

@@ -1,7 +1,13 @@
-"""Benchmark: the memory planner's prediction against the measured ledger, component by component.
+"""make bench-plan: the planner against the measured ledger, published runs, and this machine.
 
     make bench-plan                         # tiny model and SmolLM2-135M, two sequence lengths
-    python -m sweep.bench.memory model=tiny_llama
+    python -m sweep.bench.memory model=tiny_llama [--no-time]
+
+Three sections of reports/bench/plan.md:
+1. the memory planner against the measured ledger, component by component (below);
+2. the planner and time model against published runs (sweep/bench/published.py);
+3. the time model against measured step times of the default grid here (sweep/bench/step_time.py;
+   --no-time leaves it out: it trains 11 short trials).
 
 Runs a two-step trial per approach (full, LoRA r=4/16/64, QLoRA r=16) and sequence length, reads
 the ledger (parameters, gradients, optimizer state, saved activations, measured on the first
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sweep.bench import published, step_time
 from sweep.config import compose
 from sweep.trial import run_trial
 
@@ -87,13 +94,20 @@ def main(argv: list[str]) -> int:
     worst = float((ratios - 1).abs().max().max())
     text = (
         f"# Planner vs measured ledger (ratio: measured / predicted)\n\n{df.to_markdown(index=False, floatfmt='.3f')}\n\n"
-        f"Worst component error: {worst:.1%} (target: within 10%).\n"
+        f"Worst component error: {worst:.1%} (target: within 10%).\n\n"
     )
+    text += published.section() + "\n"
+    time_ok = True
+    if "--no-time" not in argv:
+        with tempfile.TemporaryDirectory() as tmp:
+            steps = step_time.check([], Path(tmp))
+        text += step_time.section(steps)
+        time_ok = bool((steps["measured / predicted"] - 1).abs().max() <= step_time.BAND)
     out = Path("reports/bench")
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.md").write_text(text)  # one process writes it
     print(text)
-    return 0 if worst <= 0.10 else 1
+    return 0 if worst <= 0.10 and time_ok else 1
 
 
 if __name__ == "__main__":
