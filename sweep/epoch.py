@@ -63,7 +63,9 @@ def _num(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def _predicted(record: dict[str, Any], tier: GpuClass, tokens: int, entries: list) -> tuple:
+def _predicted(
+    record: dict[str, Any], tier: GpuClass, tokens: int, entries: list[dict[str, Any]]
+) -> tuple[float, bool | None]:
     """(hours, fits) of a CPU trial's recipe on a GPU tier, from the planner and time model."""
     cfg = gpu_config(record)
     m = record["train"]["metrics"]
@@ -108,25 +110,36 @@ def rows(
             + (f", ${hours * own.usd_per_hour:,.2f}" if own else ""),
         }
         for tier in tiers:
-            if on_gpu and own is not None:
-                ratio = cost.peak_tflops(tier, rec["run"].get("precision", "bf16-mixed")) / (
-                    cost.peak_tflops(own, rec["run"].get("precision", "bf16-mixed")) or math.nan
-                )
-                h, fits, kind = hours / ratio, row.peak_memory_gib <= tier.memory_gib, "projected"
-            elif on_gpu:
-                h, fits, kind = math.nan, None, "unknown GPU class"
-            else:
-                try:
-                    h, fits = _predicted(rec, tier, tokens, entries)
-                except ConfigError:
-                    h, fits = math.nan, None
-                kind = "predicted"
-            fit = "" if fits is None else (" (does not fit)" if not fits else "")
-            cells[tier.name] = (
-                f"{fmt_num(h, '{:.1f}')} h, ${fmt_num(h * tier.usd_per_hour, '{:,.2f}')} {kind}{fit}"
-            )
+            cells[tier.name] = _tier_cell(rec, row, own, tier, hours, tokens, entries)
         out.append(cells)
     return out
+
+
+def _tier_cell(
+    rec: dict[str, Any],
+    row: Any,
+    own: GpuClass | None,
+    tier: GpuClass,
+    hours: float,
+    tokens: int,
+    entries: list[dict[str, Any]],
+) -> str:
+    """One tier's "h, $ kind": a GPU run projected by the dense-peak ratio (fits: its measured
+    peak), a CPU run predicted by the planner and time model."""
+    if (rec.get("meta") or {}).get("device") == "cuda":
+        if own is None:
+            return "- (the run's GPU is not in report.gpus)"
+        precision = rec["run"].get("precision", "bf16-mixed")
+        ratio = cost.peak_tflops(tier, precision) / (cost.peak_tflops(own, precision) or math.nan)
+        h, fits, kind = hours / ratio, row.peak_memory_gib <= tier.memory_gib, "projected"
+    else:
+        try:
+            h, fits = _predicted(rec, tier, tokens, entries)
+        except ConfigError:
+            h, fits = math.nan, None
+        kind = "predicted"
+    fit = " (does not fit)" if fits is False else ""
+    return f"{fmt_num(h, '{:.1f}')} h, ${fmt_num(h * tier.usd_per_hour, '{:,.2f}')} {kind}{fit}"
 
 
 def section(

@@ -207,14 +207,13 @@ def test_bench_plan_predicts_a_grid_point_from_a_fit_at_other_batches(tmp_path, 
     from sweep import probe
     from sweep.bench import step_time
 
-    monkeypatch.setattr(probe, "APPROACHES", {"lora": ["method=lora", "method.r=4"]})
-    monkeypatch.setattr(step_time, "GRID", [("lora", ["method.r=8"])])
+    monkeypatch.setattr(step_time, "GRID", {"lora": [["method.r=8"]]})
     monkeypatch.setattr(step_time, "ROUNDS", 1)
     monkeypatch.setattr(probe, "this_device", lambda: GpuClass("cpu t", 0, 0, 0.05, 0.05))
     table = step_time.check(["model=tiny_llama", "train.max_seq_len=48"], tmp_path)
     (row,) = table.to_dict("records")
     assert row["point"] == "lora r=8" and row["batch"] == step_time.BATCH
     assert row["predicted s/step"] > 0 and row["measured / predicted"] > 0
+    assert set(table.attrs["fits"]) == {("lora", "fp32")}
     text = step_time.section(table)
     assert "Worst step-time error" in text and "cpu t" in text
-    assert not (tmp_path.parent / cost.LOCAL_NAME).exists()  # the bench's own calibration

@@ -2,12 +2,13 @@
 
     python -m sweep.bench.step_time          # part of make bench-plan
 
-`make probe`'s fit at batches 4 and 16 (into a calibration of the bench's own, not this
-machine's .cache/calibration.yaml) predicts every point of the default grid (full FT, LoRA at
-ranks 4, 16, 64, QLoRA r=16) at the grid's own batch of 8, which the fit never saw; each point
-then runs its short harness trials (ROUNDS each, the quickest counts). On a CPU the peak is a short matmul probe's. The fit brackets
-the grid's batch: on a shared 2-core machine one trial's step time moves by 10-30% from run to
-run, and a fit over a short span of batches (2 and 4) extrapolates that noise.
+`make probe`'s fit (sweep.probe.fit: MFU and fixed cost from two batch sizes, here 4 and 16)
+predicts every point of the default grid (full FT, LoRA at ranks 4, 16, 64, QLoRA r=16) at the
+grid's own batch of 8, which the fit never saw; each point runs short harness trials beside
+it. On a CPU the peak is a short matmul probe's. Noise on a shared 2-core machine: one trial's
+step time moves 10-30% from run to run and drifts over minutes, so the fit brackets the grid's
+batch (a fit over batches 2 and 4 extrapolated that noise), each approach's fit and checks run
+together in ABBA rounds, and each point's quickest run counts.
 """
 
 from __future__ import annotations
@@ -21,46 +22,54 @@ import pandas as pd
 from sweep import cost, probe
 
 CALIBRATE_AT = (4, 16)
-GRID = [("full", []), ("lora", ["method.r=4"]), ("lora", ["method.r=16"]),
-        ("lora", ["method.r=64"]), ("qlora", ["method.r=16"])]  # fmt: skip
+GRID = {  # the default grid's points, per approach (each calibrated at the approach's default)
+    "full": [[]],
+    "lora": [["method.r=4"], ["method.r=16"], ["method.r=64"]],
+    "qlora": [["method.r=16"]],
+}
 BATCH = 8  # conf/train/default.yaml
 BAND = 0.20
-ROUNDS = 2  # trials per point; the quickest counts (noise on a shared machine only adds time)
+ROUNDS = 2  # ABBA rounds; each point's quickest run counts (noise only ever adds time)
 
 
 def check(overrides: list[str], work: Path) -> pd.DataFrame:
-    """Calibrate at CALIBRATE_AT, then predict and measure each GRID point at BATCH."""
-    cal = work / "calibration"
-    fitted = probe.probe(
-        overrides, work / "probe", str(cal), CALIBRATE_AT, probe.this_device(), ROUNDS
-    )
-    device = fitted.attrs["device"]
-    entries = cost.load_calibration(cal)
-    rows = []
-    for approach, extra in GRID:
-        label = approach if approach == "full" else f"{approach} {extra[0].split('.')[-1]}"
-        print(f"[bench-plan] step time: {label} batch {BATCH}", flush=True)
-        p = probe.run_point([*overrides, *extra], approach, BATCH, work / "grid", ROUNDS)
-        peak = cost.peak_tflops(device, p.precision)
-        predicted = cost.step_seconds(
-            p.flops_per_token,
-            p.tokens,
-            peak,
-            cost.rate(entries, device.name, approach, p.precision),
-        )
-        rows.append(
-            {
-                "point": label,
-                "batch": BATCH,
-                "tokens/step": round(p.tokens),
-                "predicted s/step": predicted,
-                "measured s/step": p.step_s,
-                "measured / predicted": p.step_s / predicted,
-            }
-        )
+    """Per approach, in ABBA rounds: calibration batch, grid points, the other calibration
+    batch (then reversed), so the machine's drift over minutes hits fit and check alike; fit at
+    CALIBRATE_AT, predict each grid point at BATCH, set the measured beside it."""
+    device = probe.this_device()
+    small, large = CALIBRATE_AT
+    rows, fits = [], {}
+    for approach, points in GRID.items():
+        plan = [(small, []), *[(BATCH, extra) for extra in points], (large, [])]
+        best: dict[tuple[int, str], probe.Point] = {}
+        for i in range(ROUNDS):
+            for batch, extra in plan if i % 2 == 0 else plan[::-1]:
+                print(f"[bench-plan] step time: {approach} {' '.join(extra)} batch {batch}",
+                      flush=True)  # fmt: skip
+                p = probe.run_point([*overrides, *extra], approach, batch, work)
+                key = (batch, " ".join(extra))
+                best[key] = min(best.get(key, p), p, key=lambda q: q.step_s)
+        peak = cost.peak_tflops(device, best[(small, "")].precision)
+        mfu, fixed = probe.fit(best[(small, "")], best[(large, "")], peak)
+        fits[(approach, best[(small, "")].precision)] = (mfu, fixed)
+        r = cost.Rate(mfu, fixed, "fit")
+        for extra in points:
+            p = best[(BATCH, " ".join(extra))]
+            predicted = cost.step_seconds(p.flops_per_token, p.tokens, peak, r)
+            rank = f" {extra[0].split('.')[-1]}" if extra else ""
+            rows.append(
+                {
+                    "point": approach + rank,
+                    "batch": BATCH,
+                    "tokens/step": round(p.tokens),
+                    "predicted s/step": predicted,
+                    "measured s/step": p.step_s,
+                    "measured / predicted": p.step_s / predicted,
+                }
+            )
     table = pd.DataFrame(rows)
     table.attrs["device"] = device
-    table.attrs["fits"] = fitted.attrs["fits"]
+    table.attrs["fits"] = fits
     return table
 
 
