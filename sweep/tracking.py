@@ -57,6 +57,7 @@ PARAM_KEYS = (
     "optimizer",
     "gradient_checkpointing",
     "attention",
+    "packing",
     "seed",
     "config_hash",
     "point",
@@ -104,6 +105,15 @@ def client() -> MlflowClient:
 # The MLflow 3 UI opens an experiment of this kind on its runs table (not the GenAI overview):
 # the value its own "machine learning" choice writes.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def ui_url(experiment: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The UI page of the experiment's runs table. MLflow 3.17's UI opens in its GenAI view
+    (traces) unless the link says `workflowType=machine_learning` or the user toggles "Model
+    training" once (the browser remembers); the experiment kind tag alone is not enough."""
+    exp = client().get_experiment_by_name(experiment)
+    page = f"experiments/{exp.experiment_id}/runs" if exp else "experiments"
+    return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
 
 
 def _experiment_id(c: MlflowClient, name: str, create: bool = True) -> str | None:

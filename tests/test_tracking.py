@@ -92,3 +92,13 @@ def test_the_experiment_opens_on_its_runs_in_the_ui():
     c = tracking.client()
     exp = c.get_experiment(c.get_run(parent).info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_ui_address_opens_the_experiments_runs_table_not_the_genai_view():
+    from sweep import tracking
+
+    assert tracking.ui_url("none-yet").endswith("/#/experiments?workflowType=machine_learning")
+    rid = tracking.parent_run("uiexp", {}, [])
+    exp = tracking.client().get_run(rid).info.experiment_id
+    url = tracking.ui_url("uiexp", "0.0.0.0", 5001)
+    assert url == f"http://0.0.0.0:5001/#/experiments/{exp}/runs?workflowType=machine_learning"
