@@ -37,7 +37,8 @@ sweep: $(STAMP) ## run a sweep and write its report: make sweep SWEEP=default AR
 report: $(STAMP) ## rebuild reports/<EXP>/ from what was logged: make report EXP=default (EXP=a,b merges)
 	$(BIN)/python -m sweep report $(EXP)
 
-ui: $(STAMP) ## open the MLflow UI over the tracking store on http://$(HOST):$(PORT)
+ui: $(STAMP) ## open the MLflow UI over the tracking store; prints the runs table's address for EXP
+	@$(BIN)/python -c "from sweep.tracking import ui_url; print('runs of $(EXP):', ui_url('$(EXP)', '$(HOST)', $(PORT)))"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
 
 test: $(STAMP) ## run the offline CPU test suite (GPU tests skip without CUDA)
@@ -77,5 +78,5 @@ bench-plan: $(STAMP) ## planner vs measured ledger, vs published runs (PEFT, fms
 bench-real: $(STAMP) ## GPU: peak memory of full FT / LoRA / QLoRA on a random-weight 7B shape vs the planner: make bench-real [ARGS="--model llama3_8b"]
 	$(BIN)/python -m sweep.bench.real_shape $(ARGS)
 
-bench: $(STAMP) ## harness vs bare loop, vs Trainer.hyperparameter_search, overhead, eval: make bench [ARGS="--steps 8 train.steps=10"]
+bench: $(STAMP) ## harness vs bare loop, vs Trainer.hyperparameter_search, overhead, eval, vs TRL SFTTrainer: make bench [ARGS="--steps 8 train.steps=10"]
 	$(BIN)/python -m sweep.bench $(ARGS)

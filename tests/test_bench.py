@@ -1,10 +1,10 @@
-"""make bench's parts on the tiny model: each measures what it says, and the report has all four."""
+"""make bench's parts on the tiny model: each measures what it says, and the report has all five."""
 
 import json
 
 import pytest
 
-from sweep.bench import bare_loop, eval_speed, peer, sweep_time
+from sweep.bench import bare_loop, eval_speed, peer, sft_peer, sweep_time
 from sweep.bench.__main__ import main
 from sweep.bench.parts import PARTS, SECTION_ORDER, keep_previous, ratio_rows, write
 from sweep.config import compose
@@ -29,6 +29,29 @@ def test_bare_loop_trains_the_same_batches_and_measures_after_warmup(tmp_path):
     # non-padding tokens per step are at most the padded batch
     per_step = out["train_tokens_per_s"] * out["s_per_step"]  # equal when no batch is padded
     assert per_step <= out["padded_tokens_per_step"] * (1 + 1e-9)
+
+
+def test_trl_sft_trainer_trains_the_same_first_batch_and_measures_after_warmup(tmp_path):
+    cfg = compose(tiny("method=lora", "method.r=4", "train.steps=6"))
+    out = sft_peer.run(cfg)
+    harness = run_trial(cfg, tmp_path / "trial").metrics
+    # LoRA's B starts at zero: the first loss depends only on the first batch, which must match
+    # (same examples rendered the same way, same data order, loss on the answer only)
+    assert out["first_loss"] == pytest.approx(harness["first_loss"], rel=1e-4)
+    assert out["steps"] == 6 and out["measured_steps"] == 6 - cfg.train.measure_warmup_steps
+    assert out["train_tokens_per_s"] > 0 and out["s_per_step"] > 0
+    assert out["s_per_step_median"] > 0 and out["peak_memory_gib"] > 0
+    assert out["memory_kind"] == "host_rss"
+    # the same non-padding tokens in the measured steps: the same batches, counted alike
+    per_step = harness["train_tokens_per_s"] * harness["s_per_step"]
+    assert out["tokens_per_step"] == pytest.approx(per_step, rel=1e-9)
+    d = out["trl_defaults"]  # TRL's own defaults, recorded as it ran
+    assert d["completion_only_loss_used"] is True and d["packing"] is False
+    # the tiny model's characters overrun train.max_seq_len=48: cut as the harness cuts them
+    # (TRL's keep_end), not TRL's default keep_start, which would drop every example here
+    assert out["examples_cut"] > 0 and d["truncation_mode"] == "keep_end"
+    assert d["examples"] == d["examples_after_truncation"] == 6 * 4
+    assert out["trl_version"]
 
 
 def test_one_by_one_generation_gives_the_batched_evaluators_answers():
@@ -94,7 +117,9 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
         "sweep.grid.lora.method.r=[4]",
         *tiny("eval.size=4"),
     ]
-    assert main(["--steps", "4", "--repeats", "2", "--cost-steps", "12", *overrides]) == 0
+    only = "eval,throughput,step,sweep"  # the TRL part has a test of its own
+    args = ["--steps", "4", "--repeats", "2", "--cost-steps", "12", "--only", only]
+    assert main([*args, *overrides]) == 0
     printed = capsys.readouterr().out
     for part in (
         "1. training tokens/s",
@@ -121,6 +146,22 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
     s = results["sweep"]  # ABBA: two runs per side, the ratio of the sums
     assert s["rounds"] == 2 and len(s["harness_walls_s"]) == len(s["peer_walls_s"]) == 2
     assert s["harness / peer"] == pytest.approx(sum(s["harness_walls_s"]) / sum(s["peer_walls_s"]))
+
+
+@pytest.mark.slow
+def test_make_bench_only_sft_pairs_harness_trials_with_trl_sft_trainer(tmp_path, capsys):
+    assert main(["--only", "sft", "--steps", "4", "--repeats", "1", *tiny()]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("5. training tokens/s, harness / TRL SFTTrainer") == 3
+    results = json.loads((tmp_path / "reports" / "bench" / "harness.json").read_text())
+    assert [r["approach"] for r in results["sft"]] == ["full", "lora r=16", "qlora r=16"]
+    for r in results["sft"]:
+        assert r["harness / SFTTrainer"] > 0 and r["repeats"] == 1
+        assert r["SFTTrainer peak GiB (median)"] > 0 and r["harness peak GiB (median)"] > 0
+        assert r["trl_defaults"]["completion_only_loss_used"] is True
+    assert results["sft_steps"] == 4 and "cores" in results["sft_pairing"]
+    md = (tmp_path / "reports" / "bench" / "harness.md").read_text()
+    assert "## 5. Training throughput and memory" in md and "TRL's defaults kept" in md
 
 
 def test_a_partial_run_keeps_the_other_parts_of_the_last_run(tmp_path):
@@ -218,6 +259,42 @@ OVERHEAD = {
 }
 
 
+SFT = [
+    {
+        "approach": name,
+        "repeats": 2,
+        "SFTTrainer tokens/s (median)": 120.0,
+        "harness tokens/s (median)": 150.0,
+        "harness / SFTTrainer": ratio,
+        "round ratios": "1.240 1.260",
+        "SFTTrainer s/step (median)": 3.1,
+        "SFTTrainer peak GiB (median)": sft_gib,
+        "harness peak GiB (median)": 1.5,
+        "SFTTrainer spread": "118-122",
+        "harness spread": "148-152",
+        "memory": "host_rss",
+        "trl": "1.16.0",
+        "trl_defaults": {
+            "packing": False,
+            "padding_free": False,
+            "loss_type": "nll",
+            "gradient_checkpointing": True,
+            "logging_steps": 10,
+            "truncation_mode": "keep_start",
+            "completion_only_loss_used": True,
+            "trainable_dtypes": dtypes,
+            "examples": 128,
+            "examples_after_truncation": 128,
+        },
+    }
+    for name, ratio, sft_gib, dtypes in (
+        ("full", 1.25, 2.0, ["torch.float32"]),
+        ("lora r=16", 1.3, 1.25, ["torch.float32"]),
+        ("qlora r=16", 1.5, 1.0, ["torch.bfloat16"]),
+    )
+]
+
+
 def _results() -> dict:
     return {
         "date": "2026-11-30 01:10",
@@ -245,11 +322,15 @@ def _results() -> dict:
         "sweep": SWEEP,
         "trials": TRIALS,
         "overhead": OVERHEAD,
+        "sft": SFT,
+        "sft_steps": 16,
+        "sft_warmup_steps": 2,
+        "sft_pairing": "both sides at once, on cores 0 and 1 (swapped every round)",
     }
 
 
-def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead():
-    assert list(PARTS) == ["eval", "throughput", "step", "sweep"]  # run order, --only's list
+def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead_then_trl():
+    assert list(PARTS) == ["eval", "throughput", "step", "sweep", "sft"]  # run order, --only's
     assert ratio_rows(_results()) == [
         (
             "4. eval tokens/s, batched / one-by-one",
@@ -261,8 +342,23 @@ def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead
         ("1. training tokens/s, harness / bare, qlora r=16", "1.023", ">= 0.97"),
         ("2. sweep wall time, harness / peer", "0.939", "<= 1.0"),
         ("3. per-trial fixed overhead share", "2.3%", "<= 5% (CPU)"),
+        (
+            "5. training tokens/s, harness / TRL SFTTrainer, full",
+            "1.250 (peak memory 1.50 vs 2.00 GiB)",
+            ">= 1.1",
+        ),
+        (
+            "5. training tokens/s, harness / TRL SFTTrainer, lora r=16",
+            "1.300 (peak memory 1.50 vs 1.25 GiB)",
+            ">= 1.1",
+        ),
+        (
+            "5. training tokens/s, harness / TRL SFTTrainer, qlora r=16",
+            "1.500 (peak memory 1.50 vs 1.00 GiB)",
+            ">= 1.1",
+        ),
     ]
-    only_sweep = {k: v for k, v in _results().items() if k not in ("eval", "throughput")}
+    only_sweep = {k: v for k, v in _results().items() if k not in ("eval", "throughput", "sft")}
     assert [r[0][:2] for r in ratio_rows(only_sweep)] == ["2.", "3."]
 
 
@@ -287,6 +383,20 @@ def test_each_part_renders_its_section_from_the_results(tmp_path):
         "load 0.98 s, then data, method set-up, saving and exit): 2.3% of trial wall time over "
         "5 trials."
     )
+    sft = PARTS["sft"].section(results)
+    assert sft[1] == (
+        "## 5. Training throughput and memory: harness trial vs TRL SFTTrainer (its defaults)"
+    )
+    assert sft[3].startswith("TRL 1.16.0 `SFTTrainer` the way its documentation shows it")
+    assert "16 steps, the first 2 not measured; 2 rounds" in sft[3]
+    assert "peak host RSS over the training phase" in sft[3]
+    assert sft[5] == (
+        "TRL's defaults kept: gradient checkpointing on (the harness's "
+        "train.gradient_checkpointing is off by default), loss `nll`, completion-only loss on, "
+        "packing off, padding-free off, loss logged every 10 steps (harness: every step); "
+        "trainable adapter weights cast to bf16: qlora r=16."
+    )
+    assert "trl_defaults" not in sft[-1] and "harness / SFTTrainer" in sft[-1]
     results["ratios"] = ratio_rows(results)
     md = write(results, tmp_path).read_text()
     assert (tmp_path / "harness.json").exists()
@@ -297,14 +407,16 @@ def test_each_part_renders_its_section_from_the_results(tmp_path):
         "## 2. Sweep wall time",
         "## 3. Per-trial fixed overhead",
         "## 4. Evaluation",
+        "## 5. Training throughput and memory",
     ]
-    assert SECTION_ORDER == ("throughput", "step", "sweep", "eval")
+    assert SECTION_ORDER == ("throughput", "step", "sweep", "eval", "sft")
     assert [md.index(h) for h in headings] == sorted(md.index(h) for h in headings)
     for name in SECTION_ORDER:
         assert "\n".join(PARTS[name].section(results)) in md
-    del results["eval"], results["step_cost"]  # parts absent: no section, no row
+    del results["eval"], results["step_cost"], results["sft"]  # absent: no section, no row
     md = write(results, tmp_path).read_text()
     assert "## 4. Evaluation" not in md and "fixed cost per step" not in md
+    assert "## 5. Training throughput and memory" not in md
 
 
 def test_the_bench_and_the_report_count_the_same_overhead(tmp_path, monkeypatch):

@@ -3,8 +3,9 @@
     make bench                                   # everything at the default sweep's settings
     make bench ARGS="--steps 8 train.steps=10"   # a quick look (short trials, short sweep)
     python -m sweep.bench --only throughput,eval
+    python -m sweep.bench --only sft --steps 12 --repeats 2   # the harness vs TRL's SFTTrainer
 
-Four comparisons, run one after another on this machine, each printed as a ratio and written
+Five comparisons, run one after another on this machine, each printed as a ratio and written
 to reports/bench/harness.md (and harness.json):
 1. throughput: a harness trial's training tokens/s against a bare PyTorch + PEFT loop doing the
    same work (sweep/bench/bare_loop.py), for full FT, LoRA r=16 and QLoRA r=16. Target >= 0.97.
@@ -15,9 +16,13 @@ to reports/bench/harness.md (and harness.json):
    set-up, saving) as a share of trial wall time, from the sweep run of (2). Target <= 5% on CPU.
 4. eval: the batched evaluator's generated tokens/s against one-by-one greedy generation on the
    same prompts, with identical answers (sweep/bench/eval_speed.py).
+5. sft: a harness trial's training tokens/s and peak memory against TRL's SFTTrainer with its
+   defaults on the same model, examples, steps and optimizer (sweep/bench/sft_peer.py), for the
+   same three approaches. Target >= 1.1.
 Hydra overrides (e.g. model=..., train.steps=...) apply to every part; --steps sets the
-throughput trials' length. The parts are a registry (sweep/bench/parts.py); the measurements
-live in sweep/bench/paired.py (1 and the per-step cost) and sweep/bench/sweep_time.py (2, 3).
+throughput and SFT trials' length. The parts are a registry (sweep/bench/parts.py); the
+measurements live in sweep/bench/paired.py (1, 5 and the per-step cost) and
+sweep/bench/sweep_time.py (2, 3).
 """
 
 from __future__ import annotations
@@ -44,13 +49,16 @@ def _positive(text: str) -> int:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.bench", description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--steps", type=_positive, default=16, help="throughput trials' steps (default 16)"
+        "--steps",
+        type=_positive,
+        default=16,
+        help="throughput and SFT trials' steps (default 16)",
     )
     ap.add_argument(
         "--repeats",
         type=_positive,
         default=4,
-        help="throughput rounds (a run per side each, alternating order; default 4)",
+        help="throughput and SFT rounds (a run per side each, alternating order; default 4)",
     )
     ap.add_argument(
         "--cost-steps",

@@ -1,10 +1,10 @@
-"""The bare loop and a harness trial side by side: `make bench`'s throughput and per-step parts.
+"""A peer and a harness trial side by side: `make bench`'s throughput, per-step and SFT parts.
 
-Each round runs sweep/bench/bare_loop.py and a harness trial on the same settings in fresh
-processes forked from the same server as the sweep's trials; on CPU both at once, each pinned
-to its own half of the cores (core_halves), else one after the other. The harness trial streams
-its live MLflow run as in a sweep (sweep.live, into a store of the bench's own), so the ratio
-includes what live logging costs the step.
+Each round runs a peer (sweep/bench/bare_loop.py, or TRL's SFTTrainer in sweep/bench/sft_peer.py)
+and a harness trial on the same settings in fresh processes forked from the same server as the
+sweep's trials; on CPU both at once, each pinned to its own half of the cores (core_halves), else
+one after the other. The harness trial streams its live MLflow run as in a sweep (sweep.live,
+into a store of the bench's own), so the ratio includes what live logging costs the step.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sweep import live, record, tracking
-from sweep.bench import bare_loop
+from sweep.bench import bare_loop, sft_peer
 from sweep.child import gpu_present, trial_context
 from sweep.config import as_dict, compose
 from sweep.cpus import CPUS_ENV
@@ -32,19 +33,27 @@ APPROACHES = {
 }
 
 
-def bare(cfg: Config, work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The bare loop in a fresh process forked from the same server as harness trials."""
+# A peer's entry point in its own process: child(cfg as a dict, result file, cwd, environment).
+Peer = Callable[[dict[str, Any], str, str, dict[str, str]], None]
+
+
+def bare(
+    cfg: Config, work: Path, env: dict[str, str] | None = None, peer: Peer = bare_loop.child
+) -> dict[str, Any]:
+    """A peer (the bare loop unless `peer` says another, e.g. sft_peer.child) in a fresh
+    process forked from the same server as harness trials; its result."""
+    name = peer.__module__.rsplit(".", 1)[-1]
     work.mkdir(parents=True, exist_ok=True)
-    out = work / "bare.json"
+    out = work / f"{name}.json"
     out.unlink(missing_ok=True)
     proc = trial_context().Process(
-        target=bare_loop.child,
+        target=peer,
         args=(as_dict(cfg), str(out), os.getcwd(), {**os.environ, **(env or {})}),
     )
     proc.start()
     proc.join()
     if not out.exists():
-        raise RuntimeError(f"bare loop exited with code {proc.exitcode} and no result")
+        raise RuntimeError(f"{name} exited with code {proc.exitcode} and no result")
     return json.loads(out.read_text())
 
 
@@ -87,24 +96,29 @@ def core_halves() -> tuple[str, str] | None:
 
 
 def _pair(
-    overrides: list[str], work: Path, i: int, concurrent: bool = True, parent: str | None = None
+    overrides: list[str],
+    work: Path,
+    i: int,
+    concurrent: bool = True,
+    parent: str | None = None,
+    peer: Peer = bare_loop.child,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One round: the bare loop and a harness trial. On CPU both at once, each pinned to its own
-    half of the cores (halves swapped every round): a neighbour's burst or the machine's drift
-    hits both sides alike. On a GPU (or not `concurrent`) one after the other, bare first in
-    even rounds."""
+    """One round: the peer (the bare loop by default) and a harness trial. On CPU both at once,
+    each pinned to its own half of the cores (halves swapped every round): a neighbour's burst
+    or the machine's drift hits both sides alike. On a GPU (or not `concurrent`) one after the
+    other, the peer first in even rounds."""
     cfg = compose(overrides)  # here: Hydra is not thread-safe
     halves = core_halves() if concurrent else None
     if halves is None:
         if i % 2 == 0:
-            b = bare(cfg, work)
+            b = bare(cfg, work, peer=peer)
             return b, _harness(cfg, work / f"h{i}", parent=parent)
         h = _harness(cfg, work / f"h{i}", parent=parent)
-        return bare(cfg, work), h
+        return bare(cfg, work, peer=peer), h
     mine, theirs = halves if i % 2 == 0 else halves[::-1]
     with ThreadPoolExecutor(1) as pool:
         h = pool.submit(_harness, cfg, work / f"h{i}", {CPUS_ENV: mine}, parent)
-        b = bare(cfg, work, {CPUS_ENV: theirs})
+        b = bare(cfg, work, {CPUS_ENV: theirs}, peer=peer)
         return b, h.result()
 
 
@@ -149,6 +163,64 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
             }
         )
         print(f"[bench]   harness / bare = {rows[-1]['harness / bare']:.3f}", flush=True)
+    return rows
+
+
+def harness_peak_gib(m: dict[str, Any]) -> float | None:
+    """A harness trial's training-phase peak memory, measured as sft_peer measures its own: the
+    CUDA allocator's peak on a GPU, else the peak host RSS of the training phase."""
+    return m.get("peak_alloc_gib") or m.get("train_peak_host_rss_gib")
+
+
+def sft_throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
+    """Harness trial and TRL's SFTTrainer with its defaults (sweep/bench/sft_peer.py), paired
+    as throughput() pairs the bare loop: `repeats` rounds per approach, each round's ratio of
+    steady tokens/s, the median of those ratios, and both sides' training-phase peak memory."""
+    parent = live_store(work)
+    rows = []
+    for name, approach in APPROACHES.items():
+        overrides = merge_overrides(
+            user, [*approach, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
+        )
+        s: list[float] = []
+        h: list[float] = []
+        s_step: list[float] = []
+        s_mem: list[float] = []
+        h_mem: list[float] = []
+        for i in range(repeats):
+            print(f"[bench] SFTTrainer {name}: round {i + 1}/{repeats}", flush=True)
+            sm, hm = _pair(
+                overrides, work / f"sft-{slug(name)}", i, parent=parent, peer=sft_peer.child
+            )
+            s.append(steady_rate(sm))
+            h.append(steady_rate(hm))
+            s_step.append(sm["s_per_step_median"])
+            s_mem.append(sm["peak_memory_gib"])
+            peak = harness_peak_gib(hm)
+            h_mem += [peak] if peak else []
+            print(f"[bench]   round ratio {h[-1] / s[-1]:.3f}", flush=True)
+        paired = [x / y for x, y in zip(h, s, strict=True)]
+        rows.append(
+            {
+                "approach": name,
+                "repeats": repeats,
+                "SFTTrainer tokens/s (median)": statistics.median(s),
+                "harness tokens/s (median)": statistics.median(h),
+                "harness / SFTTrainer": statistics.median(paired),
+                "round ratios": " ".join(f"{r:.3f}" for r in paired),
+                "SFTTrainer s/step (median)": statistics.median(s_step),
+                "SFTTrainer peak GiB (median)": statistics.median(s_mem),
+                "harness peak GiB (median)": statistics.median(h_mem) if h_mem else None,
+                "SFTTrainer spread": f"{min(s):.0f}-{max(s):.0f}",
+                "harness spread": f"{min(h):.0f}-{max(h):.0f}",
+                "memory": sm["memory_kind"],
+                "trl": sm["trl_version"],
+                "trl_defaults": sm["trl_defaults"],
+            }
+        )
+        print(
+            f"[bench]   harness / SFTTrainer = {rows[-1]['harness / SFTTrainer']:.3f}", flush=True
+        )
     return rows
 
 

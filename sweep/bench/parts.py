@@ -1,4 +1,4 @@
-"""`make bench`'s four parts as a registry: what each runs, keeps, contributes and renders.
+"""`make bench`'s five parts as a registry: what each runs, keeps, contributes and renders.
 
     from sweep.bench.parts import PARTS, write
     write(json.loads(Path("reports/bench/harness.json").read_text()))  # harness.md again
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench import eval_speed
-from sweep.bench.paired import core_halves, step_cost, throughput
+from sweep.bench.paired import core_halves, sft_throughput, step_cost, throughput
 from sweep.bench.sweep_time import sweep_vs_peer
 from sweep.schema import Config
 
@@ -95,18 +95,23 @@ def _eval_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pairing() -> str:
+    """How paired.py's rounds ran on this machine, in words."""
+    halves = core_halves()
+    return (
+        f"both sides at once, on cores {halves[0]} and {halves[1]} (swapped every round)"
+        if halves
+        else "one side after the other, the order alternating"
+    )
+
+
 def _run_throughput(s: Settings) -> dict[str, Any]:
     rows = throughput(s.overrides, s.steps, s.repeats, s.work)
-    halves = core_halves()
     return {
         "throughput": rows,
         "throughput_steps": s.steps,
         "warmup_steps": s.cfg.train.measure_warmup_steps,
-        "pairing": (
-            f"both sides at once, on cores {halves[0]} and {halves[1]} (swapped every round)"
-            if halves
-            else "one side after the other, the order alternating"
-        ),
+        "pairing": _pairing(),
     }
 
 
@@ -210,6 +215,93 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _run_sft(s: Settings) -> dict[str, Any]:
+    rows = sft_throughput(s.overrides, s.steps, s.repeats, s.work)
+    return {
+        "sft": rows,
+        "sft_steps": s.steps,
+        "sft_warmup_steps": s.cfg.train.measure_warmup_steps,
+        "sft_pairing": _pairing(),
+    }
+
+
+def _gib(x: float | None) -> str:
+    return f"{x:.2f}" if x else "?"
+
+
+def _sft_ratios(results: dict[str, Any]) -> list[Ratio]:
+    return [
+        (
+            f"5. training tokens/s, harness / TRL SFTTrainer, {r['approach']}",
+            f"{r['harness / SFTTrainer']:.3f} (peak memory {_gib(r['harness peak GiB (median)'])}"
+            f" vs {_gib(r['SFTTrainer peak GiB (median)'])} GiB)",
+            ">= 1.1",
+        )
+        for r in results["sft"]
+    ]
+
+
+def _on(x: Any) -> str:
+    return "on" if x is True else "off" if x is False else str(x)
+
+
+def _sft_section(results: dict[str, Any]) -> list[str]:
+    rows = results["sft"]
+    first = rows[0]
+    d = first.get("trl_defaults", {})
+    bf16 = [
+        r["approach"]
+        for r in rows
+        if "torch.bfloat16" in r.get("trl_defaults", {}).get("trainable_dtypes", [])
+    ]
+    kind = (
+        "the CUDA allocator's peak (torch.cuda.max_memory_allocated) over training"
+        if first.get("memory") == "cuda_max_allocated"
+        else "each process's peak host RSS over the training phase"
+    )
+    dropped = [
+        f"{r['approach']} {r['trl_defaults']['examples'] - r['trl_defaults']['examples_after_truncation']}"
+        for r in rows
+        if r.get("trl_defaults", {}).get("examples_after_truncation", 0)
+        < r.get("trl_defaults", {}).get("examples", 0)
+    ]
+    table = [{k: v for k, v in r.items() if k not in ("trl", "trl_defaults")} for r in rows]
+    return [
+        "",
+        "## 5. Training throughput and memory: harness trial vs TRL SFTTrainer (its defaults)",
+        "",
+        f"TRL {first.get('trl', '?')} `SFTTrainer` the way its documentation shows it: a "
+        "conversational prompt/completion `datasets.Dataset`, `SFTConfig` at its defaults, the "
+        "model by path, `peft_config` (LoRA) and `quantization_config` (QLoRA). Set to the "
+        "harness's: model files and load dtype, examples and system prompt, batch size, steps, "
+        "learning rate, warm-up, weight decay, optimizer, precision flags, max length and seed; "
+        f"no evaluation or saving. {results['sft_steps']} steps, the first "
+        f"{results['sft_warmup_steps']} not measured; {first['repeats']} rounds, each a "
+        f"SFTTrainer run and a harness trial in fresh processes forked from the same server: "
+        f"{results.get('sft_pairing', 'one side after the other, the order alternating')}. "
+        "Tokens/s at the median step time, the ratio the median of the rounds' ratios (as in 1); "
+        f"peak memory: {kind}.",
+        "",
+        "TRL's defaults kept: gradient checkpointing "
+        f"{_on(d.get('gradient_checkpointing'))} (the harness's train.gradient_checkpointing is "
+        f"off by default), loss `{d.get('loss_type')}`, "
+        f"completion-only loss {_on(d.get('completion_only_loss_used'))}, packing "
+        f"{_on(d.get('packing'))}, padding-free {_on(d.get('padding_free'))}, loss logged every "
+        f"{d.get('logging_steps')} steps (harness: every step)"
+        + (
+            "; examples longer than the max length cut as the harness cuts them (TRL's "
+            "`keep_end`; its default `keep_start` drops their answers)"
+            if d.get("truncation_mode") == "keep_end"
+            else ""
+        )
+        + (f"; examples dropped as fully truncated: {', '.join(dropped)}" if dropped else "")
+        + (f"; trainable adapter weights cast to bf16: {', '.join(bf16)}" if bf16 else "")
+        + ".",
+        "",
+        _table(table),
+    ]
+
+
 # The registry, in run order (the order --only lists them in).
 PARTS: dict[str, Part] = {
     p.name: p
@@ -224,12 +316,19 @@ PARTS: dict[str, Part] = {
         ),
         Part("step", ("step_cost",), _run_step, lambda results: [], _step_section),
         Part("sweep", ("sweep", "trials", "overhead"), _run_sweep, _sweep_ratios, _sweep_section),
+        Part(
+            "sft",
+            ("sft", "sft_steps", "sft_warmup_steps", "sft_pairing"),
+            _run_sft,
+            _sft_ratios,
+            _sft_section,
+        ),
     )
 }
-# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead.
-RATIO_ORDER = ("eval", "throughput", "step", "sweep")
-# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval.
-SECTION_ORDER = ("throughput", "step", "sweep", "eval")
+# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL.
+RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft")
+# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL.
+SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft")
 
 
 def ratio_rows(results: dict[str, Any]) -> list[Ratio]:
