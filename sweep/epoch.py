@@ -162,6 +162,7 @@ def section(
         f"{g.name} ${g.usd_per_hour:.2f}/h ({g.price_source or 'source not given'})" for g in tiers
     )
     return [
+        "",
         f"## Cost per epoch ({tokens:,} tokens, `report.epoch_tokens`)",
         "",
         pd.DataFrame(body).to_markdown(index=False),
