@@ -46,6 +46,27 @@ def trainer_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16-mixed", "fp16": precision == "fp16-mixed"}
 
 
+def training_args(t: TrainConfig, lr: float, steps: int) -> dict[str, Any]:
+    """The TrainingArguments a harness trial and its Trainer-based peers (TRL's SFTConfig)
+    share: steps, batch, accumulation, learning rate, warm-up, weight decay, optimizer, seeds,
+    precision, device; nothing saved or reported. One place, so the peer matches by construction."""
+    return {
+        "max_steps": steps,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": lr,
+        "weight_decay": t.weight_decay,
+        "warmup_steps": t.warmup_steps,
+        "optim": optimizer_name(t),
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": not torch.cuda.is_available(),
+        **trainer_flags(t.precision),
+    }
+
+
 def load_kwargs(method: MethodConfig, precision: str) -> dict[str, Any]:
     """Extra from_pretrained kwargs a method needs at load time (the 4-bit base for QLoRA)."""
     if method.quant is None:

@@ -189,25 +189,13 @@ def train(
     stats (their `stats` attribute)."""
     args = TrainingArguments(
         output_dir=out_dir,
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=method.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
+        **methods.training_args(cfg, method.lr, cfg.steps),
         lr_scheduler_type="linear",
-        optim=methods.optimizer_name(cfg),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        **methods.trainer_flags(cfg.precision),
     )
     callback = MeasureCallback(cfg, hook, every)
     for extra in extra_callbacks:

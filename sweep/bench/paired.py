@@ -122,31 +122,43 @@ def _pair(
         return b, h.result()
 
 
-def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
-    """Harness trial and bare loop, `repeats` rounds (_pair); each round's ratio of steady
-    tokens/s (steady_rate), and the median of those paired ratios. Harness trials stream live
-    runs (live_store)."""
+def rounds(
+    user: list[str], steps: int, repeats: int, work: Path, peer: Peer, name: str
+) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Per approach, `repeats` rounds of (peer, harness trial) metrics (_pair), harness trials
+    streaming live runs (live_store); prints each round's ratio of steady tokens/s."""
     parent = live_store(work)
-    rows = []
-    for name, approach in APPROACHES.items():
+    out = {}
+    for approach, methods in APPROACHES.items():
         overrides = merge_overrides(
-            user, [*approach, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
+            user, [*methods, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
         )
-        b: list[float] = []
-        h: list[float] = []
-        b_step: list[float] = []
-        flops: list[float] = []
-        mfu: list[float] = []
+        pairs = []
         for i in range(repeats):
-            print(f"[bench] throughput {name}: round {i + 1}/{repeats}", flush=True)
-            bm, hm = _pair(overrides, work / slug(name), i, parent=parent)
-            b.append(steady_rate(bm))
-            h.append(steady_rate(hm))
-            b_step.append(bm["s_per_step_median"])
-            flops += [hm["train_tflops"]] if hm.get("train_tflops") else []
-            mfu += [hm["mfu"]] if hm.get("mfu") else []
-            print(f"[bench]   round ratio {h[-1] / b[-1]:.3f}", flush=True)
-        paired = [x / y for x, y in zip(h, b, strict=True)]
+            print(f"[bench] {name} {approach}: round {i + 1}/{repeats}", flush=True)
+            where = work / slug(f"{name}-{approach}")
+            pm, hm = _pair(overrides, where, i, parent=parent, peer=peer)
+            pairs.append((pm, hm))
+            print(f"[bench]   round ratio {steady_rate(hm) / steady_rate(pm):.3f}", flush=True)
+        out[approach] = pairs
+    return out
+
+
+def _rates(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[float], ...]:
+    """(peer, harness, paired ratio) steady tokens/s of every round."""
+    p = [steady_rate(pm) for pm, _ in pairs]
+    h = [steady_rate(hm) for _, hm in pairs]
+    return p, h, [x / y for x, y in zip(h, p, strict=True)]
+
+
+def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
+    """Harness trial and bare loop, `repeats` rounds (`rounds`); each round's ratio of steady
+    tokens/s (steady_rate), and the median of those paired ratios."""
+    rows = []
+    for name, pairs in rounds(user, steps, repeats, work, bare_loop.child, "throughput").items():
+        b, h, paired = _rates(pairs)
+        flops = [hm["train_tflops"] for _, hm in pairs if hm.get("train_tflops")]
+        mfu = [hm["mfu"] for _, hm in pairs if hm.get("mfu")]
         rows.append(
             {
                 "approach": name,
@@ -155,7 +167,9 @@ def throughput(user: list[str], steps: int, repeats: int, work: Path) -> list[di
                 "harness tokens/s (median)": statistics.median(h),
                 "harness / bare": statistics.median(paired),
                 "round ratios": " ".join(f"{r:.3f}" for r in paired),
-                "bare s/step (median)": statistics.median(b_step),
+                "bare s/step (median)": statistics.median(
+                    bm["s_per_step_median"] for bm, _ in pairs
+                ),
                 "bare spread": f"{min(b):.0f}-{max(b):.0f}",
                 "harness spread": f"{min(h):.0f}-{max(h):.0f}",
                 "harness model TFLOP/s": statistics.median(flops) if flops else None,
@@ -176,30 +190,11 @@ def sft_throughput(user: list[str], steps: int, repeats: int, work: Path) -> lis
     """Harness trial and TRL's SFTTrainer with its defaults (sweep/bench/sft_peer.py), paired
     as throughput() pairs the bare loop: `repeats` rounds per approach, each round's ratio of
     steady tokens/s, the median of those ratios, and both sides' training-phase peak memory."""
-    parent = live_store(work)
     rows = []
-    for name, approach in APPROACHES.items():
-        overrides = merge_overrides(
-            user, [*approach, f"train.steps={steps}", "eval.size=2", "eval.base=false"]
-        )
-        s: list[float] = []
-        h: list[float] = []
-        s_step: list[float] = []
-        s_mem: list[float] = []
-        h_mem: list[float] = []
-        for i in range(repeats):
-            print(f"[bench] SFTTrainer {name}: round {i + 1}/{repeats}", flush=True)
-            sm, hm = _pair(
-                overrides, work / f"sft-{slug(name)}", i, parent=parent, peer=sft_peer.child
-            )
-            s.append(steady_rate(sm))
-            h.append(steady_rate(hm))
-            s_step.append(sm["s_per_step_median"])
-            s_mem.append(sm["peak_memory_gib"])
-            peak = harness_peak_gib(hm)
-            h_mem += [peak] if peak else []
-            print(f"[bench]   round ratio {h[-1] / s[-1]:.3f}", flush=True)
-        paired = [x / y for x, y in zip(h, s, strict=True)]
+    for name, pairs in rounds(user, steps, repeats, work, sft_peer.child, "SFTTrainer").items():
+        s, h, paired = _rates(pairs)
+        h_mem = [p for p in (harness_peak_gib(hm) for _, hm in pairs) if p]
+        sm = pairs[-1][0]
         rows.append(
             {
                 "approach": name,
@@ -208,8 +203,12 @@ def sft_throughput(user: list[str], steps: int, repeats: int, work: Path) -> lis
                 "harness tokens/s (median)": statistics.median(h),
                 "harness / SFTTrainer": statistics.median(paired),
                 "round ratios": " ".join(f"{r:.3f}" for r in paired),
-                "SFTTrainer s/step (median)": statistics.median(s_step),
-                "SFTTrainer peak GiB (median)": statistics.median(s_mem),
+                "SFTTrainer s/step (median)": statistics.median(
+                    pm["s_per_step_median"] for pm, _ in pairs
+                ),
+                "SFTTrainer peak GiB (median)": statistics.median(
+                    pm["peak_memory_gib"] for pm, _ in pairs
+                ),
                 "harness peak GiB (median)": statistics.median(h_mem) if h_mem else None,
                 "SFTTrainer spread": f"{min(s):.0f}-{max(s):.0f}",
                 "harness spread": f"{min(h):.0f}-{max(h):.0f}",

@@ -153,22 +153,10 @@ def run(cfg: Config) -> dict[str, Any]:
                 "attn_implementation": cfg.model.attn_implementation,
             },
             trust_remote_code=cfg.model.trust_remote_code,
-            max_steps=steps,
-            per_device_train_batch_size=t.batch_size,
-            gradient_accumulation_steps=t.grad_accum,
-            learning_rate=m.lr,
-            warmup_steps=t.warmup_steps,
-            weight_decay=t.weight_decay,
-            optim=methods.optimizer_name(t),
+            **methods.training_args(t, m.lr, steps),  # the harness trial's own
             max_length=enc.max_len,
             **cut,
-            seed=t.seed,
-            data_seed=t.seed,
             eval_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            use_cpu=not cuda,
-            **methods.trainer_flags(t.precision),
         )
         measure = _measure_callback()
         trainer = _trainer_class()(
