@@ -14,11 +14,16 @@ import os
 import time
 from pathlib import Path
 
+import psutil
+
 from sweep import record
 from sweep.child import trial_child, trial_context
 from sweep.config import ConfigError, as_dict
+from sweep.points import WorkerMemory
 from sweep.record import TrialResult
 from sweep.schema import Config
+
+GIB = 1024**3
 
 
 def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:
@@ -41,7 +46,11 @@ def predicted_oom(cfg: Config, limit_gib: float) -> TrialResult | None:
         "(sweep.max_memory_gib, or the GPU's memory); not run"
     )
     return record.failed(
-        record.run_info(cfg), "skipped_predicted_oom", error, **plan.plan_metrics(row)
+        record.run_info(cfg),
+        "skipped_predicted_oom",
+        error,
+        cfg.report.gpus,
+        **plan.plan_metrics(row),
     )
 
 
@@ -52,8 +61,26 @@ def memory_limit_gib(cfg: Config) -> float:
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory / 1024**3
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
     return 0.0
+
+
+def run_memory_gib(cfg: Config) -> float:
+    """What a trial process may use here: the GPU's memory on CUDA, else the host's, or
+    sweep.memory_limit_gib where that is lower (the limit an `oom` outcome was reached under)."""
+    import torch
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    else:
+        total = psutil.virtual_memory().total
+    cap = cfg.sweep.memory_limit_gib
+    return min(total / GIB, cap) if cap > 0 else total / GIB
+
+
+def worker_memory(cfg: Config) -> WorkerMemory:
+    """This worker's memory limits, against which its memory-bound outcomes are judged."""
+    return WorkerMemory(skip_gib=memory_limit_gib(cfg), run_gib=run_memory_gib(cfg))
 
 
 def launch(
@@ -103,7 +130,7 @@ def launch(
         error, status = "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
     else:
         error, status = f"trial process exited with code {code} and left no record", "failed"
-    result = record.failed(record.run_info(trial_cfg), status, error)
+    result = record.failed(record.run_info(trial_cfg), status, error, trial_cfg.report.gpus)
     record.save(result, result_file)
     return result
 

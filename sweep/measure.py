@@ -8,7 +8,11 @@ Definitions (they are part of the product, see README "What the numbers mean"):
 - peak_vram_gib: on CUDA, the maximum over the phase of this process's device memory as NVML
   reports it, sampled by a background thread; alongside it torch.cuda.max_memory_allocated and
   max_memory_reserved, reset at the start of each phase. The CUDA context's own memory (NVML,
-  before any tensor) is recorded separately as cuda_context_gib.
+  before any tensor) is recorded separately as cuda_context_gib. NVML finds the device by its
+  UUID (CUDA_VISIBLE_DEVICES renumbers devices for CUDA, not for NVML) and the process by its
+  PID; where it lists no such PID (a container with its own PID namespace) the device's used
+  memory less what was used before this process's CUDA context counts instead (vram_source
+  says which: process or device).
 Clocks synchronize the device before they are read.
 """
 
@@ -21,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import torch
@@ -81,25 +86,62 @@ def reset_host_peak() -> bool:
         return False
 
 
-class NvmlSampler:
-    """Background thread sampling this process's device memory through NVML."""
+def device_uuid(index: int) -> str:
+    """NVML's UUID of CUDA device `index` ('GPU-' and torch's UUID): the same device under any
+    CUDA_VISIBLE_DEVICES, which renumbers devices for CUDA but not for NVML."""
+    return f"GPU-{torch.cuda.get_device_properties(index).uuid}"
 
-    def __init__(self, device_index: int = 0, interval_s: float = 0.02) -> None:
+
+def nvml_handle(nvml: Any, uuid: str) -> Any:
+    """NVML's handle of the device with this UUID ('GPU-...'; a MIG instance's is 'MIG-...')."""
+    try:
+        return nvml.nvmlDeviceGetHandleByUUID(uuid)
+    except nvml.NVMLError:
+        if not uuid.startswith("GPU-"):
+            raise
+        return nvml.nvmlDeviceGetHandleByUUID("MIG-" + uuid.removeprefix("GPU-"))
+
+
+class NvmlSampler:
+    """Background thread sampling this process's device memory through NVML. Made before the
+    CUDA context exists (the device's used memory then is the baseline), `settle()` after it."""
+
+    def __init__(self, uuid: str, interval_s: float = 0.02) -> None:
         import pynvml
 
         self._nvml = pynvml
         pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._handle = nvml_handle(pynvml, uuid)
         self._interval = interval_s
         self._pid = os.getpid()
+        self.baseline_bytes = self.device_used_bytes()
+        self.source = "process"  # or "device": see settle()
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def used_bytes(self) -> int:
-        """Device memory this process holds now (0 where the driver hides per-process use)."""
+    def device_used_bytes(self) -> int:
+        """Memory in use on the whole device, by every process."""
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def process_bytes(self) -> int | None:
+        """This PID's device memory; None where NVML lists no such PID with a figure (another
+        PID namespace, or a driver that hides per-process use)."""
         procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        return sum(p.usedGpuMemory or 0 for p in procs if p.pid == self._pid)
+        mine = [p.usedGpuMemory for p in procs if p.pid == self._pid and p.usedGpuMemory]
+        return sum(mine) if mine else None
+
+    def settle(self) -> str:
+        """Once the CUDA context exists: measure by this PID where NVML lists it, else by the
+        device less the baseline; returns which ("process" or "device")."""
+        self.source = "process" if self.process_bytes() is not None else "device"
+        return self.source
+
+    def used_bytes(self) -> int:
+        """Device memory this process holds now, by `source`."""
+        if self.source == "process":
+            return self.process_bytes() or 0
+        return max(0, self.device_used_bytes() - self.baseline_bytes)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -136,6 +178,7 @@ class Meter:
     cuda: bool = field(default_factory=torch.cuda.is_available)
     phases: dict[str, Phase] = field(default_factory=dict)
     cuda_context_gib: float | None = None
+    vram_source: str | None = None  # process | device (NvmlSampler.settle); None without NVML
     _nvml: NvmlSampler | None = None
 
     def start_device(self) -> None:
@@ -143,13 +186,18 @@ class Meter:
         if not self.cuda:
             return
         torch.cuda.init()
+        try:  # before the context: the device's memory in use without this process
+            self._nvml = NvmlSampler(device_uuid(torch.cuda.current_device()))
+        except Exception:  # NVML missing or not permitted: allocator numbers still stand
+            self._nvml = None
         torch.zeros(1, device="cuda")
         sync()
         try:
-            self._nvml = NvmlSampler(torch.cuda.current_device())
-            self.cuda_context_gib = self._nvml.used_bytes() / GIB
-        except Exception:  # NVML missing or not permitted: allocator numbers still stand
-            self._nvml = None
+            if self._nvml is not None:
+                self.vram_source = self._nvml.settle()
+                self.cuda_context_gib = self._nvml.used_bytes() / GIB
+        except Exception:
+            self._nvml, self.vram_source = None, None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[Phase]:
@@ -174,9 +222,9 @@ class Meter:
                 if self._nvml is not None:
                     rec.peak_vram_gib = self._nvml.stop() / GIB
 
-    def summary(self) -> dict[str, float | None]:
+    def summary(self) -> dict[str, float | str | None]:
         """Flat metrics: <phase>_s per phase, process-wide peaks, and the train-phase device peaks."""
-        out: dict[str, float | None] = {f"{k}_s": v.seconds for k, v in self.phases.items()}
+        out: dict[str, float | str | None] = {f"{k}_s": v.seconds for k, v in self.phases.items()}
         out["total_s"] = sum(v.seconds for v in self.phases.values())
         out["peak_host_rss_gib"] = max(
             (v.peak_host_rss_gib for v in self.phases.values()), default=0.0
@@ -187,4 +235,5 @@ class Meter:
         out["peak_alloc_gib"] = train.peak_alloc_gib if train else None
         out["peak_reserved_gib"] = train.peak_reserved_gib if train else None
         out["cuda_context_gib"] = self.cuda_context_gib
+        out["vram_source"] = self.vram_source
         return out

@@ -59,6 +59,9 @@ METRICS: dict[str, Metric] = {
     ),
     "memory_kind": _m("text", None, "vram or host_rss: what peak_memory_gib is"),
     "peak_vram_gib": _m("GiB", LOWER, "NVML peak of the trial process"),
+    "vram_source": _m(
+        "text", None, "process: NVML's figure for the trial's PID; device: used less before"
+    ),
     "peak_alloc_gib": _m("GiB", LOWER, "torch allocator peak allocated"),
     "peak_reserved_gib": _m("GiB", LOWER, "torch allocator peak reserved"),
     "cuda_context_gib": _m("GiB", LOWER, "NVML minus reserved: the CUDA context and libraries"),

@@ -129,12 +129,43 @@ def slug(text: str) -> str:
 
 # Outcomes a re-run would only repeat; a trial that crashed or was killed is run again instead.
 FINAL_FAILURES = ("oom",)
+# Outcomes bound by the memory they were judged against (trial attr and record meta
+# `memory_limit_gib`): final only for a worker with no more memory than that.
+MEMORY_BOUND = ("oom", "skipped_predicted_oom")
+MEMORY_TOLERANCE = 0.02  # relative: one card's usable memory differs a little between drivers
 
 
-def is_final(t: optuna.trial.FrozenTrial) -> bool:
-    """Finished for good: complete, pruned (or diverged), or failed with a deterministic cause."""
+@dataclass(frozen=True)
+class WorkerMemory:
+    """A worker's memory limits in GiB (0: none): `skip_gib` for predicted peaks
+    (sweep.max_memory_gib, or the GPU's), `run_gib` for a trial process (the GPU's or the
+    host's, or sweep.memory_limit_gib where lower)."""
+
+    skip_gib: float
+    run_gib: float
+
+    def limit(self, status: str | None) -> float:
+        """The limit an outcome with this status is judged against on this worker."""
+        return self.skip_gib if status == "skipped_predicted_oom" else self.run_gib
+
+    def reopens(self, status: Any, judged_gib: Any) -> bool:
+        """A memory-bound outcome judged against `judged_gib` is open here: this worker has more
+        memory (beyond MEMORY_TOLERANCE). Unknown (older records): final, as before."""
+        if status not in MEMORY_BOUND or not isinstance(judged_gib, int | float):
+            return False
+        if judged_gib <= 0:  # judged without a limit: no worker has more
+            return False
+        mine = self.limit(status)
+        return mine <= 0 or mine > judged_gib * (1 + MEMORY_TOLERANCE)
+
+
+def is_final(t: optuna.trial.FrozenTrial, memory: WorkerMemory | None = None) -> bool:
+    """Finished for good: complete, pruned (or diverged), or failed with a deterministic cause;
+    for a worker with `memory`, not a memory-bound outcome judged against less (it runs it)."""
     state = t.state
     if t.user_attrs.get("duplicate"):
+        return False
+    if memory and memory.reopens(t.user_attrs.get("status"), t.user_attrs.get("memory_limit_gib")):
         return False
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
         return True

@@ -5,7 +5,8 @@
 Three blocks, as in PEFT's method_comparison results:
 - run:   what was asked (label, method, rank, quantization, resolved config, its hash, seed)
 - train: what happened (status, error, metrics, per-step loss)
-- meta:  where it ran (versions, git commit and dirty flag, device, driver/CUDA, CPU)
+- meta:  where it ran (versions, git commit and dirty flag, device with its UUID and GPU class,
+         the visible devices, driver/CUDA, CPU, and the memory limit it was judged against)
 Metric names, units and directions: sweep/metrics.py.
 """
 
@@ -15,7 +16,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 from sweep import recipe
 from sweep.config import as_dict, config_hash
-from sweep.schema import Config
+from sweep.schema import Config, GpuClass
 
 STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom")
 
@@ -118,13 +119,20 @@ def run_info(cfg: Config) -> dict[str, Any]:
     }
 
 
-def failed(run: dict[str, Any], status: str, error: str, **metrics: Any) -> TrialResult:
-    """A record for a trial that did not finish normally (the sweep records it and goes on)."""
+def failed(
+    run: dict[str, Any],
+    status: str,
+    error: str,
+    gpus: Sequence[GpuClass] = (),
+    **metrics: Any,
+) -> TrialResult:
+    """A record for a trial that did not finish normally (the sweep records it and goes on);
+    `gpus` (report.gpus) names the device's class in its meta."""
     assert status in STATUSES, status
     return TrialResult(
         run=run,
         train={"status": status, "error": error, "metrics": dict(metrics)},
-        meta=environment(),
+        meta=environment(gpus),
     )
 
 
@@ -152,9 +160,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> dict[str, Any]:
-    """Versions, git state and hardware of this process (the record's meta block)."""
+def visible_devices() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as a list (indices or UUIDs, as given); None when it is not set."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if value is None else [d.strip() for d in value.split(",") if d.strip()]
+
+
+def environment(gpus: Sequence[GpuClass] = ()) -> dict[str, Any]:
+    """Versions, git state and hardware of this process (the record's meta block); the device's
+    class is its GPU class in `gpus` (report.gpus, matched as sweep.cost.device_class does)."""
     import torch
+
+    from sweep.cost import device_class
 
     versions = {}
     for name in PACKAGES:
@@ -174,13 +191,16 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": "cpu",
         "device_name": cpu_model(),
+        "device_uuid": None,
+        "device_class": None,
+        "visible_devices": visible_devices(),
         "cuda": None,
         "driver": None,
     }
     if torch.cuda.is_available():
-        meta["device"] = "cuda"
-        meta["device_name"] = torch.cuda.get_device_name()
-        meta["device_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        meta.update(cuda_device(torch.cuda.current_device()))
+        gpu = device_class(meta["device_name"], list(gpus))
+        meta["device_class"] = gpu.name if gpu else None
         meta["cuda"] = torch.version.cuda
         try:
             import pynvml
@@ -190,3 +210,19 @@ def environment() -> dict[str, Any]:
         except Exception:
             pass
     return meta
+
+
+def cuda_device(index: int) -> dict[str, Any]:
+    """CUDA device `index` of this process: its name, UUID (NVML's form), index and memory."""
+    import torch
+
+    from sweep.measure import device_uuid
+
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "device": "cuda",
+        "device_name": props.name,
+        "device_uuid": device_uuid(index),
+        "device_index": index,
+        "device_memory_gib": props.total_memory / 1024**3,
+    }

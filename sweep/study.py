@@ -23,11 +23,12 @@ import optuna
 from sweep import live, record, storage, tracking
 from sweep.child import start_trial_server
 from sweep.config import ConfigError, as_dict, compose, config_hash, one_line
-from sweep.launch import launch, memory_limit_gib, predicted_oom, summary_line
+from sweep.launch import launch, predicted_oom, summary_line, worker_memory
 from sweep.metrics import OBJECTIVES
 from sweep.points import (
     Point,
     PointSampler,
+    WorkerMemory,
     flatten,
     grid_points,
     is_dist,
@@ -40,7 +41,8 @@ from sweep.record import TrialResult
 from sweep.schema import Config
 
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
-# A record on disk with one of these is a finished point: reused, never trained again.
+# A record on disk with one of these is a finished point: reused, never trained again (a
+# memory-bound one only by a worker with no more memory: WorkerMemory.reopens).
 REUSABLE = ("ok", "oom", "diverged", "pruned", "skipped_predicted_oom")
 
 
@@ -74,7 +76,8 @@ class Sweep:
         s = self.cfg.sweep
         data_seed = self.cfg.dataset.seed if s.seed_data else None
         self.points = grid_points(s.grid, list(s.seeds), data_seed)
-        self.max_memory_gib = memory_limit_gib(self.cfg)
+        self.memory = worker_memory(self.cfg)  # memory-bound outcomes are final per worker
+        self.max_memory_gib = self.memory.skip_gib
         self.search = flatten(s.search)
         for key, dist in self.search.items():
             if not is_dist(dist):
@@ -180,7 +183,8 @@ class Sweep:
     def _finished_record(self, label: str, cfg: Config) -> tuple[Path, TrialResult] | None:
         """A record this point already left on disk with a final outcome and the same config
         (its sweep was stopped after the trial ended, before Optuna heard of it): reused, so a
-        finished point is never trained twice."""
+        finished point is never trained twice; a memory-bound one judged against less memory
+        than this worker has is not finished here."""
         for trial_dir in sorted((self.root / "trials").glob(f"*-{slug(label)}"), reverse=True):
             if trial_dir.name.split("-", 1)[-1] != slug(label):
                 continue
@@ -188,7 +192,9 @@ class Sweep:
                 result = record.load(trial_dir / "result.json")
             except (OSError, ValueError):
                 continue
-            if result.status in REUSABLE and result.run.get("config_hash") == config_hash(cfg):
+            if result.status not in REUSABLE or result.run.get("config_hash") != config_hash(cfg):
+                continue
+            if not self.memory.reopens(result.status, result.meta.get("memory_limit_gib")):
                 return trial_dir, result
         return None
 
@@ -200,7 +206,7 @@ class Sweep:
                 key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log", False))
             )
             sampled.append(f"{key}={value}")
-        if not sampled and self._taken_elsewhere(trial, point.name):
+        if not sampled and self._taken_elsewhere(trial, point.name, self.memory):
             trial.set_user_attr("duplicate", True)
             raise optuna.TrialPruned(f"{point.name} already done or running in another worker")
         cfg = compose(trial_overrides(self.cfg, self.user, point.overrides + sampled))
@@ -246,6 +252,8 @@ class Sweep:
             optuna_trial=trial.number,
             study=study_name,
         )
+        if reused is None:  # a reused record keeps the limit it was judged against
+            result.meta["memory_limit_gib"] = self.memory.limit(result.status)
         try:
             record.save(result, trial_dir / "result.json")
         except OSError as exc:
@@ -265,6 +273,8 @@ class Sweep:
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("error", str(result.train.get("error") or "")[:300])
         trial.set_user_attr("trial_dir", str(trial_dir))
+        for key in ("memory_limit_gib", "device_name", "device_class"):  # WorkerMemory.reopens
+            trial.set_user_attr(key, result.meta.get(key))
         if result.status in ("pruned", "diverged", "skipped_predicted_oom"):
             raise optuna.TrialPruned(result.train.get("error") or result.status)
         if result.status != "ok":
@@ -283,13 +293,14 @@ class Sweep:
         )
 
     @staticmethod
-    def _taken_elsewhere(trial: optuna.Trial, label: str) -> bool:
-        """Another trial already finished this grid point or is running it (GridSampler hands out
-        running points again once every point has started; with several workers that repeats)."""
+    def _taken_elsewhere(trial: optuna.Trial, label: str, memory: WorkerMemory) -> bool:
+        """Another trial already finished this grid point (for a worker with `memory`) or is
+        running it (GridSampler hands out running points again once every point has started;
+        with several workers that repeats)."""
         for t in trial.study.get_trials(deepcopy=False):
             if t.number == trial.number or t.params.get("point") != label:
                 continue
-            if is_final(t) or (t.state == RUNNING and not t.user_attrs.get("duplicate")):
+            if is_final(t, memory) or (t.state == RUNNING and not t.user_attrs.get("duplicate")):
                 return True
         return False
 
@@ -325,12 +336,13 @@ class Sweep:
 
     def _grid_todo(self, study: optuna.Study, labels: list[str]) -> tuple[list[str], int, set, set]:
         """Points nobody has finished or is running (queued again if tried before, up to
-        sweep.max_retries times), and the number of queued retries; dead workers' trials are
+        sweep.max_retries times, or if a memory-bound outcome was judged against less memory
+        than this worker has), and the number of queued retries; dead workers' trials are
         failed first so they count as todo."""
         storage.fail_stale_trials(study)  # our own host: a dead process
         optuna.storages.fail_stale_trials(study)  # RDB heartbeats: a worker elsewhere went silent
         trials = study.get_trials(deepcopy=False)
-        done = {t.params.get("point") for t in trials if is_final(t)}
+        done = {t.params.get("point") for t in trials if is_final(t, self.memory)}
         busy = {t.params.get("point") for t in trials if t.state in (RUNNING, WAITING)}
         failures: dict[str, list[optuna.trial.FrozenTrial]] = {}
         for t in trials:  # failures of this run: a re-run of the sweep tries every point again
@@ -366,7 +378,7 @@ class Sweep:
                 load_if_exists=True,
             )
             storage.fail_stale_trials(study)
-            finished = sum(is_final(t) for t in study.get_trials(deepcopy=False))
+            finished = sum(is_final(t, self.memory) for t in study.get_trials(deepcopy=False))
             todo = self.cfg.sweep.n_trials - finished
             self.count += finished
             if todo > 0:

@@ -161,7 +161,7 @@ def run_trial(
     which then streams its steps and system metrics (sweep.live)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = TrialResult(run=run_info(cfg), meta=record.environment())
+    result = TrialResult(run=run_info(cfg), meta=record.environment(cfg.report.gpus))
     launched = launched or psutil.Process().create_time()
     metrics: dict[str, Any] = {"startup_s": time.time() - launched}
     result.train = {"status": "failed", "error": None, "metrics": metrics}

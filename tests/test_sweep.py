@@ -1,9 +1,13 @@
+from types import SimpleNamespace
+
+import optuna
 import pandas as pd
+import psutil
 import pytest
 
 from sweep import tracking
 from sweep.config import ConfigError, compose
-from sweep.points import grid_points, merge_overrides
+from sweep.points import WorkerMemory, grid_points, is_final, merge_overrides
 from sweep.record import load
 from sweep.storage import open_storage
 from sweep.study import run_sweep
@@ -254,3 +258,75 @@ def test_predicted_oom_is_skipped_and_seeds_repeat(tmp_path):
     assert "| lora r=4" in text and " ± " in text  # two seeds: mean and interval
     assert run_sweep(args) == 0  # skipped points are final: nothing runs again
     assert len(list(trials.iterdir())) == 4
+
+
+# ---------------------------------------------------------------- memory-bound outcomes per worker
+
+
+def _frozen(status: str, limit: float | None) -> optuna.trial.FrozenTrial:
+    state = {"skipped_predicted_oom": "PRUNED", "oom": "FAIL"}[status]
+    attrs = {"status": status} | ({"memory_limit_gib": limit} if limit is not None else {})
+    return optuna.trial.create_trial(
+        state=optuna.trial.TrialState[state],
+        params={"point": "full"},
+        distributions={"point": optuna.distributions.CategoricalDistribution(["full"])},
+        user_attrs=attrs,
+    )
+
+
+def test_a_memory_bound_outcome_is_final_only_for_workers_without_more_memory():
+    skipped = _frozen("skipped_predicted_oom", 1.0)
+    assert is_final(skipped, WorkerMemory(skip_gib=1.0, run_gib=64))
+    assert is_final(skipped, WorkerMemory(skip_gib=1.01, run_gib=64))  # the same card, roughly
+    assert not is_final(skipped, WorkerMemory(skip_gib=100.0, run_gib=64))
+    assert not is_final(skipped, WorkerMemory(skip_gib=0.0, run_gib=64))  # no limit: runs it
+    assert is_final(skipped)  # no worker named (reports): final
+    oom = _frozen("oom", 23.6)  # judged against what the trial process could use
+    assert is_final(oom, WorkerMemory(skip_gib=200.0, run_gib=23.6))
+    assert not is_final(oom, WorkerMemory(skip_gib=0.0, run_gib=79.1))
+    legacy = _frozen("oom", None)  # recorded before limits were: final everywhere, as then
+    assert is_final(legacy, WorkerMemory(skip_gib=0.0, run_gib=1000.0))
+
+
+def test_a_workers_run_limit_is_its_memory_or_the_cap():
+    from sweep.launch import run_memory_gib
+
+    assert run_memory_gib(compose(["sweep.memory_limit_gib=2"])) == 2.0
+    assert run_memory_gib(compose([])) == pytest.approx(psutil.virtual_memory().total / 1024**3)
+
+
+def test_a_skip_record_on_disk_is_reused_only_by_a_worker_without_more_memory(tmp_path):
+    from sweep import record
+    from sweep.study import Sweep
+
+    cfg = compose(["model=tiny_llama", "method=full"])
+    skipped = record.failed(record.run_info(cfg), "skipped_predicted_oom", "predicted peak")
+    skipped.meta["memory_limit_gib"] = 1.0
+    record.save(skipped, tmp_path / "trials" / "0000-full" / "result.json")
+    small = SimpleNamespace(root=tmp_path, memory=WorkerMemory(skip_gib=1.0, run_gib=64))
+    large = SimpleNamespace(root=tmp_path, memory=WorkerMemory(skip_gib=100.0, run_gib=64))
+    assert Sweep._finished_record(small, "full", cfg)[0] == tmp_path / "trials" / "0000-full"
+    assert Sweep._finished_record(large, "full", cfg) is None
+
+
+@pytest.mark.slow
+def test_a_point_skipped_on_a_small_worker_runs_on_a_larger_one(tmp_path, capsys):
+    args = ["sweep=smoke", "experiment=pool", "~sweep.grid.lora", "~sweep.grid.qlora"]
+    small, large = [*args, "sweep.max_memory_gib=0.001"], [*args, "sweep.max_memory_gib=100"]
+    assert run_sweep(small) == 0  # full FT: ~0.003 GiB predicted, skipped
+    assert run_sweep(small) == 0 and "nothing to run" in capsys.readouterr().out
+    assert run_sweep(large) == 0  # another worker on the same storage, with more memory
+    trials = tmp_path / "outputs" / "pool" / "trials"
+    recs = sorted((load(d / "result.json") for d in trials.iterdir()), key=lambda r: r.status)
+    assert [(r.status, r.meta["memory_limit_gib"]) for r in recs] == [
+        ("ok", pytest.approx(psutil.virtual_memory().total / 1024**3)),
+        ("skipped_predicted_oom", 0.001),
+    ]
+    storage = open_storage(f"journal://{tmp_path / 'outputs' / 'pool' / 'optuna.journal'}")
+    study = optuna.load_study(study_name="pool", storage=storage)
+    attrs = [(t.state.name, t.user_attrs["memory_limit_gib"]) for t in study.get_trials()]
+    assert attrs == [
+        ("PRUNED", 0.001),
+        ("COMPLETE", pytest.approx(recs[0].meta["memory_limit_gib"])),
+    ]
+    assert all(t.user_attrs["device_name"] for t in study.get_trials())

@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "overrides": a.overrides,
-        "environment": record.environment(),
+        "environment": record.environment(cfg.report.gpus),
         "ratios": [],
     }
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
