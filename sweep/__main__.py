@@ -35,8 +35,13 @@ def _trial(overrides: list[str]) -> int:
     preflight(cfg)
     out = Path(cfg.output_dir, cfg.experiment, "single", _stamp())
     print(f"[trial] {' '.join(overrides) or '(defaults)'} -> {out}", flush=True)
-    result = run_trial(cfg, out)
-    print(summary(result))
+    if cfg.train.gpus > 1:  # one process per device, started by accelerate (sweep.parallel)
+        from sweep.launch import launch
+
+        result = launch(cfg, out, timeout_s=0)
+    else:
+        result = run_trial(cfg, out)
+        print(summary(result))
     print(f"record     {out / 'result.json'}")
     return 0 if result.status == "ok" else 1
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from sweep import record
+from sweep import parallel, record
 from sweep.child import trial_child, trial_context
 from sweep.config import ConfigError, as_dict
 from sweep.points import WorkerMemory
@@ -113,12 +113,16 @@ def launch(
         name=f"trial {trial_dir.name}",
     )
     start = time.perf_counter()
-    proc.start()
-    proc.join(timeout_s or None)
-    code = proc.exitcode
-    if code is None:  # still running past sweep.timeout_s
-        proc.kill()
-        proc.join()
+    if trial_cfg.train.gpus > 1:  # accelerate's launcher: one process per device
+        code = _run_parallel(trial_cfg, trial_dir, timeout_s, pruning, memory_limit_gib,
+                                env, live_run)  # fmt: skip
+    else:
+        proc.start()
+        proc.join(timeout_s or None)
+        code = proc.exitcode
+        if code is None:  # still running past sweep.timeout_s
+            proc.kill()
+            proc.join()
     wall = time.perf_counter() - start
     if result_file.exists():
         result = record.load(result_file)
@@ -130,9 +134,30 @@ def launch(
         error, status = "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
     else:
         error, status = f"trial process exited with code {code} and left no record", "failed"
+        if trial_cfg.train.gpus > 1 and parallel.last_error(trial_dir):
+            error += f": {parallel.last_error(trial_dir)} (all ranks: {trial_dir}/launch.log)"
     result = record.failed(record.run_info(trial_cfg), status, error, trial_cfg.report.gpus)
     record.save(result, result_file)
     return result
+
+
+def _run_parallel(
+    cfg: Config,
+    trial_dir: Path,
+    timeout_s: int,
+    pruning: tuple[str, str, int] | None,
+    memory_limit_gib: float,
+    env: dict[str, str] | None,
+    live_run: str | None,
+) -> int | None:
+    """The trial over train.gpus processes (sweep.parallel); the pruning storage URL goes
+    in the environment of the launch only (it may hold a password), never in a file."""
+    details = {"launched": time.time(), "live_run": live_run, "pruning": None}
+    run_env = {**os.environ, **(env or {})}
+    if pruning is not None:
+        details["pruning"] = list(pruning[1:])
+        run_env[parallel.STORAGE_ENV] = pruning[0]
+    return parallel.run(trial_dir, cfg.train.gpus, details, run_env, timeout_s, memory_limit_gib)
 
 
 def summary_line(i: int, n: int | str, result: TrialResult) -> str:

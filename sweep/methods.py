@@ -52,7 +52,7 @@ def training_args(t: TrainConfig, lr: float, steps: int) -> dict[str, Any]:
     precision, device; nothing saved or reported. One place, so the peer matches by construction."""
     return {
         "max_steps": steps,
-        "per_device_train_batch_size": t.batch_size,
+        "per_device_train_batch_size": t.batch_size // t.gpus,  # train.batch_size: global
         "gradient_accumulation_steps": t.grad_accum,
         "learning_rate": lr,
         "weight_decay": t.weight_decay,
@@ -64,7 +64,23 @@ def training_args(t: TrainConfig, lr: float, steps: int) -> dict[str, Any]:
         "report_to": "none",
         "use_cpu": not torch.cuda.is_available(),
         **trainer_flags(t.precision),
+        **parallel_args(t),
     }
+
+
+def parallel_args(t: TrainConfig) -> dict[str, Any]:
+    """A trial over train.gpus processes: FSDP (weights, gradients and optimizer states sharded
+    per decoder layer, the model's own `_no_split_modules`) or DDP (replicas; nothing to set).
+    The collective time-out covers the base model's scoring and evaluation, which every rank
+    runs before and after the collectives of training."""
+    if t.gpus <= 1:
+        return {}
+    out: dict[str, Any] = {"ddp_timeout": 4 * 3600}
+    if t.parallel == "fsdp":
+        out.update(fsdp="full_shard auto_wrap", fsdp_config={"version": 2})
+    else:  # every trainable weight takes part in each step: no search for unused ones
+        out.update(ddp_find_unused_parameters=False)
+    return out
 
 
 def load_kwargs(method: MethodConfig, precision: str) -> dict[str, Any]:

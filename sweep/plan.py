@@ -91,6 +91,8 @@ class Settings:
     logits_len: int = 0  # positions per sequence with logits (train.loss_logits=answer); 0: seq_len
     cuda_context_gib: float = 0.5
     fragmentation: float = 0.10  # allocator slack, as a fraction of the allocated peak
+    gpus: int = 1  # devices one trial trains on: batch_size is the global batch, split over them
+    parallel: str = "ddp"  # ddp (a replica per device) | fsdp (states sharded over the devices)
     data: Any = None  # cost per epoch (sweep.cost): a token count (10M, 1e7) or a data file
     tiers: Any = None  # GPU tiers of the cost table: None (the seed's four), "all", or names
 
@@ -276,14 +278,18 @@ class Row:
 
 
 def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
-    """Predicted peak of one recipe: the five parts, their total and the GPU that fits it."""
+    """Predicted peak of one recipe on one device: the five parts, their total and the GPU that
+    fits it. Over s.gpus devices each holds its share of the batch; under FSDP also its share
+    of weights, gradients and optimizer states (sweep.plan.per_device)."""
     tensors = trainable_tensors(arch, rec)
     dtype_bytes = trainable_bytes(rec)
     weights = weight_bytes(arch, rec)
     grads = dtype_bytes * sum(tensors)
     states, step = optimizer_bytes(trainable_shapes(arch, rec), rec.optimizer, dtype_bytes)
-    acts = activation_bytes(arch, s, rec)
+    dev = replace(s, batch_size=max(1, s.batch_size // max(1, s.gpus)))
+    acts = activation_bytes(arch, dev, rec)
     early = early_grads(arch, rec, grads, dtype_bytes)
+    weights, grads, states, step, early = per_device(arch, s, weights, grads, states, step, early)
     allocated = weights + states + max(acts + early, grads + step)
     overhead = s.cuda_context_gib * GIB + s.fragmentation * allocated
     total = (allocated + overhead) / GIB
@@ -302,6 +308,23 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
         total_gib=total,
         gpu=smallest_gpu(total, gpus),
     )
+
+
+def per_device(
+    arch: Arch, s: Settings, weights: float, grads: float, states: float, step: float, early: float
+) -> tuple[float, float, float, float, float]:
+    """One device's weights, gradients, optimizer states and step of a trial over s.gpus.
+    DDP keeps a whole replica and adds its gradient buckets (a second copy of the gradients,
+    torch's default). FSDP divides the four by the devices and adds the one decoder layer it
+    gathers whole at a time, twice (the next one is prefetched); the first gradients are then
+    sharded too."""
+    n = max(1, s.gpus)
+    if n == 1:
+        return weights, grads, states, step, early
+    if s.parallel == "ddp":
+        return weights, 2 * grads, states, step, early + grads
+    layer = weights / (arch.layers + 2)  # a block's share (embeddings and head count as one each)
+    return weights / n + 2 * layer, grads / n, states / n, step / n, early / n
 
 
 def early_grads(arch: Arch, rec: Recipe, grads: float, dtype_bytes: int) -> float:
@@ -353,6 +376,8 @@ def trial_settings(cfg: Config, cuda: bool, seq_len: int | None = None) -> Setti
         attention="eager" if cfg.model.attn_implementation == "eager" else "sdpa",
         padded=cfg.model.attn_implementation != "flash_attention_2",  # flash: no mask kept
         cuda_context_gib=Settings.cuda_context_gib if cuda else 0.0,
+        gpus=t.gpus,
+        parallel=t.parallel,
     )
 
 

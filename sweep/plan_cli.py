@@ -29,7 +29,7 @@ from sweep.errors import require
 from sweep.plan import ATTENTIONS, Settings, load_gpus, plan, plan_recipes
 from sweep.recipe import LINEARS
 from sweep.schema import GpuClass
-from sweep.validate import BASE_DTYPES, OPTIMIZERS, PRECISIONS
+from sweep.validate import BASE_DTYPES, OPTIMIZERS, PARALLEL, PRECISIONS
 
 ALIASES = {"max_seq_len": "seq_len", "r": "qlora_rank"}
 CONF_MODEL = CONF_DIR / "model"
@@ -70,6 +70,9 @@ def check_settings(s: Settings) -> None:
     ranks_ok = isinstance(s.ranks, list) and all(_count(r) for r in s.ranks)
     require(ranks_ok, "ranks", "a list of integers >= 1, e.g. [4,16,64]", s.ranks)
     require(_count(s.qlora_rank), "qlora_rank", "an integer >= 1", s.qlora_rank)
+    require(_count(s.gpus), "gpus", "an integer >= 1 (devices per trial)", s.gpus)
+    require(s.parallel in PARALLEL, "parallel", f"one of {PARALLEL}", s.parallel)
+    require(s.batch_size % s.gpus == 0, "batch_size", f"a multiple of gpus={s.gpus}", s.batch_size)
     require(s.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", s.precision)
     require(s.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", s.optimizer)
     require(s.base_dtype in BASE_DTYPES, "base_dtype", f"one of {BASE_DTYPES}", s.base_dtype)
@@ -150,6 +153,17 @@ def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
         f"batch {s.batch_size} x seq {s.seq_len}, precision {s.mode}, gradient checkpointing "
         f"{gc}, attention {s.attention}; adapters on {targets}"
     )
+    if s.gpus > 1:
+        shared = (
+            "weights, gradients and optimizer states divided by "
+            f"{s.gpus}, plus one decoder layer gathered whole, twice"
+            if s.parallel == "fsdp"
+            else "a whole replica each, plus DDP's gradient buckets (a second copy of the gradients)"
+        )
+        head += (
+            f"\nper GPU, over {s.gpus} GPUs with {s.parallel.upper()}: batch "
+            f"{s.batch_size // s.gpus} each; {shared}"
+        )
     foot = (
         "GiB. total = weights + optimizer + max(activations + first gradients, grads + optimizer "
         "step) + overhead:\nthe peak is at the start of the backward (first gradients: the "

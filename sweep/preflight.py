@@ -74,10 +74,14 @@ def check_attention(attn: str) -> None:
 
 
 def warn(message: str) -> None:
-    """One line on stderr for a setting that runs but makes little sense."""
+    """One line on stderr for a setting that runs but makes little sense (once per trial: only
+    rank 0 of a trial over several processes says it)."""
     import sys
 
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    from sweep.parallel import is_main
+
+    if is_main():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def check_point(cfg: Config) -> None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from sweep import ledger, methods
+from sweep import ledger, methods, parallel
 from sweep.measure import sync
 from sweep.schema import MethodConfig, TrainConfig
 
@@ -71,7 +71,12 @@ class MeasureCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
         self._bar = tqdm(
-            total=self.cfg.steps, desc="train", unit="step", dynamic_ncols=True, leave=False
+            total=self.cfg.steps,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not parallel.is_main(),  # one bar for a trial over several processes
         )
         sync()
         self._mark = time.perf_counter()
@@ -90,12 +95,8 @@ class MeasureCallback(TrainerCallback):
             s.measured_tokens += step_tokens
         s.tokens_seen = tokens
         self._bar.update(1)
-        if (
-            self.hook is not None
-            and self.every
-            and s.steps % self.every == 0
-            and self.hook(s.steps)
-        ):
+        due = self.hook is not None and self.every and s.steps % self.every == 0
+        if due and parallel.any_rank(self.hook(s.steps)):  # rank 0's verdict stops all
             s.pruned = True
             control.should_training_stop = True
         sync()

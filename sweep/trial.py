@@ -33,6 +33,7 @@ from sweep import (
     measure,
     methods,
     models,
+    parallel,
     plan,
     recipe,
     record,
@@ -167,7 +168,8 @@ def run_trial(
     result.train = {"status": "failed", "error": None, "metrics": metrics}
     meter = measure.Meter()
     stats = None
-    live_run = stream.usable(live_run)
+    main = parallel.is_main()  # several processes (train.gpus): rank 0 records
+    live_run = stream.usable(live_run) if main else None
     streams = stream.LiveMetrics(live_run) if live_run else None
     system = stream.SystemMetrics(live_run)
     try:
@@ -204,7 +206,8 @@ def run_trial(
                     base_task_score=base["task_score"],
                     base_eval_loss=base["eval_loss"],
                 )
-                write_items(out / BASE_ITEMS_FILE, base["items"])
+                if main:
+                    write_items(out / BASE_ITEMS_FILE, base["items"])
                 result.train["base_items"] = BASE_ITEMS_FILE
                 result.train["base_quant"] = base.get("base_quant")
         model = methods.apply(model, cfg.method, t)
@@ -248,9 +251,12 @@ def run_trial(
             )
         else:
             with meter.phase("save"):  # first: evaluation may fold the adapter in
-                metrics["adapter_bytes"] = methods.save(model, out / "adapter")
+                metrics["adapter_bytes"] = parallel.save(model, out / "adapter", methods.save)
             with meter.phase("eval"):
-                model, metrics["eval_merged"] = methods.merged_for_eval(model)
+                if parallel.unshard(model):  # FSDP: whole weights on every rank, no merge
+                    metrics["eval_merged"] = False
+                else:
+                    model, metrics["eval_merged"] = methods.merged_for_eval(model)
                 acc = evaluate.loss_and_accuracy(
                     model, tok, task, t.max_seq_len, evaluate.new_tokens(cfg), e.batch_size, sp
                 )
@@ -263,7 +269,8 @@ def run_trial(
             keys = ("accuracy", "task_score", "eval_loss", "n_eval", "generated_tokens")
             keys += ("eval_batch_size",)
             metrics.update({k: acc[k] for k in keys})
-            write_items(out / ITEMS_FILE, acc["items"])
+            if main:
+                write_items(out / ITEMS_FILE, acc["items"])
             result.train["eval_items"] = ITEMS_FILE
             result.train["samples"] = acc["samples"]
             if retention.get("after"):
@@ -287,6 +294,13 @@ def run_trial(
     except Exception as exc:  # any other crash is this trial's result, not the sweep's end
         record_failure(result, exc)
     metrics.update(meter.summary())
+    if parallel.world() > 1:
+        if result.status in ("failed", "oom"):  # the others wait in a collective: end them
+            if main:
+                record.save(result, out / "result.json")
+            raise SystemExit(f"[rank {parallel.rank()}] {result.train.get('error')}")
+        result.train["ranks"] = parallel.gather(parallel.rank_info(metrics))
+        metrics.update(parallel.peaks_over(result.train["ranks"]))
     if stats is not None:
         metrics["train_s"] = stats.measured_s  # warm-up excluded; train_phase_s has it all
         metrics["train_phase_s"] = meter.phases["train"].seconds
@@ -299,7 +313,8 @@ def run_trial(
     )
     metrics["memory_kind"] = "vram" if metrics.get("peak_vram_gib") else "host_rss"
     system.finish()
-    record.save(result, out / "result.json")
+    if main:
+        record.save(result, out / "result.json")
     return result
 
 
@@ -352,17 +367,36 @@ def run_dir(
     out = Path(trial_dir)
     cfg = to_config(json.loads((out / "config.json").read_text()))
     reporter = None
-    if pruning is not None:
+    if pruning is not None and parallel.is_main():  # rank 0 reports, all ranks stop
         from sweep.storage import pruning_reporter
 
         reporter = pruning_reporter(*pruning)
     result = run_trial(cfg, out, reporter, launched, live_run)
-    print(summary(result), flush=True)
+    if parallel.is_main():
+        print(summary(result), flush=True)
     return 0
 
 
+def run_rank(trial_dir: str | Path) -> int:
+    """One rank of a multi-process trial (sweep.parallel): the launch's details from
+    <trial dir>/launch.json, the pruning storage URL from the environment."""
+    from sweep.child import isolate
+
+    details = parallel.read_launch(Path(trial_dir))
+    isolate(float(details.get("memory_limit_gib") or 0.0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(parallel.local_rank())
+    pruning = details.get("pruning")
+    url = os.environ.pop(parallel.STORAGE_ENV, None)
+    prune = (url, pruning[0], int(pruning[1])) if pruning and url else None
+    return run_dir(trial_dir, details.get("launched"), prune, details.get("live_run"))
+
+
 def main(argv: list[str]) -> int:
-    """python -m sweep.trial <trial dir>: re-run a sweep's trial by hand."""
+    """python -m sweep.trial <trial dir>: re-run a sweep's trial by hand (also each rank of a
+    multi-process trial, started by accelerate)."""
+    if parallel.world() > 1:
+        return run_rank(argv[0])
     return run_dir(argv[0])
 
 

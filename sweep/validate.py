@@ -41,6 +41,7 @@ OPTIMIZERS = (
 QUANT_TYPES = ("nf4", "fp4")
 SWEEP_KINDS = ("grid", "search")
 PRUNERS = ("none", "median")
+PARALLEL = ("ddp", "fsdp")
 LOSS_LOGITS = ("answer", "all")
 
 
@@ -167,6 +168,7 @@ def validate(cfg: Config) -> None:
         t.measure_warmup_steps,
     )
     require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
+    _check_parallel(cfg)
     require(
         t.loss_logits in LOSS_LOGITS, "train.loss_logits", f"one of {LOSS_LOGITS}", t.loss_logits
     )
@@ -252,6 +254,38 @@ def _check_dataset_scoring(d: DatasetConfig) -> None:
             "dataset.eval_split",
             f"a split other than dataset.split ({d.split}) or null",
             d.eval_split,
+        )
+
+
+def _check_parallel(cfg: Config) -> None:
+    """train.gpus and train.parallel: whole examples per process, devices that exist, and a
+    4-bit base only under DDP (FSDP cannot shard bitsandbytes' packed weights as set up here)."""
+    t = cfg.train
+    require(t.gpus >= 1, "train.gpus", "an integer >= 1", t.gpus)
+    require(t.parallel in PARALLEL, "train.parallel", f"one of {PARALLEL}", t.parallel)
+    require(
+        t.batch_size % t.gpus == 0,
+        "train.batch_size",
+        f"a multiple of train.gpus={t.gpus} (it is the global batch, split over the devices)",
+        t.batch_size,
+    )
+    if t.gpus > 1 and _cuda():
+        import torch
+
+        n = torch.cuda.device_count()
+        require(t.gpus <= n, "train.gpus", f"at most the {n} GPU(s) this process sees", t.gpus)
+    if t.gpus > 1 and t.parallel == "fsdp":
+        require(
+            _cuda(),
+            "train.parallel",
+            "ddp on a CPU host (accelerate shards with FSDP on GPUs only)",
+            t.parallel,
+        )
+        require(
+            cfg.method.quant is None,
+            "train.parallel",
+            "ddp for method=qlora (a 4-bit base is not sharded by FSDP here)",
+            t.parallel,
         )
 
 
