@@ -142,6 +142,7 @@ class SweepConfig:
     seed_data: bool = False
     max_retries: int = 1
     heartbeat_s: int = 60
+    gpus: Any = field(default_factory=list)  # [0, 1, 2, 3]: a worker per GPU (sweep.pool)
 
 
 @dataclass
