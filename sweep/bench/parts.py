@@ -1,4 +1,4 @@
-"""`make bench`'s five parts as a registry: what each runs, keeps, contributes and renders.
+"""`make bench`'s six parts as a registry: what each runs, keeps, contributes and renders.
 
     from sweep.bench.parts import PARTS, write
     write(json.loads(Path("reports/bench/harness.json").read_text()))  # harness.md again
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench import eval_speed
+from sweep.bench.kernels import kernels
 from sweep.bench.paired import core_halves, sft_throughput, step_cost, throughput
 from sweep.bench.sweep_time import sweep_vs_peer
 from sweep.schema import Config
@@ -302,6 +303,38 @@ def _sft_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _run_kernels(s: Settings) -> dict[str, Any]:
+    rows = kernels(s.overrides, s.steps, s.repeats, s.work)
+    return {"kernels": rows, "kernels_steps": s.steps, "kernels_pairing": _pairing()}
+
+
+def _kernel_ratios(results: dict[str, Any]) -> list[Ratio]:
+    return [
+        (
+            f"6. training tokens/s, {r['switch']} on / off, {r['approach']}",
+            f"{r['with / without']:.3f}" if r["with / without"] else r["note"],
+            "default on where > 1",
+        )
+        for r in results["kernels"]
+    ]
+
+
+def _kernel_section(results: dict[str, Any]) -> list[str]:
+    rows = [{k: v for k, v in r.items() if k != "overrides"} for r in results["kernels"]]
+    for r, raw in zip(rows, results["kernels"], strict=True):
+        r["switch"] = f"{raw['switch']} (`{' '.join(raw['overrides'])}`)"
+    return [
+        "",
+        "## 6. Kernel switches: the same harness trial with and without each",
+        "",
+        f"{results['kernels_steps']} steps, the first not measured as in part 1; rounds "
+        f"{results.get('kernels_pairing', '')}. A switch becomes a default only where it "
+        "measured faster on the device class the default applies to.",
+        "",
+        _table(rows),
+    ]
+
+
 # The registry, in run order (the order --only lists them in).
 PARTS: dict[str, Part] = {
     p.name: p
@@ -323,12 +356,19 @@ PARTS: dict[str, Part] = {
             _sft_ratios,
             _sft_section,
         ),
+        Part(
+            "kernels",
+            ("kernels", "kernels_steps", "kernels_pairing"),
+            _run_kernels,
+            _kernel_ratios,
+            _kernel_section,
+        ),
     )
 }
 # The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL.
-RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft")
+RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft", "kernels")
 # The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL.
-SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft")
+SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft", "kernels")
 
 
 def ratio_rows(results: dict[str, Any]) -> list[Ratio]:
