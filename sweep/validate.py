@@ -28,7 +28,7 @@ ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 # the frozen base's weights under LoRA; auto: the 16-bit compute dtype under *-mixed, else
 # as train.precision (fp32 on CPU)
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
-# transformers' `optim` names; auto: adamw_torch_fused on CUDA, adamw_torch (foreach) on CPU
+# transformers' `optim` names; auto: adamw_torch_fused (on CPU too: measured faster there)
 OPTIMIZERS = (
     "auto",
     "adamw_torch",

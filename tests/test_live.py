@@ -29,7 +29,7 @@ def test_a_trial_streams_its_steps_into_the_run_the_sweep_created(tmp_path):
     run = c.get_run(rid)
     assert run.info.status == "RUNNING"  # visible in the UI before the trial trains
     tags = run.data.tags
-    assert (tags["method"], tags["rank"], tags["optimizer"]) == ("lora", "16", "adamw_torch")
+    assert (tags["method"], tags["rank"], tags["optimizer"]) == ("lora", "16", "adamw_torch_fused")
     assert run.data.params["method"] == "lora"
     assert tags["device"] in ("cpu", "cuda") and tags["device_name"]  # searchable from the start
 

@@ -85,7 +85,7 @@ def test_targets_follow_peft_matching():
 def test_optimizer_and_precision_as_a_trial_resolves_them():
     qlora = compose(["method=qlora"])  # one optimizer for every approach by default
     assert recipe.of(qlora, cuda=True).optimizer == "adamw_torch_fused"
-    assert recipe.of(qlora, cuda=False).optimizer == "adamw_torch"
+    assert recipe.of(qlora, cuda=False).optimizer == "adamw_torch_fused"  # auto: fused on CPU
     paged = compose(["method=qlora", "train.optimizer=paged_adamw_8bit"])  # the QLoRA recipe
     assert recipe.of(paged, cuda=True).optimizer == "paged_adamw_8bit"
     with pytest.raises(ConfigError, match="train.optimizer='adam' is not allowed; expected one of"):
