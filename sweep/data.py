@@ -357,7 +357,8 @@ def encode_train(
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    """A collated batch on `device` (its tensors; `logits_to_keep` is a plain int)."""
+    """A collated batch on `device` (its tensors; `use_cache` and an int `logits_to_keep` as
+    they are)."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -391,3 +392,53 @@ def collate(
         return out
 
     return fn
+
+
+def packed_collate(
+    answer_logits: bool = False,
+) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
+    """A batch as ONE row without padding (train.packing), by transformers'
+    DataCollatorWithFlattening: `input_ids` and `labels` [1, total], `position_ids` restarting at
+    0 for every example, and no attention mask, so transformers reads the example boundaries
+    from the position ids (a block-diagonal causal mask under sdpa and eager, varlen under flash
+    attention: no example attends to another). Labels stay on the answer tokens only; each
+    example's first token is IGNORE as a label, so no example predicts across a boundary.
+    `use_cache=False`: with a cache transformers would not look for packed sequences.
+
+    answer_logits (train.loss_logits=answer): logits only at the positions whose next token has
+    a label (`logits_to_keep` as a tensor of positions), plus the row's last position, which
+    carries no label and lets the model's own one-token label shift line up: `labels` become
+    [IGNORE, the label each kept position predicts...]. Same loss and gradients as full logits.
+    """
+    from transformers import DataCollatorWithFlattening
+
+    flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+
+    def fn(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        out: dict[str, Any] = flatten(
+            [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batch]
+        )
+        out["use_cache"] = False
+        labels = out["labels"][0]
+        keep = (labels[1:] != IGNORE).nonzero().flatten()  # position j predicts token j + 1
+        if answer_logits and len(keep):
+            last = torch.tensor([labels.numel() - 1])
+            out["logits_to_keep"] = torch.cat([keep, last])
+            out["labels"] = torch.cat([torch.tensor([IGNORE]), labels[keep + 1]]).unsqueeze(0)
+        return out
+
+    return fn
+
+
+def train_collate(
+    pad_id: int, packing: bool, answer_logits: bool
+) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
+    """The training batches: packed into one row (train.packing) or right-padded."""
+    return packed_collate(answer_logits) if packing else collate(pad_id, answer_logits)
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens of a collated batch: the attention mask's ones, or every token of a
+    packed row (it has no padding, and no mask)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())

@@ -2,10 +2,11 @@
 
     python -m sweep trial method=lora train.steps=60
 
-The callback times every optimizer step (device synchronized), counts non-padding tokens,
-records the per-step loss, shows a progress bar, stops on divergence (NaN or loss above
-diverge_factor x the first loss) and on an external stop request (the pruner). Train time and
-tokens/s exclude the first `measure_warmup_steps` steps and any periodic evaluation.
+The callback times every optimizer step (device synchronized), counts non-padding tokens (all
+of a packed batch's: train.packing), records the per-step loss, shows a progress bar, stops on
+divergence (NaN or loss above diverge_factor x the first loss) and on an external stop request
+(the pruner). Train time and tokens/s exclude the first `measure_warmup_steps` steps and any
+periodic evaluation.
 """
 
 from __future__ import annotations
@@ -136,12 +137,20 @@ class LedgerCallback(TrainerCallback):
 
         def shape(module, a, kwargs):  # noqa: ANN001, ANN202
             ids = kwargs.get("input_ids", a[0] if a else None)
-            if isinstance(ids, torch.Tensor) and "batch_shape" not in self.stats.ledger:
-                self.stats.ledger["batch_shape"] = list(ids.shape)
+            led = self.stats.ledger
+            if isinstance(ids, torch.Tensor) and "batch_shape" not in led:
+                led["batch_shape"] = list(ids.shape)  # a packed batch: [1, its tokens]
                 mask = kwargs.get("attention_mask")  # padded batch: SDPA keeps a mask per block
-                self.stats.ledger["padded"] = bool(mask is not None and (mask == 0).any())
+                led["padded"] = bool(mask is not None and (mask == 0).any())
+                pos = kwargs.get("position_ids")  # only a packed batch (train.packing) has them
+                led["packed"] = mask is None and isinstance(pos, torch.Tensor)
+                led["sequences"] = int((pos == 0).sum()) if led["packed"] else int(ids.shape[0])
                 keep = kwargs.get("logits_to_keep")  # train.loss_logits=answer: logits kept
-                self.stats.ledger["logits_width"] = int(keep or ids.shape[-1])
+                led["logits_width"] = (
+                    int(keep.numel())
+                    if isinstance(keep, torch.Tensor)
+                    else int(keep or ids.shape[-1])
+                )
 
         self._hook = model.register_forward_pre_hook(shape, with_kwargs=True)
 
@@ -184,17 +193,21 @@ def train(
     hook: StepHook | None = None,
     every: int = 0,
     extra_callbacks: tuple[TrainerCallback, ...] = (),
+    packed: bool = False,
 ) -> TrainStats:
     """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats.
     `extra_callbacks` (e.g. sweep.live.LiveMetrics) run after the measuring one and get its
-    stats (their `stats` attribute)."""
+    stats (their `stats` attribute). `packed`: collate_fn packs each batch into one row
+    (sweep.data.packed_collate), which has no padding and no attention mask: every token
+    counts (Trainer's non-padding count would compare the ids with the pad id instead, and drop
+    real tokens where the pad token is also the end-of-turn token, as in SmolLM2)."""
     args = TrainingArguments(
         output_dir=out_dir,
         **methods.training_args(cfg, method.lr, cfg.steps),
         lr_scheduler_type="linear",
         logging_steps=1,
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
