@@ -114,7 +114,7 @@ def run_info(cfg: Config) -> dict[str, Any]:
         "trainable_dtype": rec.trainable_dtype,
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
         "attention": cfg.model.attn_implementation,
-        "packing": resolve_packing(cfg),  # train.packing resolved: one unpadded row per batch
+        "packing": resolve_packing(cfg),  # train.packing resolved: batches packed into rows
         "seed": cfg.train.seed,
         "config_hash": config_hash(cfg),
         "config": as_dict(cfg),

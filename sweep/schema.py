@@ -110,7 +110,7 @@ class TrainConfig:
     loss_logits: str = "answer"
     gpus: int = 1  # devices one trial trains on (one process each; CPU: gloo processes)
     parallel: str = "ddp"  # ddp | fsdp (with gpus > 1)
-    packing: str = "auto"  # auto | true | false: one unpadded row (validate.resolve_packing)
+    packing: str = "auto"  # auto | true | false: packed rows (validate.resolve_packing)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from sweep.preflight import warn
 from sweep.record import TrialResult, run_info
 from sweep.schema import AUTO_MAX_LEN, Config
 from sweep.train import train
+from sweep.validate import pack_row_len
 
 # Called with (step, eval loss) during training; returns True to stop (the pruner's verdict).
 Reporter = Callable[[int, float], bool]
@@ -102,7 +103,7 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
         shape = led.get("batch_shape")
         if shape:  # the same prediction at the measured batch: [batch, padded width] or packed
             s = plan.trial_settings(cfg, cuda, seq_len=int(shape[-1]))
-            s.batch_size = int(shape[0])  # a packed batch (train.packing): one row of its tokens
+            s.batch_size = int(shape[0])  # a packed batch (train.packing): its rows
             s.padded = bool(led.get("padded", True)) or _packed_mask(cfg, led)
             s.logits_len = int(led.get("logits_width") or 0)
             saved = plan.saved_activation_bytes(arch_for_model(cfg.model), s, recipe.of(cfg, cuda))
@@ -113,18 +114,19 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
 
 
 def _packed_mask(cfg: Config, led: dict[str, Any]) -> bool:
-    """A packed row under sdpa or eager: transformers builds a block-diagonal mask over the row
-    from its position ids, which SDPA keeps in every block as it keeps a padding mask (flash
+    """Packed rows under sdpa or eager: transformers builds a block-diagonal mask per row from
+    the position ids, which SDPA keeps in every block as it keeps a padding mask (flash
     attention takes the position ids alone)."""
     return bool(led.get("packed")) and cfg.model.attn_implementation != "flash_attention_2"
 
 
 def attention_span(led: dict[str, Any], default: int) -> int:
     """Tokens each position attends over, for the model FLOPs (sweep.arch): the padded batch's
-    width, or a packed row's mean example length (its examples do not attend to each other)."""
+    width, or a packed batch's tokens per example (rows x width / examples: its examples do not
+    attend to each other)."""
     shape = led.get("batch_shape") or [1, default]
     if led.get("packed") and led.get("sequences"):
-        return max(1, round(int(shape[-1]) / int(led["sequences"])))
+        return max(1, round(int(shape[0]) * int(shape[-1]) / int(led["sequences"])))
     return int(shape[-1])
 
 
@@ -246,7 +248,9 @@ def run_trial(
                 model,
                 tok,
                 rows,
-                data.train_collate(tok.pad_token_id, packed, t.loss_logits == "answer"),
+                data.train_collate(
+                    tok.pad_token_id, packed, t.loss_logits == "answer", pack_row_len(cfg)
+                ),
                 cfg.method,
                 t,
                 str(out / "trainer"),

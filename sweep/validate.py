@@ -14,7 +14,7 @@ from typing import Any
 
 from sweep.errors import ConfigError, require
 from sweep.metrics import OBJECTIVES
-from sweep.schema import AUTO_MAX_LEN, Config, DatasetConfig
+from sweep.schema import Config, DatasetConfig
 
 METHODS = ("full", "lora", "qlora")
 MODEL_SOURCES = ("packaged", "hf", "tiny")
@@ -44,12 +44,13 @@ PRUNERS = ("none", "median")
 PARALLEL = ("ddp", "fsdp")
 LOSS_LOGITS = ("answer", "all")
 PACKINGS = ("auto", "true", "false")
-# train.packing=auto under sdpa/eager: packed rows of at most this many tokens (batch x length).
-# Measured on 2 CPU cores, SmolLM2 LoRA r=16 fp32 under sdpa, one forward+backward: batches of 8
-# equal-length examples (no padding: the padded batch runs SDPA's unmasked causal kernel) packed
-# in 0.975x the padded time at 8 x 64, 1.46x at 8 x 128, 1.92x at 8 x 256; batches of 8 mixed
-# lengths (10..300 tokens, about half padding) in 1/1.62 of it.
-PACK_AUTO_TOKENS = 512
+# PACKING_MEASURED: train.packing on 2 CPU cores under sdpa, SmolLM2-135M LoRA r=16 fp32,
+# forward+backward of batches of 8 (loss_logits=answer), packed time against padded:
+# - mixed lengths (sweep/bench/packing.py's data, 10..300 words), 8 batches alternating:
+#   rows of up to the batch's longest example (5-7 rows) 1.65x faster, rows of up to 384 tokens
+#   1.59x; the whole batch in one row (1400-1800 tokens, dense attention over it) 1.12x;
+# - near-equal lengths (the default chain_sum task, 40-44 tokens), 16 batches: rows of the
+#   longest (one example a row, no mask) 1.10x faster, one row 1.00x.
 
 
 def resolve_precision(precision: str, cuda_bf16: bool | None = None) -> str:
@@ -69,34 +70,35 @@ def resolve_precision(precision: str, cuda_bf16: bool | None = None) -> str:
 
 
 def resolve_packing(cfg: Config) -> bool:
-    """train.packing as trained: true packs each batch into one row without padding
-    (sweep.data.packed_collate), false right-pads it (sweep.data.collate).
+    """train.packing as trained: true packs each batch's examples into rows without padding
+    between them (sweep.data.packed_collate, rows as pack_row_len), false right-pads each
+    example to the batch's longest (sweep.data.collate).
 
-    auto: on where the model's attention keeps each example to itself in a packed row, and the
-    row stays short enough to gain. Transformers 5 reads the boundaries from the position ids
-    (they restart at 0 per example) when the batch has no attention mask and no cache:
-    - flash_attention_2 runs each example as its own sequence (varlen): no mask, no work across
-      examples, so packing only drops padding. On.
-    - sdpa and eager build a block-diagonal causal mask from the position ids, but a dense one:
-      attention is computed, and its mask kept, over the whole row (row x row per block), where
-      the padded batch holds batch x width x width, and none at all when it has no padding.
-      Per token that grows with the row, so auto packs only rows of at most PACK_AUTO_TOKENS
-      (train.batch_size x train.max_seq_len; 0, the auto length, counts as its cap
-      AUTO_MAX_LEN), where packing measured no slower even without padding to save. The default
-      (8 x 64) packs; mixed-length data with longer rows gains from train.packing=true.
-    - trust_remote_code: the model's own code may build its own mask and ignore the position
-      ids, letting examples attend to each other. Off.
+    auto: on wherever the model's attention keeps each example to itself in a packed row.
+    Transformers 5 reads the boundaries from the position ids (they restart at 0 per example)
+    when the batch has no attention mask and no cache: flash_attention_2 runs each example as its
+    own sequence (varlen), sdpa and eager build a block-diagonal causal mask per row. Packed rows
+    are never wider than the padded batch and never more of them (pack_row_len), so a packed
+    batch does no more work than the padded one, and less wherever it had padding to drop: on
+    (measurements in PACKING_MEASURED). Off with trust_remote_code: the model's own code may
+    build its own mask and ignore the position ids, letting examples attend to each other.
     Decided from the config alone, so the record and the MLflow params say it before it runs.
     """
     p = str(cfg.train.packing).lower()
     if p != "auto":
         return p == "true"
-    if cfg.model.trust_remote_code:
-        return False
-    if cfg.model.attn_implementation == "flash_attention_2":
-        return True
-    t = cfg.train
-    return t.batch_size * (t.max_seq_len or AUTO_MAX_LEN) <= PACK_AUTO_TOKENS
+    return not cfg.model.trust_remote_code
+
+
+def pack_row_len(cfg: Config) -> int | None:
+    """The packed rows' length (sweep.data.packed_collate's row_len): under flash_attention_2
+    the whole batch in one row (None), since flash attention reads the example boundaries from
+    the position ids only in a single row, and then attends example by example at no cost for
+    the row's length; under sdpa and eager rows of at most the batch's longest example (0),
+    first-fit decreasing: attention there is dense over each row (rows x width^2, the mask's
+    blocks computed and discarded), so one long row would cost more than the padded batch it
+    replaces (measured: PACKING_MEASURED)."""
+    return None if cfg.model.attn_implementation == "flash_attention_2" else 0
 
 
 def _check_report(cfg: Config) -> None:

@@ -73,8 +73,9 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
     share = led["logits_width"] / width  # train.loss_logits=answer
     assert 0 < share < 1
     arch = arch_for_model(cfg.model)
-    span = attention_span(led, width)  # a packed row (train.packing): its mean example length
-    assert span == (round(width / led["sequences"]) if led["packed"] else width)
+    span = attention_span(led, width)  # packed rows (train.packing): tokens per example
+    rows = led["batch_shape"][0]
+    assert span == (round(rows * width / led["sequences"]) if led["packed"] else width)
     per_token = train_flops_per_token(arch, recipe.of(cfg), span, share)
     assert m["train_tflops"] == pytest.approx(per_token * m["train_tokens_per_s"] / 1e12)
     if not torch.cuda.is_available():

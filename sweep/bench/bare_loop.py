@@ -24,7 +24,7 @@ from sweep.child import enter
 from sweep.config import to_config
 from sweep.measure import sync
 from sweep.schema import Config
-from sweep.validate import resolve_packing
+from sweep.validate import pack_row_len, resolve_packing
 
 
 def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:
@@ -85,7 +85,7 @@ def run(cfg: Config) -> dict[str, Any]:
         sampler=order,
         # padded or packed (train.packing) as the harness trial's
         collate_fn=data.train_collate(
-            tok.pad_token_id, resolve_packing(cfg), t.loss_logits == "answer"
+            tok.pad_token_id, resolve_packing(cfg), t.loss_logits == "answer", pack_row_len(cfg)
         ),
     )
     dev = models.device()
@@ -102,7 +102,7 @@ def run(cfg: Config) -> dict[str, Any]:
     for batch in loader:
         batch = data.to_device(batch, dev)
         with autocast:
-            loss = model(**batch).loss
+            loss = model(**data.model_inputs(batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

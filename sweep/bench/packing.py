@@ -7,9 +7,11 @@ The default task (reasoning-gym chain_sum) has examples of nearly equal length, 
 it little. Real fine-tuning data mixes short and long examples: here a JSONL file written by the
 bench itself (no download), prompts and answers of 10..300 words (about a token each, plus the
 chat template), spread evenly. Two harness trials on it (sweep.launch.launch, each in its own
-process as a sweep runs them), the same examples, batches and steps, one packing each batch into
-one row and one right-padding it; tokens/s counts the same non-padding tokens on both sides.
-Target: packed / padded >= 1.3.
+process as a sweep runs them), the same examples, batches and steps, one packing each batch's
+examples into rows (train.packing=true: first-fit decreasing into rows of up to the batch's
+longest example under sdpa) and one right-padding them; tokens/s counts the same non-padding
+tokens on both sides. Target: packed / padded >= 1.3. Also `python -m sweep.bench --only
+packing` (part 6 of reports/bench/harness.md).
 """
 
 from __future__ import annotations

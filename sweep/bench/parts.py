@@ -1,4 +1,4 @@
-"""`make bench`'s five parts as a registry: what each runs, keeps, contributes and renders.
+"""`make bench`'s six parts as a registry: what each runs, keeps, contributes and renders.
 
     from sweep.bench.parts import PARTS, write
     write(json.loads(Path("reports/bench/harness.json").read_text()))  # harness.md again
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench import eval_speed
+from sweep.bench.packing import packing_throughput
 from sweep.bench.paired import core_halves, sft_throughput, step_cost, throughput
 from sweep.bench.sweep_time import sweep_vs_peer
 from sweep.schema import Config
@@ -302,6 +303,49 @@ def _sft_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _run_packing(s: Settings) -> dict[str, Any]:
+    print("[bench] packing: packed vs padded batches on mixed-length data", flush=True)
+    return {"packing": packing_throughput(s.overrides, s.steps, s.repeats, s.work / "packing")}
+
+
+def _packing_ratios(results: dict[str, Any]) -> list[Ratio]:
+    p = results["packing"]
+    return [
+        (
+            "6. training tokens/s on mixed-length data, packed / padded",
+            f"{p['steady_ratio']:.3f} (rounds {', '.join(f'{r:.3f}' for r in p['round_ratios'])})",
+            ">= 1.3",
+        )
+    ]
+
+
+def _settings(overrides: list[str]) -> str:
+    """The packing trials' overrides, without the scratch data file's path."""
+    return " ".join(o for o in overrides if not o.startswith("dataset.path="))
+
+
+def _packing_section(results: dict[str, Any]) -> list[str]:
+    p = results["packing"]
+    shapes = p.get("first_batch_shape", {})
+    return [
+        "",
+        "## 6. Packing: packed against padded batches on mixed-length data",
+        "",
+        "Two harness trials (`sweep.launch`, each in its own process) on the same JSONL of "
+        "prompt/answer pairs 10..300 words long, spread evenly (sweep/bench/packing.py), the "
+        f"same batches and {p['steps']} steps: `train.packing=true` (each batch's examples "
+        "first-fit into rows of up to its longest example, position ids restarting per example, "
+        "no padding between examples) against `train.packing=false` (right-padded to the "
+        f"longest). {p['repeats']} rounds, the order swapped every round (ABBA). Tokens/s counts "
+        f"the same non-padding tokens on both sides ({p['tokens_seen'].get('packed')} vs "
+        f"{p['tokens_seen'].get('padded')}); first batch {shapes.get('packed')} packed, "
+        f"{shapes.get('padded')} padded. Packed {p['packed_tokens_per_s']:.1f} tokens/s, padded "
+        f"{p['padded_tokens_per_s']:.1f} (medians): ratio {p['ratio']:.3f}; at each run's median "
+        f"step time, per round {', '.join(f'{r:.3f}' for r in p['round_ratios'])}, median "
+        f"{p['steady_ratio']:.3f}. Overrides: `{_settings(p['overrides'])}`.",
+    ]
+
+
 # The registry, in run order (the order --only lists them in).
 PARTS: dict[str, Part] = {
     p.name: p
@@ -323,12 +367,15 @@ PARTS: dict[str, Part] = {
             _sft_ratios,
             _sft_section,
         ),
+        Part("packing", ("packing",), _run_packing, _packing_ratios, _packing_section),
     )
 }
-# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL.
-RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft")
-# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL.
-SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft")
+# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL,
+# 6. packing.
+RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft", "packing")
+# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL,
+# 6. packing.
+SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft", "packing")
 
 
 def ratio_rows(results: dict[str, Any]) -> list[Ratio]:
