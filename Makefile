@@ -8,6 +8,7 @@ SWEEP   ?= default
 EXP     ?= $(SWEEP)
 MODEL   ?= smollm2_135m
 ARGS    ?=
+GPUS    ?=
 HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
@@ -31,8 +32,8 @@ install: $(STAMP) ## create .venv and install pinned dependencies (done automati
 trial: $(STAMP) ## run one measured trial: make trial ARGS="method=lora method.r=16"
 	$(BIN)/python -m sweep trial $(ARGS)
 
-sweep: $(STAMP) ## run a sweep and write its report: make sweep SWEEP=default ARGS="..."
-	$(BIN)/python -m sweep run sweep=$(SWEEP) $(ARGS)
+sweep: $(STAMP) ## run a sweep and write its report: make sweep SWEEP=default [GPUS=0,1,2,3] ARGS="..."
+	$(BIN)/python -m sweep run sweep=$(SWEEP) $(if $(GPUS),'sweep.gpus=[$(GPUS)]') $(ARGS)
 
 report: $(STAMP) ## rebuild reports/<EXP>/ from what was logged: make report EXP=default (EXP=a,b merges)
 	$(BIN)/python -m sweep report $(EXP)

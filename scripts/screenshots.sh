@@ -2,7 +2,7 @@
 # The README's MLflow screenshots, taken during a live sweep with Debian's chromium, headless:
 #   apt-get install chromium && bash scripts/screenshots.sh      # writes docs/mlflow-*.png
 # A short default sweep runs into a store of its own; once a trial has finished and another
-# is training, the runs table is captured.
+# is training, the runs table and the training trial's metric charts are captured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs}
@@ -38,12 +38,21 @@ PY
 done
 [ -n "$ids" ] || { echo "no running trial to capture; see $WORK/sweep.log" >&2; exit 1; }
 read -r EXP RUN <<<"$ids"
-shot() {  # shot FILE URL
-  chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1000 \
-    --virtual-time-budget=20000 --screenshot="$1" "$2" 2>/dev/null
+# scripts/cdp_shot.py drives chromium over DevTools: `chromium --screenshot` fires at the load
+# event, when the trial's charts still are spinners (they load lazily afterwards). It waits
+# until no spinner or skeleton shows, the --require element does, and every chart has drawn.
+shot() {  # shot FILE URL [cdp_shot.py option...]
+  .venv/bin/python scripts/cdp_shot.py "$2" "$1" --wait-s 90 "${@:3}"
 }
 # workflowType: MLflow 3.17's UI opens in its GenAI view without it (sweep.tracking.ui_url).
-# A trial's charts (runs/$RUN/model-metrics) still render as spinners in a headless capture:
-# the plots load lazily after the page's load event; not captured yet.
-shot "$OUT/mlflow-runs.png" "http://127.0.0.1:$PORT/#/experiments/$EXP/runs?workflowType=machine_learning"
+UI_URL="http://127.0.0.1:$PORT/#/experiments/$EXP/runs"
+CLOSE_ASSISTANT='[data-component-id="mlflow.assistant.chat_panel.close"]'  # the side panel
+# the parent run's row opens onto its trials; a trial's 7 charts take 3 rows of 3;
+# plotly's toolbar over every chart is hidden
+shot "$OUT/mlflow-runs.png" "$UI_URL?workflowType=machine_learning" --size 1600x1000 \
+  --require .ag-row \
+  --click "$CLOSE_ASSISTANT" --click '.ag-row [data-component-id$="runnamecellrenderer.tsx_46"]'
+shot "$OUT/mlflow-trial.png" "$UI_URL/$RUN/model-metrics?workflowType=machine_learning" \
+  --size 1600x1400 --require .js-plotly-plot --click "$CLOSE_ASSISTANT" \
+  --css '.modebar-container { display: none !important; }'
 echo "screenshots in $OUT/ (experiment $EXP, running trial $RUN)"

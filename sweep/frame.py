@@ -117,7 +117,11 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         row = {k: run.get(k) for k in RUN_COLUMNS}
         row.update(status=train.get("status", "failed"), error=train.get("error"))
         meta = rec.get("meta") or {}
-        row.update(device=meta.get("device"), device_name=meta.get("device_name"))
+        row.update(
+            device=meta.get("device"),
+            device_name=meta.get("device_name"),
+            device_class=meta.get("device_class"),
+        )
         row["selected"] = bool(rec.get("selected", train.get("status") == "ok"))
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
         rows.append(row)
@@ -129,6 +133,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "error",
             "device",
             "device_name",
+            "device_class",
             "selected",
             *METRIC_COLUMNS,
         ],

@@ -15,6 +15,7 @@ worker died is closed KILLED when the sweep resumes (`close_orphans`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ def start_run(parent_id: str, trial_dir_name: str, run: dict[str, Any]) -> str:
 
 def device_tags() -> dict[str, str]:
     """This worker's device, without starting CUDA: `device` (cuda | cpu) and `device_name`
-    (NVML's name of GPU 0, else the CPU model); the record's meta confirms it at the end."""
+    (NVML's name of the first GPU in CUDA_VISIBLE_DEVICES, by index or UUID, else of GPU 0;
+    else the CPU model); the record's meta (by the device's UUID) confirms it at the end."""
     from sweep.child import gpu_present
     from sweep.record import cpu_model
 
@@ -60,7 +62,13 @@ def device_tags() -> dict[str, str]:
 
     pynvml.nvmlInit()
     try:
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+        handle = (
+            pynvml.nvmlDeviceGetHandleByIndex(int(first))
+            if first.isdigit()
+            else pynvml.nvmlDeviceGetHandleByUUID(first)
+        )
+        name = pynvml.nvmlDeviceGetName(handle)
     finally:
         pynvml.nvmlShutdown()
     return {"device": "cuda", "device_name": name if isinstance(name, str) else name.decode()}

@@ -64,8 +64,20 @@ def training_args(t: TrainConfig, lr: float, steps: int) -> dict[str, Any]:
         "report_to": "none",
         "use_cpu": not torch.cuda.is_available(),
         **trainer_flags(t.precision),
+        **kernel_args(t),
         **parallel_args(t),
     }
+
+
+def kernel_args(t: TrainConfig) -> dict[str, Any]:
+    """The kernel switches (measured in `make bench`, part kernels): torch.compile of the model,
+    and Liger's fused Triton kernels (GPU), both through Trainer's own arguments."""
+    out: dict[str, Any] = {}
+    if t.compile:
+        out["torch_compile"] = True
+    if t.liger:
+        out["use_liger_kernel"] = True
+    return out
 
 
 def parallel_args(t: TrainConfig) -> dict[str, Any]:

@@ -233,6 +233,8 @@ def weight_copy_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
     """
     if not rec.precision.endswith("-mixed"):
         return 0.0
+    if fsdp(s, rec):  # FSDP gathers 16-bit weights (its mixed-precision policy): nothing left
+        return 0.0  # to cast; per_device counts the gathered layers
     if rec.kind == "lora" and DTYPE_BYTES[rec.base_dtype] == 2:  # 16-bit base: nothing to cast
         return 2 * sum(trainable_tensors(arch, rec))
     lm_head = arch.vocab * arch.hidden
@@ -289,7 +291,10 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
     dev = replace(s, batch_size=max(1, s.batch_size // max(1, s.gpus)))
     acts = activation_bytes(arch, dev, rec)
     early = early_grads(arch, rec, grads, dtype_bytes)
-    weights, grads, states, step, early = per_device(arch, s, weights, grads, states, step, early)
+    sharded = fsdp(s, rec)
+    weights, grads, states, step, early = per_device(
+        arch, s.gpus, sharded, weights, grads, states, step, early
+    )
     allocated = weights + states + max(acts + early, grads + step)
     overhead = s.cuda_context_gib * GIB + s.fragmentation * allocated
     total = (allocated + overhead) / GIB
@@ -310,18 +315,30 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
     )
 
 
+def fsdp(s: Settings, rec: Recipe) -> bool:
+    """Sharded over s.gpus: FSDP, except QLoRA, which the harness runs under DDP."""
+    return s.gpus > 1 and s.parallel == "fsdp" and rec.kind != "qlora"
+
+
 def per_device(
-    arch: Arch, s: Settings, weights: float, grads: float, states: float, step: float, early: float
+    arch: Arch,
+    gpus: int,
+    sharded: bool,
+    weights: float,
+    grads: float,
+    states: float,
+    step: float,
+    early: float,
 ) -> tuple[float, float, float, float, float]:
-    """One device's weights, gradients, optimizer states and step of a trial over s.gpus.
+    """One device's weights, gradients, optimizer states and step of a trial over `gpus`.
     DDP keeps a whole replica and adds its gradient buckets (a second copy of the gradients,
     torch's default). FSDP divides the four by the devices and adds the one decoder layer it
     gathers whole at a time, twice (the next one is prefetched); the first gradients are then
     sharded too."""
-    n = max(1, s.gpus)
+    n = max(1, gpus)
     if n == 1:
         return weights, grads, states, step, early
-    if s.parallel == "ddp":
+    if not sharded:
         return weights, 2 * grads, states, step, early + grads
     layer = weights / (arch.layers + 2)  # a block's share (embeddings and head count as one each)
     return weights / n + 2 * layer, grads / n, states / n, step / n, early / n

@@ -156,7 +156,7 @@ def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
     if s.gpus > 1:
         shared = (
             "weights, gradients and optimizer states divided by "
-            f"{s.gpus}, plus one decoder layer gathered whole, twice"
+            f"{s.gpus}, plus one decoder layer gathered whole, twice (QLoRA: DDP)"
             if s.parallel == "fsdp"
             else "a whole replica each, plus DDP's gradient buckets (a second copy of the gradients)"
         )

@@ -108,6 +108,8 @@ class TrainConfig:
     measure_warmup_steps: int = 2
     diverge_factor: float = 10.0
     loss_logits: str = "answer"
+    compile: bool = False  # torch.compile of the model (Trainer's torch_compile)
+    liger: bool = False  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy)
     gpus: int = 1  # devices one trial trains on (one process each; CPU: gloo processes)
     parallel: str = "ddp"  # ddp | fsdp (with gpus > 1)
     packing: str = "auto"  # auto | true | false: packed rows (validate.resolve_packing)
@@ -143,6 +145,7 @@ class SweepConfig:
     seed_data: bool = False
     max_retries: int = 1
     heartbeat_s: int = 60
+    gpus: Any = field(default_factory=list)  # [0, 1, 2, 3]: a worker per GPU (sweep.pool)
 
 
 @dataclass

@@ -393,6 +393,11 @@ def run_sweep(user_overrides: list[str]) -> int:
     """Run (or resume) the sweep, then write its report. Returns a process exit code."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial says it all
     start = time.time()
+    cfg = compose(user_overrides)
+    if cfg.sweep.gpus:  # a worker per GPU (sweep.pool), each running this with sweep.gpus=[]
+        from sweep.pool import run_pool
+
+        return run_pool(cfg, user_overrides)
     sweep = Sweep(user_overrides)
     cfg = sweep.cfg
     print(
@@ -409,9 +414,13 @@ def run_sweep(user_overrides: list[str]) -> int:
     except BaseException:  # interrupted or crashed: no parent run is left RUNNING
         tracking.close_parent(sweep.parent, "KILLED")
         raise
+    from sweep.pool import in_pool
     from sweep.report import rebuild
 
     sweep.sync()  # records an outage kept back are logged before the report reads MLflow
+    if in_pool():  # the pool writes the report once every worker is done
+        print(f"[sweep] worker done in {time.time() - start:.0f} s", flush=True)
+        return 0
     try:
         path = rebuild(cfg.experiment, user_overrides)
         tracking.finish_parent(sweep.parent, time.time() - start)

@@ -245,6 +245,8 @@ def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
         "error": str(result.train.get("error") or "")[:4000],
         "device": str(result.meta.get("device")),
         "device_name": str(result.meta.get("device_name")),
+        # its class in report.gpus ("A100 80GB"); a CPU, or a GPU not listed there: "-"
+        "device_class": str(result.meta.get("device_class") or "-"),
     }
     if live:  # created at the trial's start (sweep.live): its params and step curves are in
         rid = previous.info.run_id

@@ -209,6 +209,7 @@ def validate(cfg: Config) -> None:
     )
     require(t.diverge_factor > 1, "train.diverge_factor", "> 1", t.diverge_factor)
     _check_parallel(cfg)
+    _check_kernels(cfg)
     require(
         t.loss_logits in LOSS_LOGITS, "train.loss_logits", f"one of {LOSS_LOGITS}", t.loss_logits
     )
@@ -296,6 +297,26 @@ def _check_dataset_scoring(d: DatasetConfig) -> None:
             "dataset.eval_split",
             f"a split other than dataset.split ({d.split}) or null",
             d.eval_split,
+        )
+
+
+def _check_kernels(cfg: Config) -> None:
+    """train.compile needs a C compiler (inductor builds its kernels with one, on CPU and for a
+    GPU's host code); train.liger needs a CUDA GPU and the liger-kernel package."""
+    import importlib.util
+    import shutil
+
+    t = cfg.train
+    if t.compile:
+        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        require(bool(cc), "train.compile", "false here (torch.compile needs a C compiler)", True)
+    if t.liger:
+        require(_cuda(), "train.liger", "false on a host without a CUDA GPU (Triton kernels)", True)
+        require(
+            importlib.util.find_spec("liger_kernel") is not None,
+            "train.liger",
+            "false, or install liger-kernel (pip install liger-kernel==0.8.5)",
+            True,
         )
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from sweep.bench import bare_loop, eval_speed, peer, sft_peer, sweep_time
 from sweep.bench.__main__ import main
@@ -345,7 +346,8 @@ def _results() -> dict:
 
 
 def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead_then_trl():
-    assert list(PARTS) == ["eval", "throughput", "step", "sweep", "sft", "packing"]  # --only's
+    parts = ["eval", "throughput", "step", "sweep", "sft", "packing", "kernels"]
+    assert parts == list(PARTS)  # run order, --only's
     assert ratio_rows(_results()) == [
         (
             "4. eval tokens/s, batched / one-by-one",
@@ -435,10 +437,12 @@ def test_each_part_renders_its_section_from_the_results(tmp_path):
         "## 5. Training throughput and memory",
         "## 6. Packing",
     ]
-    assert SECTION_ORDER == ("throughput", "step", "sweep", "eval", "sft", "packing")
+    order = ("throughput", "step", "sweep", "eval", "sft", "packing", "kernels")
+    assert order == SECTION_ORDER
     assert [md.index(h) for h in headings] == sorted(md.index(h) for h in headings)
     for name in SECTION_ORDER:
-        assert "\n".join(PARTS[name].section(results)) in md
+        if PARTS[name].ran(results):
+            assert "\n".join(PARTS[name].section(results)) in md
     del results["eval"], results["step_cost"], results["sft"]  # absent: no section, no row
     md = write(results, tmp_path).read_text()
     assert "## 4. Evaluation" not in md and "fixed cost per step" not in md
@@ -543,3 +547,29 @@ def test_the_benchs_harness_trial_streams_its_live_run_as_in_a_sweep(tmp_path):
     assert run.data.tags[tracking.LIVE_TAG] == "true" and run.info.status == "FINISHED"
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "step_s")]
     assert sorted(steps) == list(range(1, 13))  # every step streamed while it trained
+
+
+def test_kernels_part_pairs_each_switch_with_the_same_trial_without_it(tmp_path, monkeypatch):
+    from sweep.bench import kernels
+
+    monkeypatch.setattr(
+        kernels,
+        "SWITCHES",
+        [
+            ("fused AdamW", ["train.optimizer=adamw_torch_fused"], ["lora r=16"], False),
+            ("Liger kernels", ["train.liger=true"], ["full"], True),
+        ],
+    )
+    rows = kernels.kernels(tiny("train.max_seq_len=32"), 4, 1, tmp_path / "k")
+    fused, liger = rows
+    assert fused["switch"] == "fused AdamW" and fused["approach"] == "lora r=16"
+    on, off = fused["tokens/s with (median)"], fused["tokens/s without (median)"]
+    assert on > 0 and off > 0 and fused["with / without"] == pytest.approx(on / off)
+    assert len(fused["round ratios"].split()) == 1
+    if not torch.cuda.is_available():
+        assert liger["with / without"] is None and liger["note"] == "needs a CUDA GPU"
+    results = {"kernels": rows, "kernels_steps": 4, "kernels_pairing": "x"}
+    ratios = PARTS["kernels"].ratios(results)
+    assert ratios[0][0] == "7. training tokens/s, fused AdamW on / off, lora r=16"
+    section = "\n".join(PARTS["kernels"].section(results))
+    assert "`train.optimizer=adamw_torch_fused`" in section

@@ -54,3 +54,30 @@ def test_memory_limit_caps_the_cuda_allocator_and_records_oom(tmp_path):
     assert "out of memory" in result.train["error"].lower()
     fits = launch(cfg, tmp_path / "u", 0, None, memory_limit_gib=8)
     assert fits.status == "ok", fits.train.get("error")
+
+
+def test_a_trial_under_a_remapped_device_measures_that_device(tmp_path):
+    # CUDA_VISIBLE_DEVICES names the last GPU (device 0 too on a one-GPU machine): CUDA calls it
+    # device 0, NVML is opened by its UUID, and NVML's peak holds the allocator's (the trial
+    # process takes the environment before CUDA starts in it)
+    last = str(torch.cuda.device_count() - 1)
+    cfg = compose(tiny("method=lora"))
+    result = launch(cfg, tmp_path / "t", 0, None, env={"CUDA_VISIBLE_DEVICES": last})
+    assert result.status == "ok", result.train.get("error")
+    assert result.meta["visible_devices"] == [last]
+    assert result.meta["device_uuid"].startswith(("GPU-", "MIG-"))
+    m = result.metrics
+    assert m["memory_kind"] == "vram" and m["peak_vram_gib"] >= m["peak_alloc_gib"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_one_trial_over_two_gpus_records_both_ranks(tmp_path, parallel):
+    method = "full" if parallel == "fsdp" else "lora"
+    cfg = compose(tiny(f"method={method}", "train.gpus=2", f"train.parallel={parallel}"))
+    result = launch(cfg, tmp_path / "t", 0)
+    assert result.status == "ok", result.train.get("error")
+    ranks = result.train["ranks"]
+    assert result.metrics["world_size"] == 2 and len({r["device_uuid"] for r in ranks}) == 2
+    assert result.metrics["peak_vram_gib"] == max(r["peak_vram_gib"] for r in ranks)
+    assert (tmp_path / "t" / "adapter").is_dir()

@@ -50,6 +50,7 @@ def test_a_trial_streams_its_steps_into_the_run_the_sweep_created(tmp_path):
     assert done.data.metrics["accuracy"] == result.metrics["accuracy"]
     assert len(_history(c, rid, "train_loss")) == 8  # the curve is not logged twice
     assert done.data.tags["device"] == result.meta["device"]
+    assert done.data.tags["device_class"] == (result.meta["device_class"] or "-")  # "-": CPU
 
 
 def test_a_dead_workers_run_is_closed_killed_when_the_sweep_resumes(tmp_path):

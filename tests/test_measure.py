@@ -175,3 +175,28 @@ def test_record_meta_names_the_device_by_uuid_class_and_visible_devices(fake_gpu
     assert meta["device_class"] == "H100 80GB" and meta["device_index"] == 0
     assert meta["visible_devices"] == ["2"] and meta["driver"] == "570.1"
     assert environment()["device_class"] is None  # no report.gpus given: no class
+
+
+def test_the_live_device_tag_names_the_visible_gpu_not_gpu_0(monkeypatch):
+    from sweep import live
+
+    class Names(FakeNvml):
+        def nvmlDeviceGetCount(self) -> int:
+            return 2
+
+        def nvmlShutdown(self) -> None:
+            pass
+
+        def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+            return ["GPU-0000aaaa", "GPU-2222bbbb"][index]
+
+        def nvmlDeviceGetName(self, handle: str) -> str:
+            return {"GPU-0000aaaa": "NVIDIA A10G", "GPU-2222bbbb": "NVIDIA H100 80GB HBM3"}[handle]
+
+    monkeypatch.setitem(sys.modules, "pynvml", Names({"GPU-0000aaaa": {}, "GPU-2222bbbb": {}}))
+    monkeypatch.setattr("sweep.child.gpu_present", lambda: True)
+    for visible, name in [("1", "H100"), ("GPU-2222bbbb,0", "H100"), ("0", "A10G")]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert name in live.device_tags()["device_name"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "A10G" in live.device_tags()["device_name"]

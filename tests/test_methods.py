@@ -112,3 +112,18 @@ def test_qlora_gradients_survive_an_evaluation_before_training(tiny_path):
     """Regression: bitsandbytes' CPU repacking after an eval pass corrupted 4-bit backward."""
     clean, after_eval = _qlora_grads(tiny_path, False), _qlora_grads(tiny_path, True)
     assert torch.nn.functional.cosine_similarity(clean, after_eval, dim=0) > 0.99
+
+
+def test_kernel_switches_reach_trainer_and_liger_needs_a_gpu():
+    from sweep.config import ConfigError, compose
+    from sweep.methods import training_args
+
+    from .conftest import tiny
+
+    on = compose(tiny("train.compile=true")).train
+    assert training_args(on, 1e-3, 4)["torch_compile"] is True
+    assert "torch_compile" not in training_args(compose(tiny()).train, 1e-3, 4)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.liger") as err:
+            compose(tiny("train.liger=true"))
+        assert "\n" not in str(err.value)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench import eval_speed
+from sweep.bench.kernels import kernels
 from sweep.bench.packing import packing_throughput
 from sweep.bench.paired import core_halves, sft_throughput, step_cost, throughput
 from sweep.bench.sweep_time import sweep_vs_peer
@@ -346,6 +347,38 @@ def _packing_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _run_kernels(s: Settings) -> dict[str, Any]:
+    rows = kernels(s.overrides, s.steps, s.repeats, s.work)
+    return {"kernels": rows, "kernels_steps": s.steps, "kernels_pairing": _pairing()}
+
+
+def _kernel_ratios(results: dict[str, Any]) -> list[Ratio]:
+    return [
+        (
+            f"7. training tokens/s, {r['switch']} on / off, {r['approach']}",
+            f"{r['with / without']:.3f}" if r["with / without"] else r["note"],
+            "default on where > 1",
+        )
+        for r in results["kernels"]
+    ]
+
+
+def _kernel_section(results: dict[str, Any]) -> list[str]:
+    rows = [{k: v for k, v in r.items() if k != "overrides"} for r in results["kernels"]]
+    for r, raw in zip(rows, results["kernels"], strict=True):
+        r["switch"] = f"{raw['switch']} (`{' '.join(raw['overrides'])}`)"
+    return [
+        "",
+        "## 7. Kernel switches: the same harness trial with and without each",
+        "",
+        f"{results['kernels_steps']} steps, the first not measured as in part 1; rounds "
+        f"{results.get('kernels_pairing', '')}. A switch becomes a default only where it "
+        "measured faster on the device class the default applies to.",
+        "",
+        _table(rows),
+    ]
+
+
 # The registry, in run order (the order --only lists them in).
 PARTS: dict[str, Part] = {
     p.name: p
@@ -368,14 +401,21 @@ PARTS: dict[str, Part] = {
             _sft_section,
         ),
         Part("packing", ("packing",), _run_packing, _packing_ratios, _packing_section),
+        Part(
+            "kernels",
+            ("kernels", "kernels_steps", "kernels_pairing"),
+            _run_kernels,
+            _kernel_ratios,
+            _kernel_section,
+        ),
     )
 }
 # The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL,
-# 6. packing.
-RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft", "packing")
+# 6. packing, 7. kernel switches.
+RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft", "packing", "kernels")
 # The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL,
-# 6. packing.
-SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft", "packing")
+# 6. packing, 7. kernel switches.
+SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft", "packing", "kernels")
 
 
 def ratio_rows(results: dict[str, Any]) -> list[Ratio]:
