@@ -118,6 +118,7 @@ def to_config(cfg: DictConfig | dict) -> Config:
         raise ConfigError(f"{key}: {one_line(exc)}{_did_you_mean(key)}") from None
     validate(obj)
     obj.train.precision = resolve_precision(obj.train.precision)
+    obj.train.packing = str(obj.train.packing).lower()  # a YAML true arrives as "True"
     return obj
 
 

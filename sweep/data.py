@@ -357,7 +357,8 @@ def encode_train(
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    """A collated batch on `device` (its tensors; `logits_to_keep` is a plain int)."""
+    """A collated batch on `device` (its tensors; `use_cache` and an int `logits_to_keep` as
+    they are)."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -391,3 +392,115 @@ def collate(
         return out
 
     return fn
+
+
+REAL_TOKENS = "real_tokens"  # a packed batch's non-padding tokens (an int): the Trainer counts them
+
+
+def pack_rows(lengths: list[int], row_len: int | None) -> list[list[int]]:
+    """The examples (their indices) of each packed row: first-fit decreasing into rows of
+    `row_len` tokens (raised to the longest example, so each fits); None: all in one row. Rows
+    in the order opened, each example's index in the order placed (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if row_len is None:
+        return [order] if order else []
+    cap = max([row_len, *lengths])
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for i in order:
+        r = next((r for r, f in enumerate(fill) if f + lengths[i] <= cap), None)
+        if r is None:
+            rows.append([])
+            fill.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        fill[r] += lengths[i]
+    return rows
+
+
+def packed_collate(
+    pad_id: int, answer_logits: bool = False, row_len: int | None = 0
+) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
+    """A batch packed into rows without padding between examples (train.packing): each row holds
+    whole examples back to back (first-fit decreasing, sweep.data.pack_rows), `position_ids`
+    restart at 0 for every example, and there is no attention mask, so transformers reads the
+    example boundaries from the position ids (a block-diagonal causal mask per row under sdpa
+    and eager, varlen under flash attention): no example attends to another. A row shorter than
+    the widest is padded at its end; the padding continues the last example's position ids (a
+    causal tail no real token attends to) and carries no label. Labels stay on the answer tokens
+    only; each example's first token is IGNORE as a label, so no example predicts across a
+    boundary. `use_cache=False`: with a cache transformers would not look for packed sequences.
+
+    row_len: 0 packs rows of up to the batch's longest example, so no row is wider than the
+    padded batch and attention (dense per row under sdpa: rows x width^2) never costs more than
+    padding; N: rows of up to max(N, longest) tokens; None: the whole batch in one row (what
+    flash attention wants: it attends example by example however long the row).
+
+    `REAL_TOKENS`: the batch's tokens without the row-end padding, for the Trainer's count
+    (sweep.train strips it before the model; `batch_tokens` reads it).
+
+    answer_logits (train.loss_logits=answer): logits only at the positions whose next token has
+    a label (`logits_to_keep` as a boolean [rows, width] mask, which transformers flattens in row
+    order), plus the last row's last position, which carries no label and lets the model's own
+    one-token label shift line up: `labels` become [[IGNORE, the label each kept position
+    predicts...]]. Same loss and gradients as full logits.
+    """
+
+    def fn(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        lengths = [len(b["input_ids"]) for b in batch]
+        rows = pack_rows(lengths, row_len)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = lengths[i]
+                ids[r, at : at + n] = torch.tensor(batch[i]["input_ids"])
+                labels[r, at : at + n] = torch.tensor(batch[i]["labels"])
+                labels[r, at] = IGNORE  # never predicted from the example before it
+                pos[r, at : at + n] = torch.arange(n)
+                at += n
+            last = lengths[row[-1]]  # the padding goes on counting the row's last example
+            pos[r, at:] = torch.arange(last, last + width - at)
+        out: dict[str, Any] = {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": pos,
+            "use_cache": False,
+            REAL_TOKENS: sum(lengths),
+        }
+        nxt = torch.cat([labels[:, 1:], torch.full((len(rows), 1), IGNORE)], 1)
+        keep = nxt != IGNORE  # position j predicts token j + 1
+        if answer_logits and keep.any():
+            keep[-1, -1] = True  # no label: it shifts the kept labels into line
+            out["logits_to_keep"] = keep
+            out["labels"] = torch.cat([torch.tensor([IGNORE]), nxt[keep][:-1]]).unsqueeze(0)
+        return out
+
+    return fn
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """A collated batch as the model takes it: without the packed count (REAL_TOKENS)."""
+    return {k: v for k, v in batch.items() if k != REAL_TOKENS}
+
+
+def train_collate(
+    pad_id: int, packing: bool, answer_logits: bool, row_len: int | None = 0
+) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
+    """The training batches: packed into rows (train.packing; `row_len` as packed_collate's) or
+    right-padded."""
+    if packing:
+        return packed_collate(pad_id, answer_logits, row_len)
+    return collate(pad_id, answer_logits)
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens of a collated batch: a packed batch's count (REAL_TOKENS), else the
+    attention mask's ones."""
+    if REAL_TOKENS in batch:
+        return int(batch[REAL_TOKENS])
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())

@@ -25,6 +25,7 @@ from typing import Any
 from sweep import recipe
 from sweep.config import as_dict, config_hash
 from sweep.schema import Config, GpuClass
+from sweep.validate import resolve_packing
 
 STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom")
 
@@ -113,6 +114,7 @@ def run_info(cfg: Config) -> dict[str, Any]:
         "trainable_dtype": rec.trainable_dtype,
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
         "attention": cfg.model.attn_implementation,
+        "packing": resolve_packing(cfg),  # train.packing resolved: batches packed into rows
         "seed": cfg.train.seed,
         "config_hash": config_hash(cfg),
         "config": as_dict(cfg),

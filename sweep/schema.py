@@ -112,6 +112,7 @@ class TrainConfig:
     liger: bool = False  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy)
     gpus: int = 1  # devices one trial trains on (one process each; CPU: gloo processes)
     parallel: str = "ddp"  # ddp | fsdp (with gpus > 1)
+    packing: str = "auto"  # auto | true | false: packed rows (validate.resolve_packing)
 
 
 @dataclass

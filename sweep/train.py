@@ -2,10 +2,11 @@
 
     python -m sweep trial method=lora train.steps=60
 
-The callback times every optimizer step (device synchronized), counts non-padding tokens,
-records the per-step loss, shows a progress bar, stops on divergence (NaN or loss above
-diverge_factor x the first loss) and on an external stop request (the pruner). Train time and
-tokens/s exclude the first `measure_warmup_steps` steps and any periodic evaluation.
+The callback times every optimizer step (device synchronized), counts non-padding tokens (a
+packed batch's from its collator: train.packing), records the per-step loss, shows a progress
+bar, stops on divergence (NaN or loss above diverge_factor x the first loss) and on an external
+stop request (the pruner). Train time and tokens/s exclude the first `measure_warmup_steps` steps and any
+periodic evaluation.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from sweep import ledger, methods, parallel
+from sweep import data, ledger, methods, parallel
 from sweep.measure import sync
 from sweep.schema import MethodConfig, TrainConfig
 
@@ -136,12 +137,16 @@ class LedgerCallback(TrainerCallback):
 
         def shape(module, a, kwargs):  # noqa: ANN001, ANN202
             ids = kwargs.get("input_ids", a[0] if a else None)
-            if isinstance(ids, torch.Tensor) and "batch_shape" not in self.stats.ledger:
-                self.stats.ledger["batch_shape"] = list(ids.shape)
+            led = self.stats.ledger
+            if isinstance(ids, torch.Tensor) and "batch_shape" not in led:
+                led["batch_shape"] = list(ids.shape)  # a packed batch: [rows, widest row]
                 mask = kwargs.get("attention_mask")  # padded batch: SDPA keeps a mask per block
-                self.stats.ledger["padded"] = bool(mask is not None and (mask == 0).any())
+                led["padded"] = bool(mask is not None and (mask == 0).any())
+                pos = kwargs.get("position_ids")  # only a packed batch (train.packing) has them
+                led["packed"] = mask is None and isinstance(pos, torch.Tensor)
+                led["sequences"] = int((pos == 0).sum()) if led["packed"] else int(ids.shape[0])
                 keep = kwargs.get("logits_to_keep")  # train.loss_logits=answer: logits kept
-                self.stats.ledger["logits_width"] = int(keep or ids.shape[-1])
+                led["logits_width"] = _logits_width(keep, ids)
 
         self._hook = model.register_forward_pre_hook(shape, with_kwargs=True)
 
@@ -173,6 +178,31 @@ class LedgerCallback(TrainerCallback):
         self._done = True
 
 
+def _logits_width(keep: Any, ids: torch.Tensor) -> int:
+    """Logits per row the model computes (train.loss_logits=answer): an int `logits_to_keep`
+    (0: all), a tensor of positions, or a packed batch's boolean mask (its kept positions over
+    its rows, rounded up)."""
+    if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
+        return -(-int(keep.sum()) // int(ids.shape[0]))
+    if isinstance(keep, torch.Tensor):
+        return int(keep.numel())
+    return int(keep or ids.shape[-1])
+
+
+class _Trainer(Trainer):
+    """Trainer that counts a packed batch's tokens (train.packing) from its collator: the rows
+    end in padding with no attention mask to find it by, and the pad id would not do (SmolLM2's
+    is also its end-of-turn token, so real tokens would go uncounted). The count
+    (sweep.data.REAL_TOKENS) leaves the batch here, before the model sees it."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        real = inputs.pop(data.REAL_TOKENS, None)
+        if real is not None and model.training:
+            n = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(n).sum().item())
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
 def train(
     model: Any,
     tok: Any,
@@ -184,17 +214,19 @@ def train(
     hook: StepHook | None = None,
     every: int = 0,
     extra_callbacks: tuple[TrainerCallback, ...] = (),
+    packed: bool = False,
 ) -> TrainStats:
     """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats.
     `extra_callbacks` (e.g. sweep.live.LiveMetrics) run after the measuring one and get its
-    stats (their `stats` attribute)."""
+    stats (their `stats` attribute). `packed`: collate_fn packs each batch into rows
+    (sweep.data.packed_collate), which carry their own count of non-padding tokens (_Trainer)."""
     args = TrainingArguments(
         output_dir=out_dir,
         **methods.training_args(cfg, method.lr, cfg.steps),
         lr_scheduler_type="linear",
         logging_steps=1,
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="no" if packed else "non_padding",  # packed: _Trainer
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
@@ -202,7 +234,7 @@ def train(
     for extra in extra_callbacks:
         if hasattr(extra, "stats"):
             extra.stats = callback.stats
-    trainer = Trainer(
+    trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=rows,

@@ -46,6 +46,7 @@ from sweep.preflight import warn
 from sweep.record import TrialResult, run_info
 from sweep.schema import AUTO_MAX_LEN, Config
 from sweep.train import train
+from sweep.validate import pack_row_len
 
 # Called with (step, eval loss) during training; returns True to stop (the pruner's verdict).
 Reporter = Callable[[int, float], bool]
@@ -100,15 +101,33 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
         cuda = torch.cuda.is_available()
         out.update(plan.plan_metrics(plan.predict_trial(cfg, cuda)))
         shape = led.get("batch_shape")
-        if shape:  # the same prediction at the measured (padded) batch width
+        if shape:  # the same prediction at the measured batch: [batch, padded width] or packed
             s = plan.trial_settings(cfg, cuda, seq_len=int(shape[-1]))
-            s.padded = bool(led.get("padded", True))
+            s.batch_size = int(shape[0])  # a packed batch (train.packing): its rows
+            s.padded = bool(led.get("padded", True)) or _packed_mask(cfg, led)
             s.logits_len = int(led.get("logits_width") or 0)
             saved = plan.saved_activation_bytes(arch_for_model(cfg.model), s, recipe.of(cfg, cuda))
             out["plan_saved_activations_gib"] = saved / plan.GIB
     except (ConfigError, ValueError, TypeError) as exc:
         led["plan_error"] = str(exc)[:300]
     return out, led
+
+
+def _packed_mask(cfg: Config, led: dict[str, Any]) -> bool:
+    """Packed rows under sdpa or eager: transformers builds a block-diagonal mask per row from
+    the position ids, which SDPA keeps in every block as it keeps a padding mask (flash
+    attention takes the position ids alone)."""
+    return bool(led.get("packed")) and cfg.model.attn_implementation != "flash_attention_2"
+
+
+def attention_span(led: dict[str, Any], default: int) -> int:
+    """Tokens each position attends over, for the model FLOPs (sweep.arch): the padded batch's
+    width, or a packed batch's tokens per example (rows x width / examples: its examples do not
+    attend to each other)."""
+    shape = led.get("batch_shape") or [1, default]
+    if led.get("packed") and led.get("sequences"):
+        return max(1, round(int(shape[0]) * int(shape[-1]) / int(led["sequences"])))
+    return int(shape[-1])
 
 
 def utilisation(
@@ -176,6 +195,7 @@ def run_trial(
         meter.start_device()
         torch.manual_seed(cfg.train.seed)
         t, e, sp = cfg.train, cfg.eval, cfg.dataset.system_prompt
+        packed = result.run["packing"]  # resolved before max_seq_len is sized from the data
         with meter.phase("load"):
             path = models.resolve(cfg.model, cfg.cache_dir)
             tok = models.load_tokenizer(path, cfg.model.trust_remote_code)
@@ -228,18 +248,22 @@ def run_trial(
                 model,
                 tok,
                 rows,
-                data.collate(tok.pad_token_id, t.loss_logits == "answer"),
+                data.train_collate(
+                    tok.pad_token_id, packed, t.loss_logits == "answer", pack_row_len(cfg)
+                ),
                 cfg.method,
                 t,
                 str(out / "trainer"),
                 hook,
                 e.every,
                 (streams,) if streams is not None else (),
+                packed=packed,
             )
         metrics.update(stats.metrics())
         width = int((stats.ledger.get("batch_shape") or [t.max_seq_len])[-1])
         share = int(stats.ledger.get("logits_width") or width) / width
-        metrics.update(utilisation(cfg, metrics["train_tokens_per_s"], width, share))
+        span = attention_span(stats.ledger, t.max_seq_len)
+        metrics.update(utilisation(cfg, metrics["train_tokens_per_s"], span, share))
         result.train["loss_curve"] = stats.losses
         ledger_metrics, result.train["ledger"] = memory_ledger(cfg, stats)
         metrics.update(ledger_metrics)

@@ -43,6 +43,14 @@ SWEEP_KINDS = ("grid", "search")
 PRUNERS = ("none", "median")
 PARALLEL = ("ddp", "fsdp")
 LOSS_LOGITS = ("answer", "all")
+PACKINGS = ("auto", "true", "false")
+# PACKING_MEASURED: train.packing on 2 CPU cores under sdpa, SmolLM2-135M LoRA r=16 fp32,
+# forward+backward of batches of 8 (loss_logits=answer), packed time against padded:
+# - mixed lengths (sweep/bench/packing.py's data, 10..300 words), 8 batches alternating:
+#   rows of up to the batch's longest example (5-7 rows) 1.65x faster, rows of up to 384 tokens
+#   1.59x; the whole batch in one row (1400-1800 tokens, dense attention over it) 1.12x;
+# - near-equal lengths (the default chain_sum task, 40-44 tokens), 16 batches: rows of the
+#   longest (one example a row, no mask) 1.10x faster, one row 1.00x.
 
 
 def resolve_precision(precision: str, cuda_bf16: bool | None = None) -> str:
@@ -59,6 +67,38 @@ def resolve_precision(precision: str, cuda_bf16: bool | None = None) -> str:
 
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return "bf16-mixed" if cuda_bf16 else "fp32"
+
+
+def resolve_packing(cfg: Config) -> bool:
+    """train.packing as trained: true packs each batch's examples into rows without padding
+    between them (sweep.data.packed_collate, rows as pack_row_len), false right-pads each
+    example to the batch's longest (sweep.data.collate).
+
+    auto: on wherever the model's attention keeps each example to itself in a packed row.
+    Transformers 5 reads the boundaries from the position ids (they restart at 0 per example)
+    when the batch has no attention mask and no cache: flash_attention_2 runs each example as its
+    own sequence (varlen), sdpa and eager build a block-diagonal causal mask per row. Packed rows
+    are never wider than the padded batch and never more of them (pack_row_len), so a packed
+    batch does no more work than the padded one, and less wherever it had padding to drop: on
+    (measurements in PACKING_MEASURED). Off with trust_remote_code: the model's own code may
+    build its own mask and ignore the position ids, letting examples attend to each other.
+    Decided from the config alone, so the record and the MLflow params say it before it runs.
+    """
+    p = str(cfg.train.packing).lower()
+    if p != "auto":
+        return p == "true"
+    return not cfg.model.trust_remote_code
+
+
+def pack_row_len(cfg: Config) -> int | None:
+    """The packed rows' length (sweep.data.packed_collate's row_len): under flash_attention_2
+    the whole batch in one row (None), since flash attention reads the example boundaries from
+    the position ids only in a single row, and then attends example by example at no cost for
+    the row's length; under sdpa and eager rows of at most the batch's longest example (0),
+    first-fit decreasing: attention there is dense over each row (rows x width^2, the mask's
+    blocks computed and discarded), so one long row would cost more than the padded batch it
+    replaces (measured: PACKING_MEASURED)."""
+    return None if cfg.model.attn_implementation == "flash_attention_2" else 0
 
 
 def _check_report(cfg: Config) -> None:
@@ -173,6 +213,8 @@ def validate(cfg: Config) -> None:
     require(
         t.loss_logits in LOSS_LOGITS, "train.loss_logits", f"one of {LOSS_LOGITS}", t.loss_logits
     )
+    packing = str(t.packing).lower()  # a YAML or command-line true arrives as "True"
+    require(packing in PACKINGS, "train.packing", f"one of {PACKINGS}", t.packing)
     require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
     require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
     require(e.max_new_tokens >= 1, "eval.max_new_tokens", "an integer >= 1", e.max_new_tokens)

@@ -296,6 +296,20 @@ SFT = [
 ]
 
 
+PACKING = {
+    "packed_tokens_per_s": 1400.0,
+    "padded_tokens_per_s": 1000.0,
+    "ratio": 1.4,
+    "steady_ratio": 1.41,
+    "round_ratios": [1.38, 1.44],
+    "tokens_seen": {"packed": 29000, "padded": 29000},
+    "first_batch_shape": {"packed": [5, 320], "padded": [8, 320]},
+    "steps": 16,
+    "repeats": 2,
+    "overrides": ["model=smollm2_135m", "method=lora"],
+}
+
+
 def _results() -> dict:
     return {
         "date": "2026-11-30 01:10",
@@ -327,11 +341,13 @@ def _results() -> dict:
         "sft_steps": 16,
         "sft_warmup_steps": 2,
         "sft_pairing": "both sides at once, on cores 0 and 1 (swapped every round)",
+        "packing": PACKING,
     }
 
 
 def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead_then_trl():
-    assert list(PARTS) == ["eval", "throughput", "step", "sweep", "sft", "kernels"]  # --only's
+    parts = ["eval", "throughput", "step", "sweep", "sft", "packing", "kernels"]
+    assert parts == list(PARTS)  # run order, --only's
     assert ratio_rows(_results()) == [
         (
             "4. eval tokens/s, batched / one-by-one",
@@ -358,8 +374,14 @@ def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead
             "1.500 (peak memory 1.50 vs 1.00 GiB)",
             ">= 1.1",
         ),
+        (
+            "6. training tokens/s on mixed-length data, packed / padded",
+            "1.410 (rounds 1.380, 1.440)",
+            ">= 1.3",
+        ),
     ]
-    only_sweep = {k: v for k, v in _results().items() if k not in ("eval", "throughput", "sft")}
+    parts = ("eval", "throughput", "sft", "packing")
+    only_sweep = {k: v for k, v in _results().items() if k not in parts}
     assert [r[0][:2] for r in ratio_rows(only_sweep)] == ["2.", "3."]
 
 
@@ -398,6 +420,10 @@ def test_each_part_renders_its_section_from_the_results(tmp_path):
         "trainable adapter weights cast to bf16: qlora r=16."
     )
     assert "trl_defaults" not in sft[-1] and "harness / SFTTrainer" in sft[-1]
+    packing = PARTS["packing"].section(results)
+    assert packing[1] == "## 6. Packing: packed against padded batches on mixed-length data"
+    assert "first batch [5, 320] packed, [8, 320] padded" in packing[3]
+    assert "per round 1.380, 1.440, median 1.410" in packing[3]
     results["ratios"] = ratio_rows(results)
     md = write(results, tmp_path).read_text()
     assert (tmp_path / "harness.json").exists()
@@ -409,8 +435,10 @@ def test_each_part_renders_its_section_from_the_results(tmp_path):
         "## 3. Per-trial fixed overhead",
         "## 4. Evaluation",
         "## 5. Training throughput and memory",
+        "## 6. Packing",
     ]
-    assert SECTION_ORDER == ("throughput", "step", "sweep", "eval", "sft", "kernels")
+    order = ("throughput", "step", "sweep", "eval", "sft", "packing", "kernels")
+    assert order == SECTION_ORDER
     assert [md.index(h) for h in headings] == sorted(md.index(h) for h in headings)
     for name in SECTION_ORDER:
         if PARTS[name].ran(results):
@@ -542,6 +570,6 @@ def test_kernels_part_pairs_each_switch_with_the_same_trial_without_it(tmp_path,
         assert liger["with / without"] is None and liger["note"] == "needs a CUDA GPU"
     results = {"kernels": rows, "kernels_steps": 4, "kernels_pairing": "x"}
     ratios = PARTS["kernels"].ratios(results)
-    assert ratios[0][0] == "6. training tokens/s, fused AdamW on / off, lora r=16"
+    assert ratios[0][0] == "7. training tokens/s, fused AdamW on / off, lora r=16"
     section = "\n".join(PARTS["kernels"].section(results))
     assert "`train.optimizer=adamw_torch_fused`" in section

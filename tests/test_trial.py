@@ -7,7 +7,7 @@ from sweep import metrics, recipe
 from sweep.arch import arch_for_model, train_flops_per_token
 from sweep.config import compose
 from sweep.record import load
-from sweep.trial import run_trial, summary
+from sweep.trial import attention_span, run_trial, summary
 
 from .conftest import tiny
 
@@ -68,11 +68,15 @@ def test_tiny_trial_writes_a_complete_record(tmp_path, method):
         assert m["trainable_params"] < m["total_params"]
         assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
     assert m["base_4bit"] is (method == "qlora")
-    width = rec.train["ledger"]["batch_shape"][-1]
-    share = rec.train["ledger"]["logits_width"] / width  # train.loss_logits=answer
+    led = rec.train["ledger"]
+    width = led["batch_shape"][-1]
+    share = led["logits_width"] / width  # train.loss_logits=answer
     assert 0 < share < 1
     arch = arch_for_model(cfg.model)
-    per_token = train_flops_per_token(arch, recipe.of(cfg), width, share)
+    span = attention_span(led, width)  # packed rows (train.packing): tokens per example
+    rows = led["batch_shape"][0]
+    assert span == (round(rows * width / led["sequences"]) if led["packed"] else width)
+    per_token = train_flops_per_token(arch, recipe.of(cfg), span, share)
     assert m["train_tflops"] == pytest.approx(per_token * m["train_tokens_per_s"] / 1e12)
     if not torch.cuda.is_available():
         assert "mfu" not in m  # MFU needs a GPU's peak

@@ -5,7 +5,7 @@
     python -m sweep.bench --only throughput,eval
     python -m sweep.bench --only sft --steps 12 --repeats 2   # the harness vs TRL's SFTTrainer
 
-Five comparisons, run one after another on this machine, each printed as a ratio and written
+Six comparisons, run one after another on this machine, each printed as a ratio and written
 to reports/bench/harness.md (and harness.json):
 1. throughput: a harness trial's training tokens/s against a bare PyTorch + PEFT loop doing the
    same work (sweep/bench/bare_loop.py), for full FT, LoRA r=16 and QLoRA r=16. Target >= 0.97.
@@ -19,10 +19,12 @@ to reports/bench/harness.md (and harness.json):
 5. sft: a harness trial's training tokens/s and peak memory against TRL's SFTTrainer with its
    defaults on the same model, examples, steps and optimizer (sweep/bench/sft_peer.py), for the
    same three approaches. Target >= 1.1.
+6. packing: training tokens/s of a harness trial with train.packing=true against =false on
+   mixed-length data (SmolLM2, LoRA r=16; sweep/bench/packing.py). Target >= 1.3.
 Hydra overrides (e.g. model=..., train.steps=...) apply to every part; --steps sets the
 throughput and SFT trials' length. The parts are a registry (sweep/bench/parts.py); the
-measurements live in sweep/bench/paired.py (1, 5 and the per-step cost) and
-sweep/bench/sweep_time.py (2, 3).
+measurements live in sweep/bench/paired.py (1, 5 and the per-step cost),
+sweep/bench/sweep_time.py (2, 3) and sweep/bench/packing.py (6).
 """
 
 from __future__ import annotations

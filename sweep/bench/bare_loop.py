@@ -24,6 +24,7 @@ from sweep.child import enter
 from sweep.config import to_config
 from sweep.measure import sync
 from sweep.schema import Config
+from sweep.validate import pack_row_len, resolve_packing
 
 
 def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:
@@ -82,7 +83,10 @@ def run(cfg: Config) -> dict[str, Any]:
         rows,
         batch_size=t.batch_size,
         sampler=order,
-        collate_fn=data.collate(tok.pad_token_id, t.loss_logits == "answer"),
+        # padded or packed (train.packing) as the harness trial's
+        collate_fn=data.train_collate(
+            tok.pad_token_id, resolve_packing(cfg), t.loss_logits == "answer", pack_row_len(cfg)
+        ),
     )
     dev = models.device()
     autocast = (
@@ -98,7 +102,7 @@ def run(cfg: Config) -> dict[str, Any]:
     for batch in loader:
         batch = data.to_device(batch, dev)
         with autocast:
-            loss = model(**batch).loss
+            loss = model(**data.model_inputs(batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -111,7 +115,7 @@ def run(cfg: Config) -> dict[str, Any]:
         if step > t.measure_warmup_steps:
             measured_s += now - mark
             step_s.append(now - mark)
-            measured_tokens += int(batch["attention_mask"].sum())
+            measured_tokens += data.batch_tokens(batch)
             padded_tokens += batch["input_ids"].numel()
         mark = now
         if step >= total:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sweep.bench import eval_speed
 from sweep.bench.kernels import kernels
+from sweep.bench.packing import packing_throughput
 from sweep.bench.paired import core_halves, sft_throughput, step_cost, throughput
 from sweep.bench.sweep_time import sweep_vs_peer
 from sweep.schema import Config
@@ -303,6 +304,49 @@ def _sft_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _run_packing(s: Settings) -> dict[str, Any]:
+    print("[bench] packing: packed vs padded batches on mixed-length data", flush=True)
+    return {"packing": packing_throughput(s.overrides, s.steps, s.repeats, s.work / "packing")}
+
+
+def _packing_ratios(results: dict[str, Any]) -> list[Ratio]:
+    p = results["packing"]
+    return [
+        (
+            "6. training tokens/s on mixed-length data, packed / padded",
+            f"{p['steady_ratio']:.3f} (rounds {', '.join(f'{r:.3f}' for r in p['round_ratios'])})",
+            ">= 1.3",
+        )
+    ]
+
+
+def _settings(overrides: list[str]) -> str:
+    """The packing trials' overrides, without the scratch data file's path."""
+    return " ".join(o for o in overrides if not o.startswith("dataset.path="))
+
+
+def _packing_section(results: dict[str, Any]) -> list[str]:
+    p = results["packing"]
+    shapes = p.get("first_batch_shape", {})
+    return [
+        "",
+        "## 6. Packing: packed against padded batches on mixed-length data",
+        "",
+        "Two harness trials (`sweep.launch`, each in its own process) on the same JSONL of "
+        "prompt/answer pairs 10..300 words long, spread evenly (sweep/bench/packing.py), the "
+        f"same batches and {p['steps']} steps: `train.packing=true` (each batch's examples "
+        "first-fit into rows of up to its longest example, position ids restarting per example, "
+        "no padding between examples) against `train.packing=false` (right-padded to the "
+        f"longest). {p['repeats']} rounds, the order swapped every round (ABBA). Tokens/s counts "
+        f"the same non-padding tokens on both sides ({p['tokens_seen'].get('packed')} vs "
+        f"{p['tokens_seen'].get('padded')}); first batch {shapes.get('packed')} packed, "
+        f"{shapes.get('padded')} padded. Packed {p['packed_tokens_per_s']:.1f} tokens/s, padded "
+        f"{p['padded_tokens_per_s']:.1f} (medians): ratio {p['ratio']:.3f}; at each run's median "
+        f"step time, per round {', '.join(f'{r:.3f}' for r in p['round_ratios'])}, median "
+        f"{p['steady_ratio']:.3f}. Overrides: `{_settings(p['overrides'])}`.",
+    ]
+
+
 def _run_kernels(s: Settings) -> dict[str, Any]:
     rows = kernels(s.overrides, s.steps, s.repeats, s.work)
     return {"kernels": rows, "kernels_steps": s.steps, "kernels_pairing": _pairing()}
@@ -311,7 +355,7 @@ def _run_kernels(s: Settings) -> dict[str, Any]:
 def _kernel_ratios(results: dict[str, Any]) -> list[Ratio]:
     return [
         (
-            f"6. training tokens/s, {r['switch']} on / off, {r['approach']}",
+            f"7. training tokens/s, {r['switch']} on / off, {r['approach']}",
             f"{r['with / without']:.3f}" if r["with / without"] else r["note"],
             "default on where > 1",
         )
@@ -325,7 +369,7 @@ def _kernel_section(results: dict[str, Any]) -> list[str]:
         r["switch"] = f"{raw['switch']} (`{' '.join(raw['overrides'])}`)"
     return [
         "",
-        "## 6. Kernel switches: the same harness trial with and without each",
+        "## 7. Kernel switches: the same harness trial with and without each",
         "",
         f"{results['kernels_steps']} steps, the first not measured as in part 1; rounds "
         f"{results.get('kernels_pairing', '')}. A switch becomes a default only where it "
@@ -356,6 +400,7 @@ PARTS: dict[str, Part] = {
             _sft_ratios,
             _sft_section,
         ),
+        Part("packing", ("packing",), _run_packing, _packing_ratios, _packing_section),
         Part(
             "kernels",
             ("kernels", "kernels_steps", "kernels_pairing"),
@@ -365,10 +410,12 @@ PARTS: dict[str, Part] = {
         ),
     )
 }
-# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL.
-RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft", "kernels")
-# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL.
-SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft", "kernels")
+# The ratio table: 4. eval, 1. throughput per approach, 2. sweep time, 3. overhead, 5. TRL,
+# 6. packing, 7. kernel switches.
+RATIO_ORDER = ("eval", "throughput", "step", "sweep", "sft", "packing", "kernels")
+# The sections: 1. throughput, its per-step cost, 2. sweep time and 3. overhead, 4. eval, 5. TRL,
+# 6. packing, 7. kernel switches.
+SECTION_ORDER = ("throughput", "step", "sweep", "eval", "sft", "packing", "kernels")
 
 
 def ratio_rows(results: dict[str, Any]) -> list[Ratio]:
