@@ -78,7 +78,7 @@ def test_precision_is_one_key_for_every_method():
 
 
 def test_one_optimizer_for_every_approach_unless_chosen():
-    expected = "adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch"
+    expected = "adamw_torch_fused"  # on CPU too: make bench part 7 measured it faster there
     for method in ("full", "lora", "qlora"):
         assert methods.optimizer_name(compose([f"method={method}"]).train) == expected
     chosen = compose(["method=qlora", "train.optimizer=paged_adamw_8bit"]).train
