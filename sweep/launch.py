@@ -98,31 +98,9 @@ def launch(
     (trial_dir / "config.json").write_text(json.dumps(as_dict(trial_cfg), indent=2))
     result_file = trial_dir / "result.json"
     result_file.unlink(missing_ok=True)
-    # the storage URL travels in memory, never on a command line: it may hold a password
-    proc = trial_context().Process(
-        target=trial_child,
-        args=(
-            str(trial_dir),
-            os.getcwd(),
-            {**os.environ, **(env or {})},  # the sweep's own (the server's may be older)
-            pruning,
-            memory_limit_gib,
-            time.time(),  # startup_s counts from here
-            live_run,
-        ),
-        name=f"trial {trial_dir.name}",
-    )
     start = time.perf_counter()
-    if trial_cfg.train.gpus > 1:  # accelerate's launcher: one process per device
-        code = _run_parallel(trial_cfg, trial_dir, timeout_s, pruning, memory_limit_gib,
-                                env, live_run)  # fmt: skip
-    else:
-        proc.start()
-        proc.join(timeout_s or None)
-        code = proc.exitcode
-        if code is None:  # still running past sweep.timeout_s
-            proc.kill()
-            proc.join()
+    run = _run_parallel if trial_cfg.train.gpus > 1 else _run_forked  # several devices: accelerate
+    code = run(trial_cfg, trial_dir, timeout_s, pruning, memory_limit_gib, env, live_run)
     wall = time.perf_counter() - start
     if result_file.exists():
         result = record.load(result_file)
@@ -139,6 +117,39 @@ def launch(
     result = record.failed(record.run_info(trial_cfg), status, error, trial_cfg.report.gpus)
     record.save(result, result_file)
     return result
+
+
+def _run_forked(
+    cfg: Config,
+    trial_dir: Path,
+    timeout_s: int,
+    pruning: tuple[str, str, int] | None,
+    memory_limit_gib: float,
+    env: dict[str, str] | None,
+    live_run: str | None,
+) -> int | None:
+    """The trial in one process forked from the trial server; its exit code (None: killed at
+    sweep.timeout_s). Every value travels in memory: the storage URL may hold a password."""
+    proc = trial_context().Process(
+        target=trial_child,
+        args=(
+            str(trial_dir),
+            os.getcwd(),
+            {**os.environ, **(env or {})},  # the sweep's own (the server's may be older)
+            pruning,
+            memory_limit_gib,
+            time.time(),  # startup_s counts from here
+            live_run,
+        ),
+        name=f"trial {trial_dir.name}",
+    )
+    proc.start()
+    proc.join(timeout_s or None)
+    if proc.exitcode is None:  # still running past sweep.timeout_s
+        proc.kill()
+        proc.join()
+        return None
+    return proc.exitcode
 
 
 def _run_parallel(

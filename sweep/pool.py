@@ -108,25 +108,9 @@ def run_pool(cfg: Config, overrides: list[str]) -> int:
     if failed:
         print(f"[pool] workers on GPUs {failed} stopped with an error (above); the others' "
               "trials are kept, run the same command again to finish", flush=True)  # fmt: skip
-    return finish(cfg, overrides, start) or (1 if failed else 0)
+    from sweep.study import finish  # the report over every worker's trials, as a sweep's
 
-
-def finish(cfg: Config, overrides: list[str], start: float) -> int:
-    """The report over every worker's trials, and the parent run closed."""
-    from sweep import tracking
-    from sweep.report import rebuild
-
-    try:
-        path = rebuild(cfg.experiment, overrides)
-        parent = tracking.find_parent(cfg.experiment)
-        if parent is not None:
-            tracking.finish_parent(parent, time.time() - start)
-    except tracking.TrackingUnavailable as exc:
-        print(f"[pool] tracking unavailable ({exc}); run `make report EXP={cfg.experiment}` "
-              "once the store answers", flush=True)  # fmt: skip
-        return 1
-    print(f"[pool] done in {time.time() - start:.0f} s; report: {path}", flush=True)
-    return 0
+    return finish(cfg, overrides, start, who="pool") or (1 if failed else 0)
 
 
 def in_pool() -> bool:

@@ -415,19 +415,30 @@ def run_sweep(user_overrides: list[str]) -> int:
         tracking.close_parent(sweep.parent, "KILLED")
         raise
     from sweep.pool import in_pool
-    from sweep.report import rebuild
 
     sweep.sync()  # records an outage kept back are logged before the report reads MLflow
     if in_pool():  # the pool writes the report once every worker is done
         print(f"[sweep] worker done in {time.time() - start:.0f} s", flush=True)
         return 0
+    return finish(cfg, user_overrides, start, sweep.parent)
+
+
+def finish(
+    cfg: Config, overrides: list[str], start: float, parent: str | None = None, who: str = "sweep"
+) -> int:
+    """The report over every finished trial, and the parent run closed FINISHED (the one given,
+    else the experiment's); 1 with one line when the tracking store does not answer."""
+    from sweep.report import rebuild
+
     try:
-        path = rebuild(cfg.experiment, user_overrides)
-        tracking.finish_parent(sweep.parent, time.time() - start)
+        path = rebuild(cfg.experiment, overrides)
+        parent = parent or tracking.find_parent(cfg.experiment)
+        if parent is not None:
+            tracking.finish_parent(parent, time.time() - start)
     except tracking.TrackingUnavailable as exc:
-        print(f"[sweep] tracking unavailable ({exc}): the report was not written; every "
-              f"record is kept under {sweep.root}; run `make report EXP={cfg.experiment}` "
-              "once the store answers", flush=True)  # fmt: skip
+        print(f"[{who}] tracking unavailable ({exc}): the report was not written; every "
+              f"record is kept under {Path(cfg.output_dir, cfg.experiment)}; run "
+              f"`make report EXP={cfg.experiment}` once the store answers", flush=True)  # fmt: skip
         return 1
-    print(f"[sweep] done in {time.time() - start:.0f} s; report: {path}", flush=True)
+    print(f"[{who}] done in {time.time() - start:.0f} s; report: {path}", flush=True)
     return 0

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sweep.bench.paired import _harness, core_halves, live_store, steady_rate
+from sweep.bench.paired import core_halves, harness_trial, live_store, steady_rate
 from sweep.child import gpu_present
 from sweep.config import compose
 from sweep.cpus import CPUS_ENV
@@ -33,7 +33,7 @@ APPROACH = {"full": ["method=full"], "lora r=16": ["method=lora", "method.r=16"]
 
 
 def _side(cfg: Config, work: Path, cpus: str | None, parent: str) -> dict[str, Any]:
-    return _harness(cfg, work, {CPUS_ENV: cpus} if cpus else None, parent)
+    return harness_trial(cfg, work, {CPUS_ENV: cpus} if cpus else None, parent)
 
 
 def pair(

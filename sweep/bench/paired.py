@@ -65,7 +65,7 @@ def live_store(work: Path) -> str:
     return tracking.parent_run("bench", {}, [])
 
 
-def _harness(
+def harness_trial(
     cfg: Config, work: Path, env: dict[str, str] | None = None, parent: str | None = None
 ) -> dict[str, Any]:
     run = live.start_run(parent, work.name, record.run_info(cfg)) if parent else None
@@ -112,12 +112,12 @@ def _pair(
     if halves is None:
         if i % 2 == 0:
             b = bare(cfg, work, peer=peer)
-            return b, _harness(cfg, work / f"h{i}", parent=parent)
-        h = _harness(cfg, work / f"h{i}", parent=parent)
+            return b, harness_trial(cfg, work / f"h{i}", parent=parent)
+        h = harness_trial(cfg, work / f"h{i}", parent=parent)
         return bare(cfg, work, peer=peer), h
     mine, theirs = halves if i % 2 == 0 else halves[::-1]
     with ThreadPoolExecutor(1) as pool:
-        h = pool.submit(_harness, cfg, work / f"h{i}", {CPUS_ENV: mine}, parent)
+        h = pool.submit(harness_trial, cfg, work / f"h{i}", {CPUS_ENV: mine}, parent)
         b = bare(cfg, work, {CPUS_ENV: theirs}, peer=peer)
         return b, h.result()
 
