@@ -34,34 +34,11 @@ def gpu_present() -> bool:
         return False
 
 
-# Imported by the fork server on a GPU host: everything a trial needs that neither imports
-# bitsandbytes (it asks the device for its compute capability at import, which initializes CUDA,
-# and a process forked after CUDA initialized cannot use CUDA) nor initializes CUDA otherwise;
-# torch.cuda.is_available() asks NVML instead of CUDA (PYTORCH_NVML_BASED_CUDA_CHECK). A trial
-# still imports peft, bitsandbytes and transformers' Trainer itself (about a second).
-GPU_PRELOAD = [
-    "torch",
-    "reasoning_gym",
-    "accelerate",
-    "datasets",
-    "transformers.modeling_utils",
-    "transformers.generation",
-    "sweep.data",
-    "sweep.evaluate",
-    "sweep.ledger",
-    "sweep.measure",
-    "sweep.methods",
-    "sweep.models",
-    "sweep.plan",
-    "sweep.record",
-]
-
-
 def preload_modules(cuda: bool) -> list[str]:
-    """What the fork server imports once for all trials: without a GPU the whole trial module
-    (torch, transformers, peft, bitsandbytes, ...) and reasoning_gym (the default task, imported
-    lazily by sweep.data); with a GPU, GPU_PRELOAD."""
-    return GPU_PRELOAD if cuda else ["sweep.trial", "reasoning_gym"]
+    """What the fork server imports once for all trials: the whole trial module (torch,
+    transformers, peft, bitsandbytes, ...) and reasoning_gym (the default task, imported lazily by
+    sweep.data). With a GPU, through sweep.gpu_server, which keeps CUDA uninitialized meanwhile."""
+    return ["sweep.gpu_server" if cuda else "sweep.trial", "reasoning_gym"]
 
 
 _CONTEXT: multiprocessing.context.BaseContext | None = None

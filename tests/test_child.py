@@ -8,26 +8,122 @@ import sys
 
 import pytest
 
-from sweep.child import GPU_PRELOAD, preload_modules
+from sweep.child import preload_modules
 
 
-def test_gpu_preload_never_imports_bitsandbytes():
-    # bitsandbytes initializes CUDA at import; a server that did so would fork children that
-    # cannot use the GPU. Checked in a fresh interpreter, which is what the server is.
-    script = (
-        "import sys\n"
-        f"for m in {GPU_PRELOAD!r}: __import__(m)\n"
-        "print(sorted(m for m in ('bitsandbytes', 'peft') if m in sys.modules))\n"
+def _fresh(script: str, tmp_path=None) -> subprocess.CompletedProcess:  # noqa: ANN001
+    """`script` in a fresh interpreter, as the fork server is one."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path or ""), os.getcwd()])),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
-    )
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
-def test_preload_on_cpu_is_the_whole_trial_module():
+def test_preload_is_the_whole_trial_module_with_or_without_a_gpu():
     assert preload_modules(False) == ["sweep.trial", "reasoning_gym"]
-    assert preload_modules(True) == GPU_PRELOAD and "sweep.trial" not in GPU_PRELOAD
+    assert preload_modules(True) == ["sweep.gpu_server", "reasoning_gym"]
+
+
+def test_a_server_forked_child_starts_with_peft_and_bitsandbytes_imported(tmp_path):
+    # The GPU host's server (sweep.gpu_server) on this CPU host: its children need not import peft,
+    # bitsandbytes or the Trainer, which is what made a GPU trial's start take seconds.
+    (tmp_path / "probe.py").write_text(
+        "import sys\n"
+        "def probe(q):\n"
+        "    import sweep.preload as p, torch\n"
+        "    q.put((sorted(m for m in ('peft', 'bitsandbytes', 'transformers.trainer', 'sweep.trial')"
+        " if m in sys.modules), p.outcome, torch.cuda.is_initialized()))\n"
+    )
+    script = (
+        "import multiprocessing as mp\n"
+        "from probe import probe\n"
+        "from sweep.child import preload_modules\n"
+        "ctx = mp.get_context('forkserver')\n"
+        "ctx.set_forkserver_preload(preload_modules(True))\n"
+        "q = ctx.Queue(); c = ctx.Process(target=probe, args=(q,)); c.start()\n"
+        "print(q.get(timeout=200)); c.join()\n"
+    )
+    out = _fresh(script, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == (
+        "(['bitsandbytes', 'peft', 'sweep.trial', 'transformers.trainer'], 'full', False)"
+    ), out.stdout
+
+
+def test_while_preloading_the_capability_comes_from_nvml_and_cuda_init_is_refused():
+    import torch
+
+    from sweep import preload
+
+    saved = torch.cuda.get_device_capability, torch.cuda._lazy_init
+    with preload.cuda_answered_by_nvml(lambda device=None: (9, 0)):
+        # what bitsandbytes does at import
+        assert torch.cuda.get_device_capability(torch.cuda.device(1)) == (9, 0)
+        with pytest.raises(RuntimeError, match="must not initialize CUDA"):
+            torch.cuda.get_device_properties(0)
+    assert (torch.cuda.get_device_capability, torch.cuda._lazy_init) == saved
+    assert preload.refused and preload.refused[-1].startswith(__file__)
+    preload.refused.clear()
+
+
+FAKE_GPU = "import torch\ntorch.cuda.device_count = lambda: 2\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "outcome", "said"),
+    [
+        # bitsandbytes' own import: asks each device's capability, gets NVML's answer
+        (
+            "import torch\ncaps = sorted(torch.cuda.get_device_capability(torch.cuda.device(i))"
+            " for i in range(torch.cuda.device_count()))\n",
+            "full",
+            "",
+        ),
+        # a module that insists on CUDA: left to the trials, in one line
+        (
+            "import torch\ntorch.cuda.get_device_properties(0)\n",
+            "safe: RuntimeError: the trial server must not initialize CUDA",
+            "[sweep] trial server: each trial imports peft/bitsandbytes",
+        ),
+        # a module that asks, is refused and goes on: a warning naming where
+        (
+            "import torch\ntry:\n    torch.cuda.current_device()\nexcept RuntimeError:\n    pass\n",
+            "full",
+            "[sweep] warning: the trial server was asked for CUDA at",
+        ),
+    ],
+)
+def test_preload_on_a_gpu_host_imports_fully_or_falls_back_in_one_line(
+    tmp_path, module, outcome, said
+):
+    (tmp_path / "fake_bnb.py").write_text(module)
+    script = (
+        FAKE_GPU + "import sys\nfrom sweep.preload import preload\n"
+        "print(preload(['fake_bnb'], ['sweep.record'], lambda d=None: (8, 0)),"
+        " getattr(sys.modules.get('fake_bnb'), 'caps', None), torch.cuda.is_initialized())\n"
+    )
+    out = _fresh(script, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    caps = "[(8, 0), (8, 0)]" if "caps" in module else "None"
+    assert out.stdout.strip().splitlines()[-1] == f"{outcome} {caps} False"
+    assert (said in out.stderr) and (said or "[sweep]" not in out.stderr.split("full")[-1])
+    assert len([line for line in out.stderr.splitlines() if line.startswith("[sweep]")]) <= 2
+
+
+def test_preload_falls_back_when_nvml_cannot_answer():
+    # No NVML here: the capability check fails before bitsandbytes could swallow the error and
+    # load its CPU library; peft and bitsandbytes stay out of the server.
+    out = _fresh(
+        FAKE_GPU
+        + "import sys, sweep.gpu_server, sweep.preload as p\nprint(p.outcome, 'peft' in sys.modules)\n"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("safe: ") and last.endswith(" False"), last
+    assert "[sweep] trial server: each trial imports peft/bitsandbytes" in out.stderr
 
 
 def test_sweep_cpus_pins_a_trial_process_and_its_torch_threads():
