@@ -4,6 +4,10 @@ rest of the suite runs on the GPU as well (models go to the GPU when there is on
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -81,3 +85,35 @@ def test_one_trial_over_two_gpus_records_both_ranks(tmp_path, parallel):
     assert result.metrics["world_size"] == 2 and len({r["device_uuid"] for r in ranks}) == 2
     assert result.metrics["peak_vram_gib"] == max(r["peak_vram_gib"] for r in ranks)
     assert (tmp_path / "t" / "adapter").is_dir()
+
+
+def test_the_trial_server_preloads_bitsandbytes_and_its_children_use_cuda(tmp_path):
+    # sweep.gpu_server on a real GPU: the server imported peft and bitsandbytes (with its CUDA
+    # library) without initializing CUDA, so a forked trial runs a 4-bit kernel at once.
+    (tmp_path / "probe.py").write_text(
+        "import sys\n"
+        "def probe(q):\n"
+        "    preloaded = all(m in sys.modules for m in ('peft', 'bitsandbytes', 'sweep.trial'))\n"
+        "    import torch, bitsandbytes.functional as F, sweep.preload as p\n"
+        "    from bitsandbytes.cextension import lib\n"
+        "    x = torch.randn(64, 64, device='cuda', dtype=torch.bfloat16)\n"
+        "    w, state = F.quantize_4bit(x, quant_type='nf4')\n"
+        "    err = (F.dequantize_4bit(w, state) - x).abs().max().item()\n"
+        "    q.put((preloaded, p.outcome, getattr(lib, 'compiled_with_cuda', False), err < 1.0))\n"
+    )
+    script = (
+        "import multiprocessing as mp\n"
+        "from probe import probe\n"
+        "from sweep.child import preload_modules\n"
+        "import os; os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] = '1'\n"
+        "ctx = mp.get_context('forkserver')\n"
+        "ctx.set_forkserver_preload(preload_modules(True))\n"
+        "q = ctx.Queue(); c = ctx.Process(target=probe, args=(q,)); c.start()\n"
+        "print(q.get(timeout=200)); c.join()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{os.getcwd()}"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "(True, 'full', True, True)", out.stderr[-3000:]
