@@ -41,7 +41,7 @@ EOF
 read -r -a EXTRA <<<"${EXTRA:-}"   # more overrides, e.g. EXTRA="train.steps=4" for a dry run
 M=(model=hf "model.name_or_path=$MODEL" "${EXTRA[@]}")
 
-PARTS=${PARTS:-sweep inference tests bench mfu realshape cudatests}   # which parts to run
+PARTS=${PARTS:-sweep inference tests bench speed1b mfu realshape cudatests}   # which parts to run
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 
@@ -51,10 +51,16 @@ has inference && timeout 45 $PY -m sweep inference gpu_default 2>&1 | tail -5
 
 has tests && step "gpu tests" && timeout ${TESTS_S:-120} $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_measure.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
 
-# make bench, one part at a time (each keeps the parts already written): BENCH_ONLY="throughput sweep"
-for part in ${BENCH_ONLY:-eval throughput}; do
-  has bench && step "bench: $part" && timeout ${BENCH_S:-130} $PY -m sweep.bench ${BENCH_ARGS:-} --only "$part" --out reports/bench-gpu "${M[@]}" 2>&1 | tee -a "$OUT/bench.log" | grep "^\[bench\]\|Error" | tail -20
+# make bench, one part at a time (each keeps the parts already written). The sweep part gives the
+# GPU rows of issue 17: sweep wall harness / peer (<= 1.0) and the per-trial fixed cost (<= 10%).
+for part in ${BENCH_ONLY:-eval throughput sweep}; do
+  has bench && step "bench: $part" && timeout ${BENCH_S:-300} $PY -m sweep.bench ${BENCH_ARGS:---sweep-rounds 1} --only "$part" --out reports/bench-gpu "${M[@]}" 2>&1 | tee -a "$OUT/bench.log" | grep "^\[bench\]\|Error" | tail -20
 done
+
+# Issue 17's GPU benchmark at a real shape: random-weight Llama-3.2-1B, bf16-mixed, batch 8 x 1024;
+# tokens/s, MFU and peak VRAM of full FT, LoRA r=16, QLoRA r=16 against the bare loop and TRL's
+# SFTTrainer in one run (make bench's throughput and sft parts), to $OUT/bench-1b/harness.md.
+has speed1b && step "1B shape: harness vs bare loop vs SFTTrainer" && timeout ${SPEED_S:-420} $PY -m sweep.bench.real_shape --speed --model llama3_2_1b --seq 1024 --batch 8 --steps ${SPEED_STEPS:-12} --repeats 1 --out "$OUT/bench-1b" 2>&1 | tee "$OUT/speed-1b.log" | grep "^\[bench\]\|rror" | tail -20
 
 # MFU where the GPU has work to do: batch 16 x 512 tokens (long prompts, short answers)
 if has mfu; then

@@ -535,6 +535,60 @@ def test_real_shape_bench_runs_every_approach_on_a_random_model(tmp_path):
     assert text.count("| ok ") == 4 and "32-48" in text and "6-8" in text
 
 
+def test_real_shape_speed_runs_the_throughput_and_sft_parts_on_the_built_model(
+    tmp_path, monkeypatch
+):
+    """--speed (issue 17's 1B-shape GPU benchmark): a random-weight model of the named
+    architecture and rows of about --seq tokens, handed to make bench's throughput and sft parts
+    at --batch x --seq. Those parts run for real in their own tests; here, what reaches them."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from sweep.bench import real_shape
+    from sweep.config import compose
+
+    seen = {}
+
+    def bench(argv: list[str]) -> int:  # what the parts would compose, while the files exist
+        cfg = compose(argv[8:])
+        seen.update(argv=argv, cfg=cfg, model=AutoConfig.from_pretrained(cfg.model.name_or_path))
+        seen["prompts"] = [
+            json.loads(x)["prompt"] for x in Path(cfg.dataset.path).read_text().splitlines()
+        ]
+        return 0
+
+    monkeypatch.setattr("sweep.bench.__main__.main", bench)
+    argv = ["--speed", "--model", "tiny_llama", "--seq", "96", "--batch", "4", "--steps", "5"]
+    assert real_shape.main([*argv, "--out", str(tmp_path)]) == 0
+    assert seen["argv"][:8] == [
+        "--only",
+        "throughput,sft",
+        "--steps",
+        "5",
+        "--repeats",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    cfg, arch = seen["cfg"], real_shape.load_arch("tiny_llama")
+    assert (cfg.train.batch_size, cfg.train.max_seq_len, cfg.model.name) == (
+        4,
+        96,
+        "tiny_llama-random",
+    )
+    built = seen["model"]
+    assert (built.hidden_size, built.num_hidden_layers, built.vocab_size) == (
+        arch.hidden,
+        arch.layers,
+        arch.vocab,
+    )
+    assert len(seen["prompts"]) >= 16 and {len(p) for p in seen["prompts"]} == {
+        96 - 24
+    }  # + template, answer
+
+
 def test_the_benchs_harness_trial_streams_its_live_run_as_in_a_sweep(tmp_path):
     from sweep import tracking
     from sweep.bench.paired import step_cost

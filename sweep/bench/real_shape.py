@@ -3,6 +3,7 @@ the published ranges, on random-weight models built from real architectures (no 
 
     python -m sweep.bench.real_shape                       # Llama-2-7B shape, batch 1 x 512
     python -m sweep.bench.real_shape --model llama3_8b --out reports/bench
+    python -m sweep.bench.real_shape --speed --model llama3_2_1b --seq 1024   # reports/bench-llama3_2_1b/
 
 For each approach (full FT with 8-bit AdamW and gradient checkpointing, in bf16-mixed and in pure
 bf16; LoRA r=16 on a 16-bit base; QLoRA r=16) it runs a short harness trial (a fresh process,
@@ -135,13 +136,43 @@ def write(table: list[dict[str, object]], name: str, seq: int, out: Path) -> Pat
     return path
 
 
+def speed(name: str, seq: int, batch: int, work: Path, out: Path, steps: int, repeats: int) -> int:
+    """`make bench`'s throughput (harness vs bare loop) and sft (harness vs SFTTrainer) parts on
+    a random-weight `name` at batch x seq tokens; their report goes to <out>/harness.md."""
+    from sweep.bench.__main__ import main as bench
+
+    model_dir = build(name, work / "model")
+    data = rows(work / "rows.jsonl", seq, n=max(64, 4 * batch))
+    overrides = [
+        "model=hf",
+        f"model.name_or_path={model_dir}",
+        f"model.name={name}-random",
+        "dataset=file",
+        f"dataset.path={data}",
+        f"train.batch_size={batch}",
+        f"train.max_seq_len={seq}",
+    ]
+    args = ["--only", "throughput,sft", "--steps", str(steps), "--repeats", str(repeats)]
+    return bench([*args, "--out", str(out), *overrides])
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweep.bench.real_shape")
     ap.add_argument("--model", default="llama2_7b", help="a conf/model/ name with an arch")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--out", default="reports/bench")
+    ap.add_argument("--out", help="default reports/bench, with --speed reports/bench-<model>")
+    ap.add_argument("--speed", action="store_true", help="tokens/s and MFU vs bare loop and TRL")
+    ap.add_argument("--batch", type=int, default=8, help="--speed's batch size (default 8)")
+    ap.add_argument("--repeats", type=int, default=2, help="--speed's rounds (default 2)")
     args = ap.parse_args(argv)
+    args.out = args.out or ("reports/bench-" + args.model if args.speed else "reports/bench")
+    if args.speed:
+        with tempfile.TemporaryDirectory(prefix="real_shape-") as tmp:
+            steps = max(args.steps, 3)
+            return speed(
+                args.model, args.seq, args.batch, Path(tmp), Path(args.out), steps, args.repeats
+            )
     with tempfile.TemporaryDirectory(prefix="real_shape-") as tmp:
         table = run(args.model, args.seq, Path(tmp), args.steps)
     write(table, args.model, args.seq, Path(args.out))
