@@ -67,27 +67,49 @@ def nvml_capability(device: Any = None) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def _caller(torch_dir: str) -> str:
+    """file:line of the innermost frame outside torch and this module: who asked for CUDA."""
+    for frame in reversed(traceback.extract_stack()):
+        if not frame.filename.startswith(torch_dir) and frame.filename != __file__:
+            return f"{frame.filename}:{frame.lineno}"
+    return "?"
+
+
 @contextmanager
 def cuda_answered_by_nvml(capability: Callable[..., tuple[int, int]]) -> Iterator[None]:
     """While inside: the compute capability comes from `capability`, and initializing CUDA raises
-    (the caller's file and line are kept in `refused`)."""
+    (the caller's file and line are kept in `refused`). Both are patched where torch defines and
+    binds them (torch.cuda, its memory and random modules, torch._C._cuda_init); a module that
+    binds one meanwhile keeps a wrapper that, once outside, calls torch's own again."""
     import torch
 
-    saved = torch.cuda.get_device_capability, torch.cuda._lazy_init
+    inside = [True]
 
-    def refuse() -> None:
-        if torch.cuda.is_initialized():
-            return
-        caller = traceback.extract_stack(limit=3)[0]
-        refused.append(f"{caller.filename}:{caller.lineno}")
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        refused.append(_caller(os.path.dirname(torch.__file__)))
         raise RuntimeError("the trial server must not initialize CUDA")
 
-    torch.cuda.get_device_capability = capability
-    torch.cuda._lazy_init = refuse
+    def switch(original: Callable[..., Any], replacement: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return (replacement if inside[0] else original)(*args, **kwargs)
+
+        return call
+
+    patches = [(torch.cuda, "get_device_capability", capability)]
+    for module in (torch.cuda, torch.cuda.memory, torch.cuda.random):
+        if not torch.cuda.is_initialized() and hasattr(module, "_lazy_init"):
+            patches.append((module, "_lazy_init", refuse))
+    if hasattr(torch._C, "_cuda_init") and not torch.cuda.is_initialized():
+        patches.append((torch._C, "_cuda_init", refuse))
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for (module, name, replacement), (_, _, original) in zip(patches, saved, strict=True):
+        setattr(module, name, switch(original, replacement))
     try:
         yield
     finally:
-        torch.cuda.get_device_capability, torch.cuda._lazy_init = saved
+        inside[0] = False
+        for module, name, original in saved:
+            setattr(module, name, original)
 
 
 def preload(

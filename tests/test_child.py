@@ -58,15 +58,30 @@ def test_while_preloading_the_capability_comes_from_nvml_and_cuda_init_is_refuse
 
     from sweep import preload
 
-    saved = torch.cuda.get_device_capability, torch.cuda._lazy_init
+    def names():  # noqa: ANN202
+        return (
+            torch.cuda.get_device_capability,
+            torch.cuda._lazy_init,
+            torch.cuda.memory._lazy_init,
+            torch.cuda.random._lazy_init,
+            getattr(torch._C, "_cuda_init", None),
+        )
+
+    saved = names()
     with preload.cuda_answered_by_nvml(lambda device=None: (9, 0)):
         # what bitsandbytes does at import
         assert torch.cuda.get_device_capability(torch.cuda.device(1)) == (9, 0)
         with pytest.raises(RuntimeError, match="must not initialize CUDA"):
             torch.cuda.get_device_properties(0)
-    assert (torch.cuda.get_device_capability, torch.cuda._lazy_init) == saved
-    assert preload.refused and preload.refused[-1].startswith(__file__)
+        with pytest.raises(RuntimeError, match="must not initialize CUDA"):
+            torch.cuda.memory.get_per_process_memory_fraction(0)  # binds _lazy_init by name
+        bound = torch.cuda._lazy_init  # as `from torch.cuda import _lazy_init` would, meanwhile
+    assert names() == saved
+    assert len(preload.refused) == 2 and preload.refused[0].startswith(__file__)
     preload.refused.clear()
+    if not torch.cuda.is_available():  # outside, a binding made inside is torch's own again
+        with pytest.raises(AssertionError, match="not compiled with CUDA"):
+            bound()
 
 
 FAKE_GPU = "import torch\ntorch.cuda.device_count = lambda: 2\n"

@@ -89,7 +89,8 @@ def test_one_trial_over_two_gpus_records_both_ranks(tmp_path, parallel):
 
 def test_the_trial_server_preloads_bitsandbytes_and_its_children_use_cuda(tmp_path):
     # sweep.gpu_server on a real GPU: the server imported peft and bitsandbytes (with its CUDA
-    # library) without initializing CUDA, so a forked trial runs a 4-bit kernel at once.
+    # library) without initializing CUDA, so a forked trial runs a 4-bit kernel at once; and no
+    # import asked for CUDA and went on when refused (it could have cached a wrong answer).
     (tmp_path / "probe.py").write_text(
         "import sys\n"
         "def probe(q):\n"
@@ -99,7 +100,8 @@ def test_the_trial_server_preloads_bitsandbytes_and_its_children_use_cuda(tmp_pa
         "    x = torch.randn(64, 64, device='cuda', dtype=torch.bfloat16)\n"
         "    w, state = F.quantize_4bit(x, quant_type='nf4')\n"
         "    err = (F.dequantize_4bit(w, state) - x).abs().max().item()\n"
-        "    q.put((preloaded, p.outcome, getattr(lib, 'compiled_with_cuda', False), err < 1.0))\n"
+        "    cuda_lib = getattr(lib, 'compiled_with_cuda', False)\n"
+        "    q.put((preloaded, p.outcome, p.refused, cuda_lib, err < 1.0))\n"
     )
     script = (
         "import multiprocessing as mp\n"
@@ -116,4 +118,6 @@ def test_the_trial_server_preloads_bitsandbytes_and_its_children_use_cuda(tmp_pa
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "(True, 'full', True, True)", out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "(True, 'full', [], True, True)", out.stderr[
+        -3000:
+    ]
