@@ -589,6 +589,30 @@ def test_real_shape_speed_runs_the_throughput_and_sft_parts_on_the_built_model(
     }  # + template, answer
 
 
+def test_real_shape_refuses_bad_input_in_one_line_and_speed_defaults_to_12_steps(monkeypatch):
+    import subprocess
+    import sys
+
+    from sweep.bench import real_shape
+
+    for argv, says in (
+        (
+            ["--speed", "--batch", "0"],
+            "argument --batch: '0' is not allowed; expected an integer >= 1",
+        ),
+        (["--speed", "--model", "nope"], "error: model 'nope': not in conf/model/"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "sweep.bench.real_shape", *argv], capture_output=True, text=True
+        )
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    seen = {}
+    monkeypatch.setattr(real_shape, "speed", lambda *a: seen.setdefault("steps", a[5]) and 0)
+    real_shape.main(["--speed", "--model", "tiny_llama"])
+    assert seen["steps"] == 12  # enough steps past the 2 the parts leave out as warm-up
+
+
 def test_the_benchs_harness_trial_streams_its_live_run_as_in_a_sweep(tmp_path):
     from sweep import tracking
     from sweep.bench.paired import step_cost

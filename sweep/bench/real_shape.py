@@ -25,7 +25,7 @@ import torch
 
 from sweep import models
 from sweep.arch import llama_config, load_arch
-from sweep.config import compose
+from sweep.config import ConfigError, compose
 from sweep.launch import launch
 
 PUBLISHED_GB = {"full": "32-48", "lora": "12-16", "qlora": "6-8"}  # 7B, batch 1 x 512 (seed)
@@ -157,27 +157,33 @@ def speed(name: str, seq: int, batch: int, work: Path, out: Path, steps: int, re
 
 
 def main(argv: list[str]) -> int:
+    from sweep.bench.__main__ import _positive  # an integer >= 1, else one clear line
+
     ap = argparse.ArgumentParser(prog="python -m sweep.bench.real_shape")
     ap.add_argument("--model", default="llama2_7b", help="a conf/model/ name with an arch")
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--seq", type=_positive, default=512)
+    ap.add_argument("--steps", type=_positive, help="default 3, with --speed 12")
     ap.add_argument("--out", help="default reports/bench, with --speed reports/bench-<model>")
     ap.add_argument("--speed", action="store_true", help="tokens/s and MFU vs bare loop and TRL")
-    ap.add_argument("--batch", type=int, default=8, help="--speed's batch size (default 8)")
-    ap.add_argument("--repeats", type=int, default=2, help="--speed's rounds (default 2)")
+    ap.add_argument("--batch", type=_positive, default=8, help="--speed's batch size (default 8)")
+    ap.add_argument("--repeats", type=_positive, default=2, help="--speed's rounds (default 2)")
     args = ap.parse_args(argv)
     args.out = args.out or ("reports/bench-" + args.model if args.speed else "reports/bench")
-    if args.speed:
+    if args.speed:  # steps past the 2 warm-up steps the parts leave out
+        steps = max(args.steps or 12, 3)
         with tempfile.TemporaryDirectory(prefix="real_shape-") as tmp:
-            steps = max(args.steps, 3)
             return speed(
                 args.model, args.seq, args.batch, Path(tmp), Path(args.out), steps, args.repeats
             )
     with tempfile.TemporaryDirectory(prefix="real_shape-") as tmp:
-        table = run(args.model, args.seq, Path(tmp), args.steps)
+        table = run(args.model, args.seq, Path(tmp), args.steps or 3)
     write(table, args.model, args.seq, Path(args.out))
     return 0 if all(r["status"] == "ok" for r in table) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as exc:  # an unknown model or a bad override: one line, before any work
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
