@@ -40,9 +40,18 @@ class TrainStats:
     measured_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
+    step_end: list[float] = field(default_factory=list)  # each step's end, Unix seconds
     diverged: bool = False
     pruned: bool = False
     ledger: dict[str, Any] = field(default_factory=dict)  # LedgerCallback: the first step's bytes
+
+    def clock(self) -> list[list[float]]:
+        """[start, end] of each measured step in Unix seconds: when each step ran, to line a
+        trial up with what else ran on the machine then (sweep.bench.paired.overlap_rate)."""
+        n = self.measured_steps
+        ends = self.step_end[len(self.step_end) - n :] if n else []
+        spans = self.step_s[len(self.step_s) - n :] if n else []
+        return [[round(e - s, 3), round(e, 3)] for s, e in zip(spans, ends, strict=True)]
 
     def metrics(self) -> dict[str, Any]:
         n = self.measured_steps
@@ -90,6 +99,7 @@ class MeasureCallback(TrainerCallback):
         s.steps = state.global_step
         step_s, step_tokens = now - self._mark, tokens - self._tokens_at_mark
         s.step_s.append(step_s)
+        s.step_end.append(time.time())
         if s.steps > self.cfg.measure_warmup_steps:
             s.measured_steps += 1
             s.measured_s += step_s

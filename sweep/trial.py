@@ -265,6 +265,7 @@ def run_trial(
         span = attention_span(stats.ledger, t.max_seq_len)
         metrics.update(utilisation(cfg, metrics["train_tokens_per_s"], span, share))
         result.train["loss_curve"] = stats.losses
+        result.train["step_clock"] = stats.clock()
         ledger_metrics, result.train["ledger"] = memory_ledger(cfg, stats)
         metrics.update(ledger_metrics)
         if stats.diverged:

@@ -87,6 +87,29 @@ def test_the_median_step_time_ignores_warmup_steps_and_one_slow_step():
     assert m["s_per_step"] == pytest.approx(3.0) and m["s_per_step_median"] == pytest.approx(1.0)
 
 
+def test_a_trial_records_when_each_measured_step_ran():
+    from sweep.train import TrainStats
+
+    stats = TrainStats(measured_steps=2, step_s=[5.0, 1.0, 2.0], step_end=[105.0, 106.0, 108.0])
+    assert stats.clock() == [[105.0, 106.0], [106.0, 108.0]]  # the warm-up step left out
+
+
+def test_side_by_side_rates_count_only_the_steps_beside_the_other_sides_training():
+    from sweep.bench.paired import overlap_rate
+
+    # 8 steps of 100 tokens: 4 fast ones (1 s) while the other side loads (before t=4),
+    # then 4 slow ones (2 s) beside its training (t=4..12)
+    clock = [[i, i + 1.0] for i in range(4)] + [[4.0 + 2 * i, 6.0 + 2 * i] for i in range(4)]
+    run = {"train_tokens_per_s": 800 / 12, "s_per_step": 1.5, "s_per_step_median": 1.5}
+    other = {"step_clock": [[4.0, 7.0], [7.0, 12.5]]}
+    assert overlap_rate({**run, "step_clock": clock}, other) == pytest.approx(50.0)
+    # no clock on either side, or fewer than 3 steps beside it: the steady rate
+    assert overlap_rate(run, other) == pytest.approx(800 / 12 * 1.5 / 1.5)
+    assert overlap_rate({**run, "step_clock": clock}, {"step_clock": [[0.0, 2.0]]}) == (
+        pytest.approx(800 / 12)
+    )
+
+
 def test_overhead_share_is_time_outside_training_and_evaluation():
     trials = [
         {
@@ -119,7 +142,8 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
         *tiny("eval.size=4"),
     ]
     only = "eval,throughput,step,sweep"  # the TRL part has a test of its own
-    args = ["--steps", "4", "--repeats", "2", "--cost-steps", "12", "--only", only]
+    args = ["--steps", "4", "--repeats", "2", "--cost-steps", "12", "--sweep-rounds", "1"]
+    args += ["--only", only]  # ABBA order over several sweep rounds: a test of its own
     assert main([*args, *overrides]) == 0
     printed = capsys.readouterr().out
     for part in (
@@ -144,9 +168,32 @@ def test_make_bench_prints_and_writes_all_four_ratios(tmp_path, capsys):
     c = results["step_cost"]
     assert c["steps"] == 12 and c["bare_ms"] > 0 and c["harness_ms"] > 0
     assert "fixed cost per step" in md
-    s = results["sweep"]  # ABBA: two runs per side, the ratio of the sums
-    assert s["rounds"] == 2 and len(s["harness_walls_s"]) == len(s["peer_walls_s"]) == 2
-    assert s["harness / peer"] == pytest.approx(sum(s["harness_walls_s"]) / sum(s["peer_walls_s"]))
+    s = results["sweep"]
+    assert s["rounds"] == 1 and len(s["harness_walls_s"]) == len(s["peer_walls_s"]) == 1
+    assert s["harness / peer"] == pytest.approx(s["harness_walls_s"][0] / s["peer_walls_s"][0])
+
+
+def test_sweep_rounds_run_abba_and_compare_the_sums(tmp_path, monkeypatch):
+    from sweep.bench import sweep_time
+
+    order: list[str] = []
+    walls = {"harness": iter([100.0, 120.0]), "peer": iter([130.0, 110.0])}
+
+    def side(name):  # noqa: ANN001, ANN202
+        def run(user, work):  # noqa: ANN001, ANN202
+            order.append(f"{name}:{work.name}")
+            if name == "harness":
+                return next(walls[name]), []
+            return next(walls[name]), {"accuracy": {}, "phases": {}}
+
+        return run
+
+    monkeypatch.setattr(sweep_time, "_harness_sweep", side("harness"))
+    monkeypatch.setattr(sweep_time, "_peer_sweep", side("peer"))
+    summary, trials, _ = sweep_time.sweep_vs_peer([], tmp_path, rounds=2)
+    assert order == ["harness:sweep-0", "peer:peer-0", "peer:peer-1", "harness:sweep-1"]
+    assert summary["harness_walls_s"] == [100.0, 120.0] and summary["peer_walls_s"] == [130.0, 110.0]
+    assert summary["harness / peer"] == pytest.approx(220.0 / 240.0) and trials == []
 
 
 @pytest.mark.slow
@@ -345,6 +392,11 @@ def _results() -> dict:
     }
 
 
+# the fixtures' rounds (0.874 1.030 1.051 1.013 and 1.240 1.260): the 95% interval of the mean
+BARE_CI = "(95% interval 0.87-1.13 over 4 rounds: not resolved)"
+SFT_CI = "(95% interval 1.13-1.38 over 2 rounds: met)"
+
+
 def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead_then_trl():
     parts = ["eval", "throughput", "step", "sweep", "sft", "packing", "kernels"]
     assert parts == list(PARTS)  # run order, --only's
@@ -354,24 +406,24 @@ def test_the_ratio_table_lists_eval_then_throughput_then_sweep_time_and_overhead
             "4.38x (40/40 answers identical)",
             "> 1, all identical",
         ),
-        ("1. training tokens/s, harness / bare, full", "1.000", ">= 0.97"),
-        ("1. training tokens/s, harness / bare, lora r=16", "1.021", ">= 0.97"),
-        ("1. training tokens/s, harness / bare, qlora r=16", "1.023", ">= 0.97"),
+        ("1. training tokens/s, harness / bare, full", f"1.000 {BARE_CI}", ">= 0.97"),
+        ("1. training tokens/s, harness / bare, lora r=16", f"1.021 {BARE_CI}", ">= 0.97"),
+        ("1. training tokens/s, harness / bare, qlora r=16", f"1.023 {BARE_CI}", ">= 0.97"),
         ("2. sweep wall time, harness / peer", "0.939", "<= 0.9 (CPU)"),
         ("3. per-trial fixed overhead share", "2.3%", "<= 5% (CPU)"),
         (
             "5. training tokens/s, harness / TRL SFTTrainer, full",
-            "1.250 (peak memory 1.50 vs 2.00 GiB)",
+            f"1.250 {SFT_CI}; peak memory 1.50 vs 2.00 GiB",
             ">= 1.1",
         ),
         (
             "5. training tokens/s, harness / TRL SFTTrainer, lora r=16",
-            "1.300 (peak memory 1.50 vs 1.25 GiB)",
+            f"1.300 {SFT_CI}; peak memory 1.50 vs 1.25 GiB",
             ">= 1.1",
         ),
         (
             "5. training tokens/s, harness / TRL SFTTrainer, qlora r=16",
-            "1.500 (peak memory 1.50 vs 1.00 GiB)",
+            f"1.500 {SFT_CI}; peak memory 1.50 vs 1.00 GiB",
             ">= 1.1",
         ),
         (
@@ -651,3 +703,16 @@ def test_kernels_part_pairs_each_switch_with_the_same_trial_without_it(tmp_path,
     assert ratios[0][0] == "7. training tokens/s, fused AdamW on / off, lora r=16"
     section = "\n".join(PARTS["kernels"].section(results))
     assert "`train.optimizer=adamw_torch_fused`" in section
+
+
+def test_a_paired_ratio_is_a_finding_only_where_its_interval_clears_the_target():
+    from sweep.bench.paired import ratio_interval, verdict
+
+    lo, hi = ratio_interval([0.99, 1.01, 1.00, 1.00])
+    assert lo < 1.0 < hi and hi - lo < 0.03
+    assert verdict((lo, hi), 0.97) == "met"
+    wide = ratio_interval([1.10, 0.90, 0.87, 0.95])  # this machine's LoRA rounds on one run
+    assert wide[0] < 0.97 < wide[1] and verdict(wide, 0.97) == "not resolved"
+    assert verdict(ratio_interval([0.80, 0.82, 0.81]), 0.97) == "missed"
+    assert verdict((0.85, 0.88), 0.9, at_least=False) == "met"  # a time ratio: lower is better
+    assert verdict(ratio_interval([1.0]), 0.97) == "one round: no interval"

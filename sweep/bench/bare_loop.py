@@ -97,6 +97,7 @@ def run(cfg: Config) -> dict[str, Any]:
     measured_s, measured_tokens, padded_tokens, step = 0.0, 0, 0, 0
     losses: list[float] = []
     step_s: list[float] = []
+    clock: list[list[float]] = []  # [start, end] of each measured step, Unix seconds
     sync()
     mark = time.perf_counter()
     for batch in loader:
@@ -115,6 +116,8 @@ def run(cfg: Config) -> dict[str, Any]:
         if step > t.measure_warmup_steps:
             measured_s += now - mark
             step_s.append(now - mark)
+            end = time.time()
+            clock.append([round(end - (now - mark), 3), round(end, 3)])
             measured_tokens += data.batch_tokens(batch)
             padded_tokens += batch["input_ids"].numel()
         mark = now
@@ -127,6 +130,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "s_per_step_median": statistics.median(step_s),
         "padded_tokens_per_step": padded_tokens / n,
         "measured_steps": n,
+        "step_clock": clock,
         "first_loss": losses[0],
         "final_loss": losses[-1],
     }

@@ -10,6 +10,7 @@ into a store of the bench's own), so the ratio includes what live logging costs 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections.abc import Callable
@@ -74,13 +75,52 @@ def harness_trial(
         tracking.log_trial(parent, h, work)  # closes the live run, as the sweep does
     if h.status != "ok":
         raise RuntimeError(f"harness trial: {h.status} {h.train.get('error')}")
-    return h.metrics
+    return {**h.metrics, "step_clock": h.train.get("step_clock") or []}
 
 
 def steady_rate(m: dict[str, Any]) -> float:
     """A run's tokens/s at its median step time: the same tokens over n median steps. Both sides
     train on the same batches, so this ratio compares their steps, not a neighbour's burst."""
     return m["train_tokens_per_s"] * m["s_per_step"] / m["s_per_step_median"]
+
+
+def overlap_rate(m: dict[str, Any], other: dict[str, Any], least: int = 3) -> float:
+    """`m`'s steady tokens/s (steady_rate) over only the steps it ran while `other` was inside
+    its own measured steps ("step_clock": [start, end] per step, Unix seconds). Two runs side by
+    side do not start training at the same moment (the harness starts its live run and
+    prepares data first), so some of one side's steps run beside the other's loading or
+    evaluation, not beside its training. Fewer than `least` such steps: steady_rate."""
+    mine, theirs = m.get("step_clock") or [], other.get("step_clock") or []
+    if not mine or not theirs:
+        return steady_rate(m)
+    lo, hi = theirs[0][0], theirs[-1][1]
+    inside = [end - start for start, end in mine if start >= lo and end <= hi]
+    if len(inside) < least:
+        return steady_rate(m)
+    return m["train_tokens_per_s"] * m["s_per_step"] / statistics.median(inside)
+
+
+def ratio_interval(ratios: list[float]) -> tuple[float, float]:
+    """The 95% interval of the paired rounds' mean ratio: a t-interval on the log ratios (a
+    ratio's noise multiplies), back on the ratio scale. Under 2 rounds: (nan, nan)."""
+    logs = [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+    if len(logs) < 2:
+        return math.nan, math.nan
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    mean = statistics.fmean(logs)
+    return math.exp(mean - half), math.exp(mean + half)
+
+
+def verdict(interval: tuple[float, float], target: float, at_least: bool = True) -> str:
+    """'met' or 'missed' where the whole 95% interval is on one side of `target`, 'not resolved'
+    where it straddles it (more rounds, or a quieter machine, would be needed to say)."""
+    lo, hi = interval
+    if math.isnan(lo):
+        return "one round: no interval"
+    good, bad = (lo >= target, hi < target) if at_least else (hi <= target, lo > target)
+    return "met" if good else "missed" if bad else "not resolved"
 
 
 def core_halves() -> tuple[str, str] | None:
@@ -139,15 +179,17 @@ def rounds(
             where = work / slug(f"{name}-{approach}")
             pm, hm = _pair(overrides, where, i, parent=parent, peer=peer)
             pairs.append((pm, hm))
-            print(f"[bench]   round ratio {steady_rate(hm) / steady_rate(pm):.3f}", flush=True)
+            ratio = overlap_rate(hm, pm) / overlap_rate(pm, hm)
+            print(f"[bench]   round ratio {ratio:.3f}", flush=True)
         out[approach] = pairs
     return out
 
 
 def _rates(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[float], ...]:
-    """(peer, harness, paired ratio) steady tokens/s of every round."""
-    p = [steady_rate(pm) for pm, _ in pairs]
-    h = [steady_rate(hm) for _, hm in pairs]
+    """(peer, harness, paired ratio) steady tokens/s of every round, each side over the steps
+    it ran beside the other's training (overlap_rate)."""
+    p = [overlap_rate(pm, hm) for pm, hm in pairs]
+    h = [overlap_rate(hm, pm) for pm, hm in pairs]
     return p, h, [x / y for x, y in zip(h, p, strict=True)]
 
 

@@ -12,6 +12,7 @@ results alone, so a part kept from the last run (keep_previous) renders as when 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,14 @@ from typing import Any
 from sweep.bench import eval_speed
 from sweep.bench.kernels import kernels
 from sweep.bench.packing import packing_throughput
-from sweep.bench.paired import core_halves, sft_throughput, step_cost, throughput
+from sweep.bench.paired import (
+    core_halves,
+    ratio_interval,
+    sft_throughput,
+    step_cost,
+    throughput,
+    verdict,
+)
 from sweep.bench.sweep_time import sweep_vs_peer
 from sweep.schema import Config
 
@@ -117,11 +125,22 @@ def _run_throughput(s: Settings) -> dict[str, Any]:
     }
 
 
+def _with_interval(median: float, rounds: str | None, target: float) -> str:
+    """A paired ratio as the table gives it: the median of the rounds, the 95% interval of
+    their mean, and whether that interval clears the target (paired.verdict)."""
+    ratios = [float(x) for x in (rounds or "").split()]
+    lo, hi = ratio_interval(ratios)
+    if math.isnan(lo):
+        return f"{median:.3f}"
+    v = verdict((lo, hi), target)
+    return f"{median:.3f} (95% interval {lo:.2f}-{hi:.2f} over {len(ratios)} rounds: {v})"
+
+
 def _throughput_ratios(results: dict[str, Any]) -> list[Ratio]:
     return [
         (
             f"1. training tokens/s, harness / bare, {r['approach']}",
-            f"{r['harness / bare']:.3f}",
+            _with_interval(r["harness / bare"], r.get("round ratios"), 0.97),
             ">= 0.97",
         )
         for r in results["throughput"]
@@ -139,7 +158,9 @@ def _throughput_section(results: dict[str, Any]) -> list[str]:
         f"each a bare run and a harness trial in fresh processes forked from the same server: "
         f"{results.get('pairing', 'one side after the other, the order alternating')}. "
         "A run's tokens/s is taken at its median step time (a slow step from a neighbour "
-        "does not count); the ratio is the median of the rounds' own ratios. "
+        "does not count), over the steps it ran while the other side was training (side by "
+        "side, one side's first and last steps would run beside the other's loading or "
+        "evaluation); the ratio is the median of the rounds' own ratios. "
         "Spreads show the machine's run-to-run noise.",
         "",
         _table(results["throughput"]),
@@ -240,8 +261,9 @@ def _sft_ratios(results: dict[str, Any]) -> list[Ratio]:
     return [
         (
             f"5. training tokens/s, harness / TRL SFTTrainer, {r['approach']}",
-            f"{r['harness / SFTTrainer']:.3f} (peak memory {_gib(r['harness peak GiB (median)'])}"
-            f" vs {_gib(r['SFTTrainer peak GiB (median)'])} GiB)",
+            f"{_with_interval(r['harness / SFTTrainer'], r.get('round ratios'), 1.1)}; peak memory "
+            f"{_gib(r['harness peak GiB (median)'])} vs {_gib(r['SFTTrainer peak GiB (median)'])}"
+            " GiB",
             ">= 1.1",
         )
         for r in results["sft"]

@@ -85,6 +85,7 @@ def _measure_callback() -> Any:
             self.trainer: Any = None
             self.step_s: list[float] = []
             self.step_tokens: list[int] = []
+            self.step_end: list[float] = []  # Unix seconds
             self._mark = 0.0
             self._tokens = 0
 
@@ -100,6 +101,7 @@ def _measure_callback() -> Any:
             now, tokens = time.perf_counter(), self.tokens()
             self.step_s.append(now - self._mark)
             self.step_tokens.append(tokens - self._tokens)
+            self.step_end.append(time.time())
             self._mark, self._tokens = now, tokens
 
     return Measure()
@@ -194,6 +196,10 @@ def run(cfg: Config) -> dict[str, Any]:
         "s_per_step": measured_s / n if n else float("nan"),
         "s_per_step_median": statistics.median(step_s) if step_s else float("nan"),
         "measured_steps": n,
+        "step_clock": [
+            [round(e - s, 3), round(e, 3)]
+            for s, e in zip(step_s, measure.step_end[warm:], strict=True)
+        ],
         "steps": len(measure.step_s),
         "tokens_per_step": sum(step_tokens) / n if n else float("nan"),
         "peak_memory_gib": peak / GIB,
