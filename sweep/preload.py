@@ -39,7 +39,8 @@ SAFE = [
     "sweep.plan",
     "sweep.record",
 ]
-FULL = ["sweep.trial"]  # everything a trial imports: peft, bitsandbytes, Trainer, ...
+# everything a trial imports: peft, bitsandbytes, Trainer, ..., and MLflow for its live run
+FULL = ["sweep.trial", "sweep.tracking"]
 
 refused: list[str] = []  # who tried to initialize CUDA during the preload (file:line)
 outcome = "not run"  # "full" | "safe: <why>"

@@ -192,7 +192,10 @@ def test_sweep_rounds_run_abba_and_compare_the_sums(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_time, "_peer_sweep", side("peer"))
     summary, trials, _ = sweep_time.sweep_vs_peer([], tmp_path, rounds=2)
     assert order == ["harness:sweep-0", "peer:peer-0", "peer:peer-1", "harness:sweep-1"]
-    assert summary["harness_walls_s"] == [100.0, 120.0] and summary["peer_walls_s"] == [130.0, 110.0]
+    assert summary["harness_walls_s"] == [100.0, 120.0] and summary["peer_walls_s"] == [
+        130.0,
+        110.0,
+    ]
     assert summary["harness / peer"] == pytest.approx(220.0 / 240.0) and trials == []
 
 

@@ -153,13 +153,18 @@ def test_a_crash_is_recorded_not_raised(tmp_path):
 def test_base_accuracy_is_cached_per_model_and_eval_set(tmp_path):
     cfg = compose(tiny("method=lora", f"cache_dir={tmp_path / 'cache'}"))
     first = run_trial(cfg, tmp_path / "1")
+    # a zero line only the cache holds: the second trial must read it, not score the base again
+    (acc_file,) = (tmp_path / "cache" / "base_accuracy").glob("accuracy-*.json")
+    stored = json.loads(acc_file.read_text())
+    assert stored["accuracy"] == first.metrics["base_accuracy"]
+    acc_file.write_text(json.dumps({**stored, "accuracy": 0.4321}))
     second = run_trial(cfg, tmp_path / "2")
-    assert first.metrics["base_accuracy"] == second.metrics["base_accuracy"]
+    assert second.metrics["base_accuracy"] == 0.4321
+    assert second.metrics["base_eval_loss"] == first.metrics["base_eval_loss"]
     assert first.train["retention"]["before"] == second.train["retention"]["before"]
     assert (tmp_path / "2" / "base_items.jsonl").read_text() == (
         tmp_path / "1" / "base_items.jsonl"
     ).read_text()
-    assert second.metrics["base_eval_s"] < first.metrics["base_eval_s"]  # read, not recomputed
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "base_accuracy").iterdir())
     assert cached == ["accuracy", "retention"]
     # QLoRA on the same base: the zero line is the unquantized base's (reused, not rescored);
