@@ -46,6 +46,12 @@ def peak_tflops(device_name: str, precision: str, gpus: list[GpuClass]) -> float
     return (g.fp32_tflops if precision == "fp32" else g.bf16_tflops) or None
 
 
+def step_clock(step_s: list[float], ends: list[float]) -> list[list[float]]:
+    """[start, end] of each step in Unix seconds, from its duration and its end: when each step
+    ran, to line a run up with what else ran on the machine then (bench.paired.overlap_rate)."""
+    return [[round(e - s, 3), round(e, 3)] for s, e in zip(step_s, ends, strict=True)]
+
+
 def sync() -> None:
     """Wait for queued device work so that a clock reading covers it."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():

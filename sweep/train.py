@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from sweep import data, ledger, methods, parallel
-from sweep.measure import sync
+from sweep.measure import step_clock, sync
 from sweep.schema import MethodConfig, TrainConfig
 
 # Called every eval.every steps with the step number; returns True to stop training (pruned).
@@ -46,12 +46,10 @@ class TrainStats:
     ledger: dict[str, Any] = field(default_factory=dict)  # LedgerCallback: the first step's bytes
 
     def clock(self) -> list[list[float]]:
-        """[start, end] of each measured step in Unix seconds: when each step ran, to line a
-        trial up with what else ran on the machine then (sweep.bench.paired.overlap_rate)."""
+        """step_clock of the measured steps (the warm-up left out)."""
         n = self.measured_steps
         ends = self.step_end[len(self.step_end) - n :] if n else []
-        spans = self.step_s[len(self.step_s) - n :] if n else []
-        return [[round(e - s, 3), round(e, 3)] for s, e in zip(spans, ends, strict=True)]
+        return step_clock(self.step_s[len(self.step_s) - n :] if n else [], ends)
 
     def metrics(self) -> dict[str, Any]:
         n = self.measured_steps

@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from sweep import budget, data, methods, models
 from sweep.child import enter
 from sweep.config import to_config
-from sweep.measure import sync
+from sweep.measure import step_clock, sync
 from sweep.schema import Config
 from sweep.validate import pack_row_len, resolve_packing
 
@@ -97,7 +97,7 @@ def run(cfg: Config) -> dict[str, Any]:
     measured_s, measured_tokens, padded_tokens, step = 0.0, 0, 0, 0
     losses: list[float] = []
     step_s: list[float] = []
-    clock: list[list[float]] = []  # [start, end] of each measured step, Unix seconds
+    ends: list[float] = []  # each measured step's end, Unix seconds
     sync()
     mark = time.perf_counter()
     for batch in loader:
@@ -116,8 +116,7 @@ def run(cfg: Config) -> dict[str, Any]:
         if step > t.measure_warmup_steps:
             measured_s += now - mark
             step_s.append(now - mark)
-            end = time.time()
-            clock.append([round(end - (now - mark), 3), round(end, 3)])
+            ends.append(time.time())
             measured_tokens += data.batch_tokens(batch)
             padded_tokens += batch["input_ids"].numel()
         mark = now
@@ -130,7 +129,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "s_per_step_median": statistics.median(step_s),
         "padded_tokens_per_step": padded_tokens / n,
         "measured_steps": n,
-        "step_clock": clock,
+        "step_clock": step_clock(step_s, ends),
         "first_loss": losses[0],
         "final_loss": losses[-1],
     }

@@ -30,7 +30,7 @@ import torch
 from sweep import budget, data, methods, models, recipe
 from sweep.child import enter
 from sweep.config import to_config
-from sweep.measure import GIB, host_peak_rss_bytes, reset_host_peak, sync
+from sweep.measure import GIB, host_peak_rss_bytes, reset_host_peak, step_clock, sync
 from sweep.schema import Config
 
 # SFTConfig fields whose TRL defaults decide how it trains (recorded as found in the installed
@@ -196,10 +196,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "s_per_step": measured_s / n if n else float("nan"),
         "s_per_step_median": statistics.median(step_s) if step_s else float("nan"),
         "measured_steps": n,
-        "step_clock": [
-            [round(e - s, 3), round(e, 3)]
-            for s, e in zip(step_s, measure.step_end[warm:], strict=True)
-        ],
+        "step_clock": step_clock(step_s, measure.step_end[warm:]),
         "steps": len(measure.step_s),
         "tokens_per_step": sum(step_tokens) / n if n else float("nan"),
         "peak_memory_gib": peak / GIB,
