@@ -23,7 +23,12 @@ def _fresh(script: str, tmp_path=None) -> subprocess.CompletedProcess:  # noqa: 
 
 
 def test_preload_is_the_whole_trial_module_with_or_without_a_gpu():
-    assert preload_modules(False) == ["sweep.trial", "sweep.tracking", "reasoning_gym"]
+    assert preload_modules(False) == [
+        "sweep.trial",
+        "sweep.tracking",
+        "mlflow.store.tracking.sqlalchemy_store",
+        "reasoning_gym",
+    ]
     assert preload_modules(True) == ["sweep.gpu_server", "reasoning_gym"]  # imports FULL itself
 
 
@@ -35,7 +40,8 @@ def test_a_server_forked_child_starts_with_peft_and_bitsandbytes_imported(tmp_pa
         "def probe(q):\n"
         "    import sweep.preload as p, torch\n"
         "    import threading\n"
-        "    mods = ('peft', 'bitsandbytes', 'transformers.trainer', 'sweep.trial', 'mlflow')\n"
+        "    mods = ('peft', 'bitsandbytes', 'transformers.trainer', 'sweep.trial', 'mlflow',\n"
+        "            'mlflow.store.tracking.sqlalchemy_store')\n"
         "    q.put((sorted(m for m in mods if m in sys.modules), p.outcome,"
         " torch.cuda.is_initialized(), threading.active_count()))\n"
     )
@@ -51,7 +57,8 @@ def test_a_server_forked_child_starts_with_peft_and_bitsandbytes_imported(tmp_pa
     out = _fresh(script, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == (
-        "(['bitsandbytes', 'mlflow', 'peft', 'sweep.trial', 'transformers.trainer'], 'full', False, 1)"
+        "(['bitsandbytes', 'mlflow', 'mlflow.store.tracking.sqlalchemy_store', 'peft', 'sweep.trial', "
+        "'transformers.trainer'], 'full', False, 1)"
     ), out.stdout
 
 
