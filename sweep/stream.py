@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from typing import Any
 
@@ -47,6 +48,7 @@ class LiveMetrics(TrainerCallback):
         self.client = tracking.client()
         self._tokens = 0
         self._failed = False
+        self._flush: threading.Thread | None = None
 
     def log(self, values: dict[str, float], step: int) -> None:
         """Log `values` at `step` without waiting (NaN and inf are left out)."""
@@ -83,6 +85,27 @@ class LiveMetrics(TrainerCallback):
         self._tokens = tokens
         self.log(values, state.global_step)
 
+    def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
+        """Nothing streams after training: the queue drains while the trial evaluates (the
+        logging thread polls it once a second, so a flush at the end waited up to 1 s)."""
+        self._flush = threading.Thread(target=_flush_async, name="live-flush", daemon=True)
+        self._flush.start()
+
+    def close(self) -> None:
+        """Wait until every queued step has reached the store (flushed here if training did
+        not end normally)."""
+        if self._flush is None:
+            _flush_async()
+        else:
+            self._flush.join()
+
+
+def _flush_async() -> None:
+    import mlflow
+
+    with contextlib.suppress(Exception):  # best effort: the record holds every number
+        mlflow.flush_async_logging()
+
 
 def memory_gib() -> float:
     """What the trial holds now: CUDA allocated on a GPU, else the process's resident memory."""
@@ -117,12 +140,12 @@ class SystemMetrics:
             self.monitor = None
 
     def finish(self) -> None:
-        """Stop sampling and wait for every queued asynchronous metric to reach the store."""
-        if self.run_id is None:
+        """Stop sampling; the monitor logs synchronously unless MLflow's asynchronous logging
+        is switched on for everything (MLFLOW_ENABLE_ASYNC_LOGGING), then its queue is flushed."""
+        if self.monitor is None:
             return
-        import mlflow
+        from mlflow.environment_variables import MLFLOW_ENABLE_ASYNC_LOGGING
 
-        if self.monitor is not None:
-            self.monitor.finish()
-        with contextlib.suppress(Exception):  # best effort: the record holds every number
-            mlflow.flush_async_logging()
+        self.monitor.finish()
+        if MLFLOW_ENABLE_ASYNC_LOGGING.get():
+            _flush_async()

@@ -338,6 +338,8 @@ def run_trial(
     )
     metrics["memory_kind"] = "vram" if metrics.get("peak_vram_gib") else "host_rss"
     system.finish()
+    if streams is not None:
+        streams.close()
     if main:
         record.save(result, out / "result.json")
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from sweep import live, metrics, tracking
+from sweep import live, metrics, stream, tracking
 from sweep.config import compose
 from sweep.record import run_info, save
 from sweep.trial import run_trial
@@ -51,6 +51,24 @@ def test_a_trial_streams_its_steps_into_the_run_the_sweep_created(tmp_path):
     assert len(_history(c, rid, "train_loss")) == 8  # the curve is not logged twice
     assert done.data.tags["device"] == result.meta["device"]
     assert done.data.tags["device_class"] == (result.meta["device_class"] or "-")  # "-": CPU
+
+
+def test_the_stream_drains_while_the_trial_evaluates_and_close_waits_for_it():
+    # The logging thread polls its queue once a second, so the flush starts at the end of
+    # training (in the background, beside the evaluation) instead of at the trial's end.
+    cfg = compose(tiny("method=lora"))
+    parent = tracking.parent_run("drain", {}, [])
+    c = tracking.client()
+    for ends in (True, False):  # training ended, or stopped by an error: close() flushes
+        rid = live.start_run(parent, f"000{int(ends)}-lora", run_info(cfg))
+        streams = stream.LiveMetrics(rid)
+        streams.log({"train_loss": 1.5}, 1)
+        if ends:
+            streams.on_train_end(None, None, None)
+            streams._flush.join(timeout=30)
+            assert _history(c, rid, "train_loss") == [1.5]  # drained before close()
+        streams.close()
+        assert _history(c, rid, "train_loss") == [1.5]
 
 
 def test_a_dead_workers_run_is_closed_killed_when_the_sweep_resumes(tmp_path):
