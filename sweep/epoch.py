@@ -14,6 +14,9 @@ its measured tokens/s (and dollars from its GPU class's price; a CPU has none). 
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import math
 from dataclasses import replace
 from typing import Any
@@ -41,8 +44,20 @@ def trial_cost_usd(row: Any, gpus: list[GpuClass]) -> float:
 def gpu_config(record: dict[str, Any]) -> Config | None:
     """The trial's config as it would run on a bf16 GPU (precision auto); None if unreadable."""
     try:
-        cfg = to_config(dict(record["run"]["config"]))
-    except (KeyError, TypeError, ConfigError):
+        text = json.dumps(dict(record["run"]["config"]), sort_keys=True)
+    except (KeyError, TypeError, ValueError):
+        return None
+    cfg = _gpu_config(text)
+    return None if cfg is None else copy.deepcopy(cfg)
+
+
+@functools.lru_cache(maxsize=256)
+def _gpu_config(text: str) -> Config | None:
+    """Parsed once per config: the report asks for each trial on every tier, and composing a
+    Config takes milliseconds."""
+    try:
+        cfg = to_config(json.loads(text))
+    except (TypeError, ConfigError):
         return None
     cfg.train = replace(cfg.train, precision="auto")
     return cfg

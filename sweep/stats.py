@@ -44,21 +44,24 @@ def _resample(
     groups: list[list[np.ndarray]], samples: int, seed: int
 ) -> np.ndarray:  # (samples,) means of sum over parts
     """Bootstrap the mean of `parts[0] - parts[1] ...` style stacks: groups[s] holds, per seed
-    s, the aligned arrays to combine (one for a mean, two for a paired difference)."""
+    s, the aligned arrays to combine (one for a mean, two for a paired difference). Each sample
+    draws k seeds with replacement, then each drawn seed's items with replacement; the draws
+    are made a block of samples at a time (a report makes dozens of these)."""
     rng = np.random.default_rng(seed)
-    out = np.empty(samples)
     k = len(groups)
-    for i in range(samples):
-        picked = rng.integers(0, k, k) if k > 1 else np.zeros(1, dtype=int)
-        total, count = 0.0, 0
-        for s in picked:
-            parts = groups[s]
-            idx = rng.integers(0, len(parts[0]), len(parts[0]))
-            values = parts[0][idx] if len(parts) == 1 else parts[0][idx] - parts[1][idx]
-            total += values.sum()
-            count += len(idx)
-        out[i] = total / count
-    return out
+    picked = rng.integers(0, k, (samples, k)) if k > 1 else np.zeros((samples, 1), dtype=int)
+    total, count = np.zeros(samples), np.zeros(samples)
+    for s, parts in enumerate(groups):
+        values = parts[0] if len(parts) == 1 else parts[0] - parts[1]
+        n, times = len(values), (picked == s).sum(1)  # times: how often each sample drew s
+        block = max(1, 2_000_000 // n)  # index draws held at once
+        for j in range(int(times.max())):
+            rows = np.flatnonzero(times > j)  # the samples that drew s a (j+1)-th time
+            for lo in range(0, len(rows), block):
+                r = rows[lo : lo + block]
+                total[r] += values[rng.integers(0, n, (len(r), n))].sum(1)
+        count += times * n
+    return total / count
 
 
 def bootstrap_mean(
