@@ -8,7 +8,14 @@ import torch
 
 from sweep.bench import bare_loop, eval_speed, peer, sft_peer, sweep_time
 from sweep.bench.__main__ import main
-from sweep.bench.parts import PARTS, SECTION_ORDER, keep_previous, ratio_rows, write
+from sweep.bench.parts import (
+    PARTS,
+    SECTION_ORDER,
+    _sweep_section,
+    keep_previous,
+    ratio_rows,
+    write,
+)
 from sweep.config import compose
 from sweep.frame import overhead, to_frame
 from sweep.record import TrialResult
@@ -210,6 +217,9 @@ def test_sweep_rounds_run_abba_and_compare_the_sums(tmp_path, monkeypatch):
     # a later sweep reads the untuned base from the cache: the walls less those phases
     assert summary["harness_base_eval_s"] == [38.0, 35.0]
     assert summary["harness / peer, base cached"] == pytest.approx((220.0 - 73.0) / 240.0)
+    text = "\n".join(_sweep_section({"sweep": summary, "overhead": OVERHEAD, "trials": trials}))
+    assert "Ratio 0.917 (rounds 0.769, 1.091)." in text  # each round: its harness over its peer
+    assert "spent 38 + 35 s evaluating the untuned base" in text
     rows = ratio_rows({"sweep": summary, "overhead": OVERHEAD})
     assert rows[:2] == [
         ("2. sweep wall time, harness / peer", "0.917", "<= 0.9 (CPU)"),

@@ -238,7 +238,8 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
         f"harness {' + '.join(f'{w:.0f}' for w in s.get('harness_walls_s', [s['harness_s']]))}"
         f" = {s['harness_s']:.0f} s, peer "
         f"{' + '.join(f'{w:.0f}' for w in s.get('peer_walls_s', [s['peer_s']]))} = "
-        f"{s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}.{_cached_base(s)} Per trial, "
+        f"{s['peer_s']:.0f} s. Ratio {s['harness / peer']:.3f}{_round_ratios(s)}."
+        f"{_cached_base(s)} Per trial, "
         "first round: the "
         f"training loops took {s['harness_train_s']:.0f} s (harness: logits only where the "
         f"loss is, `train.loss_logits=answer`) and {s['peer_train_s']:.0f} s (peer: a plain "
@@ -253,6 +254,14 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
         f"{o['load_s_per_trial']:.2f} s, then data, method set-up, saving and exit): "
         f"{o['share']:.1%} of trial wall time over {o['trials']} trials.",
     ]
+
+
+def _round_ratios(s: dict[str, Any]) -> str:
+    """Each round's own ratio (its harness run over its peer run): how far the machine drifted."""
+    h, p = s.get("harness_walls_s", []), s.get("peer_walls_s", [])
+    if len(h) < 2 or len(h) != len(p):
+        return ""
+    return f" (rounds {', '.join(f'{a / b:.3f}' for a, b in zip(h, p, strict=True))})"
 
 
 def _cached_base(s: dict[str, Any]) -> str:
