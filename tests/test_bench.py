@@ -483,7 +483,10 @@ def test_each_part_renders_its_section_from_the_results(tmp_path):
         "17.3 ms bare, 24.3 ms harness: 8.0 ms per step, 0.32% of the LoRA r=16 step above."
     )
     sweep = PARTS["sweep"].section(results)
-    assert "harness 605 + 668 = 1273 s, peer 687 + 668 = 1355 s. Ratio 0.939." in sweep[3]
+    assert (
+        "harness 605 + 668 = 1273 s, peer 687 + 668 = 1355 s. Ratio 0.939 (rounds 0.880, 1.000)."
+        in sweep[3]
+    )
     assert sweep[-1] == (
         "2.7 s per trial outside the training loop and evaluation (process start 0.47 s, model "
         "load 0.98 s, then data, method set-up, saving and exit): 2.3% of trial wall time over "
