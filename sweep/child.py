@@ -37,8 +37,9 @@ def gpu_present() -> bool:
 def preload_modules(cuda: bool) -> list[str]:
     """What the fork server imports once for all trials: the whole trial module (torch,
     transformers, peft, bitsandbytes, ...), reasoning_gym (the default task, imported lazily by
-    sweep.data) and sweep.tracking with MLflow and its SQL store (a trial's live run imports them: 1.9 s on 2
-    cores; importing starts no thread, so forking after it is safe): sweep.preload.FULL. With a
+    sweep.data) and sweep.tracking with MLflow and its SQL store (a trial's live run imports
+    them: 1.9 s on 2 cores; importing starts no thread, so forking after it is safe):
+    sweep.preload.FULL. With a
     GPU, through sweep.gpu_server, which keeps CUDA uninitialized meanwhile."""
     from sweep.preload import FULL
 

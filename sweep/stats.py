@@ -45,8 +45,8 @@ def _resample(
 ) -> np.ndarray:  # (samples,) means of sum over parts
     """Bootstrap the mean of `parts[0] - parts[1] ...` style stacks: groups[s] holds, per seed
     s, the aligned arrays to combine (one for a mean, two for a paired difference). Each sample
-    draws k seeds with replacement, then each drawn seed's items with replacement; the draws
-    are made a block of samples at a time (a report makes dozens of these)."""
+    draws k seeds with replacement, then each drawn seed's items with replacement; the item
+    draws are made for many samples at once (a report makes dozens of these)."""
     rng = np.random.default_rng(seed)
     k = len(groups)
     picked = rng.integers(0, k, (samples, k)) if k > 1 else np.zeros((samples, 1), dtype=int)
