@@ -125,22 +125,26 @@ def _run_throughput(s: Settings) -> dict[str, Any]:
     }
 
 
-def _with_interval(median: float, rounds: str | None, target: float) -> str:
-    """A paired ratio as the table gives it: the median of the rounds, the 95% interval of
-    their mean, and whether that interval clears the target (paired.verdict)."""
-    ratios = [float(x) for x in (rounds or "").split()]
+def _with_interval(value: float, ratios: list[float], target: float, at_least: bool = True) -> str:
+    """A paired ratio as the table gives it: its value, the 95% interval of the rounds' mean
+    ratio, and whether that interval clears the target (paired.verdict)."""
     lo, hi = ratio_interval(ratios)
     if math.isnan(lo):
-        return f"{median:.3f}"
-    v = verdict((lo, hi), target)
-    return f"{median:.3f} (95% interval {lo:.2f}-{hi:.2f} over {len(ratios)} rounds: {v})"
+        return f"{value:.3f}"
+    v = verdict((lo, hi), target, at_least)
+    return f"{value:.3f} (95% interval {lo:.2f}-{hi:.2f} over {len(ratios)} rounds: {v})"
+
+
+def _floats(rounds: str | None) -> list[float]:
+    """A table's "round ratios" cell ("1.01 0.98 ...") as numbers."""
+    return [float(x) for x in (rounds or "").split()]
 
 
 def _throughput_ratios(results: dict[str, Any]) -> list[Ratio]:
     return [
         (
             f"1. training tokens/s, harness / bare, {r['approach']}",
-            _with_interval(r["harness / bare"], r.get("round ratios"), 0.97),
+            _with_interval(r["harness / bare"], _floats(r.get("round ratios")), 0.97),
             ">= 0.97",
         )
         for r in results["throughput"]
@@ -199,24 +203,23 @@ def _run_sweep(s: Settings) -> dict[str, Any]:
 
 
 def _sweep_ratios(results: dict[str, Any]) -> list[Ratio]:
+    """The sweep rows; with several rounds, each with the 95% interval of the rounds' own ratios
+    (a round: a harness run and the peer run beside it in ABBA order) and its verdict."""
     gpu = results.get("environment", {}).get("device") == "cuda"  # issue 17's targets per device
+    s, target = results["sweep"], 1.0 if gpu else 0.9
+    h, p = s.get("harness_walls_s", []), s.get("peer_walls_s", [])
+    paired = len(h) == len(p)
+    rows = [("2. sweep wall time, harness / peer", "harness / peer", [0.0] * len(h))]
+    if "harness / peer, base cached" in s:
+        name = "2. the same, a later sweep (untuned base cached; derived)"
+        rows.append((name, "harness / peer, base cached", s["harness_base_eval_s"]))
+    ratio = [
+        (name, [(a - c) / b for a, b, c in zip(h, p, less, strict=True)] if paired else [], key)
+        for name, key, less in rows
+    ]
+    limit = f"<= {target} ({'GPU' if gpu else 'CPU'})"
     return [
-        (
-            "2. sweep wall time, harness / peer",
-            f"{results['sweep']['harness / peer']:.3f}",
-            "<= 1.0 (GPU)" if gpu else "<= 0.9 (CPU)",
-        ),
-        *(
-            [
-                (
-                    "2. the same, a later sweep (untuned base cached; derived)",
-                    f"{results['sweep']['harness / peer, base cached']:.3f}",
-                    "<= 1.0 (GPU)" if gpu else "<= 0.9 (CPU)",
-                )
-            ]
-            if "harness / peer, base cached" in results["sweep"]
-            else []
-        ),
+        *((n, _with_interval(s[k], r, target, at_least=False), limit) for n, r, k in ratio),
         (
             "3. per-trial fixed overhead share",
             f"{results['overhead']['share']:.1%}",
@@ -298,7 +301,7 @@ def _sft_ratios(results: dict[str, Any]) -> list[Ratio]:
     return [
         (
             f"5. training tokens/s, harness / TRL SFTTrainer, {r['approach']}",
-            f"{_with_interval(r['harness / SFTTrainer'], r.get('round ratios'), 1.1)}; peak memory "
+            f"{_with_interval(r['harness / SFTTrainer'], _floats(r.get('round ratios')), 1.1)}; peak memory "
             f"{_gib(r['harness peak GiB (median)'])} vs {_gib(r['SFTTrainer peak GiB (median)'])}"
             " GiB",
             ">= 1.1",
