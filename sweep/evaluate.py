@@ -7,7 +7,8 @@ first line of the generated text (generation stops there), or the whole text for
 reads it all (dataset.scorer=gsm8k: reasoning, then '#### N'; sweep/scorers.py). Accuracy is the
 share of items answered right, task_score the mean of the task's scores. A trial's final
 evaluation (`loss_and_accuracy`) scores the eval loss and prefills the generation cache in one
-forward pass, so the prompts are run through the model once, not twice.
+forward pass, so the prompts are run through the model once, not twice. Decoding drops each row
+from the batch (and its cache) once its answer is written (`_greedy`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ def answer_line_done(tok: Any, prompt_width: int) -> Any:
     return AnswerLineDone()
 
 
+# generation-config keys that leave greedy choices alone (ids, output flags, sampling settings
+# that greedy ignores, lengths we set): a model whose config sets any other (a repetition
+# penalty, banned words, beams...) is decoded by `generate`, which applies it
+PLAIN_GREEDY_KEYS = {
+    "_from_model_config", "transformers_version", "bos_token_id", "eos_token_id",
+    "pad_token_id", "decoder_start_token_id", "use_cache", "output_attentions",
+    "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+    "do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p", "max_length",
+    "max_new_tokens", "cache_implementation",
+}  # fmt: skip
+
+
+def plain_greedy(model: Any) -> bool:
+    """Whether greedy decoding of this model is a plain argmax per step (no logits processor
+    from its generation config)."""
+    config = getattr(model, "generation_config", None)
+    return config is None or set(config.to_diff_dict()) <= PLAIN_GREEDY_KEYS
+
+
 def _greedy(
     model: Any,
     tok: Any,
@@ -69,13 +89,79 @@ def _greedy(
     mask: torch.Tensor,
     n: int,
     first_line: bool = True,
-    **kw: Any,
+    past_key_values: Any = None,
 ) -> list[str]:
-    """Greedy continuation of left-padded prompts (kw: a prompt cache) until each row's answer
-    line is complete (with first_line; else its end of turn) or `n` tokens; the decoded new text."""
+    """Greedy continuation of left-padded prompts until each row's answer line is complete
+    (with first_line; else its end of turn) or `n` tokens; the decoded new text.
+
+    past_key_values: a cache of every prompt column but the last (`_one_batch`'s prefill). A
+    row that is done leaves the batch, its cache rows with it, so the steps after it compute
+    only the rows still writing: a batch's decoding costs the tokens written, not its size
+    times its longest answer (a tuned model answers in 2-3 tokens, and one row in a batch that
+    runs to the limit used to keep all of them decoding). Same argmax per step as `generate`,
+    which decodes instead where the model's generation config changes greedy choices or its
+    cache cannot drop rows."""
+    cache = past_key_values
+    if not plain_greedy(model) or (cache is not None and not _selectable(cache)):
+        return _generate(model, tok, ids, mask, n, first_line, cache)
+    start = cache.get_seq_length() if cache is not None else 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+    step = ids[:, start:]
+    eos = {tok.eos_token_id} - {None}
+    rows = list(range(len(ids)))  # the batch's rows still writing, by their place in `ids`
+    written: list[list[int]] = [[] for _ in rows]
+    for _ in range(n):
+        out = model(
+            input_ids=step,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if not _selectable(out.past_key_values):  # a cache class of the model's own
+            return _generate(model, tok, ids, mask, n, first_line)
+        cache, chosen = out.past_key_values, out.logits[:, -1].argmax(-1)
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
+            written[row].append(token)
+            if token not in eos and not (first_line and _line_done(tok, written[row])):
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, device=ids.device)
+            cache.batch_select_indices(idx)
+            chosen, mask, pos, rows = chosen[idx], mask[idx], pos[idx], [rows[i] for i in keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        step, pos = chosen[:, None], pos[:, -1:] + 1
+    return tok.batch_decode(written, skip_special_tokens=True)
+
+
+def _selectable(cache: Any) -> bool:
+    """Whether rows can leave this cache (transformers' Cache classes can)."""
+    return hasattr(cache, "batch_select_indices")
+
+
+def _line_done(tok: Any, written: list[int]) -> bool:
+    """answer_line_done for one row: its first non-empty line has ended."""
+    return "\n" in tok.decode(written, skip_special_tokens=True).lstrip()
+
+
+def _generate(
+    model: Any,
+    tok: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
+    first_line: bool = True,
+    past_key_values: Any = None,
+) -> list[str]:
+    """`_greedy` through transformers' `generate` (every row decodes until the batch is done)."""
     from transformers import StoppingCriteriaList
 
     stop = [answer_line_done(tok, ids.shape[1])] if first_line else []
+    kw = {} if past_key_values is None else {"past_key_values": past_key_values}
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,

@@ -191,4 +191,19 @@ def load_model(
     )
     if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
         raise ConfigError(f"model {path!r} has no linear layers to fine-tune or target")
+    contiguous_head_input(model)
     return model
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Give the output layer a contiguous copy of its input.
+
+    Logits of some columns only (`logits_to_keep`: the answer's columns in training, in
+    evaluation) come from a strided slice of the hidden states, which torch multiplies by the
+    output embedding as a batched product with the weight expanded per row: on CPU 1.15 s
+    against 0.25 s for the copy and one matrix product (125 rows x 6 columns of SmolLM2's
+    49,152-token head), about a fifth of an evaluation's time.
+    """
+    head = model.get_output_embeddings()
+    if isinstance(head, torch.nn.Module):
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
