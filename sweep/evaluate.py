@@ -49,6 +49,11 @@ def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def line_ended(text: str) -> bool:
+    """Whether a generation's first non-empty line has ended (its answer is then complete)."""
+    return "\n" in text.lstrip()
+
+
 def answer_line_done(tok: Any, prompt_width: int) -> Any:
     """A stopping criterion: a row is done once its first non-empty line has ended. The answer
     is that line (`extract_answer`), so the tokens after it cannot change any answer."""
@@ -57,7 +62,7 @@ def answer_line_done(tok: Any, prompt_width: int) -> Any:
     class AnswerLineDone(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
             texts = tok.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
-            done = ["\n" in t.lstrip() for t in texts]
+            done = [line_ended(t) for t in texts]
             return torch.tensor(done, device=input_ids.device)
 
     return AnswerLineDone()
@@ -144,8 +149,8 @@ def _selectable(cache: Any) -> bool:
 
 
 def _line_done(tok: Any, written: list[int]) -> bool:
-    """answer_line_done for one row: its first non-empty line has ended."""
-    return "\n" in tok.decode(written, skip_special_tokens=True).lstrip()
+    """answer_line_done for one row's tokens."""
+    return line_ended(tok.decode(written, skip_special_tokens=True))
 
 
 def _generate(
