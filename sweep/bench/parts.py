@@ -207,25 +207,29 @@ def _sweep_ratios(results: dict[str, Any]) -> list[Ratio]:
     (a round: a harness run and the peer run beside it in ABBA order) and its verdict."""
     gpu = results.get("environment", {}).get("device") == "cuda"  # issue 17's targets per device
     s, target = results["sweep"], 1.0 if gpu else 0.9
-    h, p = s.get("harness_walls_s", []), s.get("peer_walls_s", [])
-    paired = len(h) == len(p)
-    rows = [("2. sweep wall time, harness / peer", "harness / peer", [0.0] * len(h))]
+    limit = f"<= {target} ({'GPU' if gpu else 'CPU'})"
+    rows = [("2. sweep wall time, harness / peer", s["harness / peer"], _rounds(s))]
     if "harness / peer, base cached" in s:
         name = "2. the same, a later sweep (untuned base cached; derived)"
-        rows.append((name, "harness / peer, base cached", s["harness_base_eval_s"]))
-    ratio = [
-        (name, [(a - c) / b for a, b, c in zip(h, p, less, strict=True)] if paired else [], key)
-        for name, key, less in rows
-    ]
-    limit = f"<= {target} ({'GPU' if gpu else 'CPU'})"
+        cached = _rounds(s, s["harness_base_eval_s"])
+        rows.append((name, s["harness / peer, base cached"], cached))
     return [
-        *((n, _with_interval(s[k], r, target, at_least=False), limit) for n, r, k in ratio),
+        *((name, _with_interval(v, r, target, at_least=False), limit) for name, v, r in rows),
         (
             "3. per-trial fixed overhead share",
             f"{results['overhead']['share']:.1%}",
             "<= 10% (GPU)" if gpu else "<= 5% (CPU)",
         ),
     ]
+
+
+def _rounds(s: dict[str, Any], less: list[float] | None = None) -> list[float]:
+    """Each round's own ratio: its harness run's wall (less `less`, a phase of each) over its
+    peer run's; [] where the runs do not pair up."""
+    h, p = s.get("harness_walls_s", []), s.get("peer_walls_s", [])
+    if len(h) != len(p):
+        return []
+    return [(a - c) / b for a, b, c in zip(h, p, less or [0.0] * len(h), strict=True)]
 
 
 def _sweep_section(results: dict[str, Any]) -> list[str]:
@@ -261,10 +265,8 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
 
 def _round_ratios(s: dict[str, Any]) -> str:
     """Each round's own ratio (its harness run over its peer run): how far the machine drifted."""
-    h, p = s.get("harness_walls_s", []), s.get("peer_walls_s", [])
-    if len(h) < 2 or len(h) != len(p):
-        return ""
-    return f" (rounds {', '.join(f'{a / b:.3f}' for a, b in zip(h, p, strict=True))})"
+    rounds = _rounds(s)
+    return f" (rounds {', '.join(f'{r:.3f}' for r in rounds)})" if len(rounds) > 1 else ""
 
 
 def _cached_base(s: dict[str, Any]) -> str:
