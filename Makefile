@@ -39,7 +39,7 @@ report: $(STAMP) ## rebuild reports/<EXP>/ from what was logged: make report EXP
 	$(BIN)/python -m sweep report $(EXP)
 
 ui: $(STAMP) ## open the MLflow UI over the tracking store; prints the runs table's address for EXP
-	@$(BIN)/python -c "from sweep.tracking import ui_url; print('runs of $(EXP):', ui_url('$(EXP)', '$(HOST)', $(PORT)))"
+	@$(BIN)/python -c "from sweep.results.tracking import ui_url; print('runs of $(EXP):', ui_url('$(EXP)', '$(HOST)', $(PORT)))"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
 
 test: $(STAMP) ## run the offline CPU test suite (GPU tests skip without CUDA)

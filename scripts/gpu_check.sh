@@ -49,7 +49,7 @@ has sweep && step "default sweep on the GPU" && timeout ${SWEEP_S:-120} $PY -m s
 has sweep && { [ -f reports/gpu_default/report.md ] || timeout 30 $PY -m sweep report gpu_default >/dev/null 2>&1; }
 has inference && timeout 45 $PY -m sweep inference gpu_default 2>&1 | tail -5
 
-has tests && step "gpu tests" && timeout ${TESTS_S:-120} $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_measure.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+has tests && step "gpu tests" && timeout ${TESTS_S:-120} $PY -m pytest -q -m gpu tests/test_gpu.py tests/trial/test_measure.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
 
 # make bench, one part at a time (each keeps the parts already written). The sweep part gives the
 # GPU rows of issue 17: sweep wall harness / peer (<= 1.0) and the per-trial fixed cost (<= 10%).
@@ -88,7 +88,7 @@ fi
 # loading the 13 GB model).
 has realshape && step "real-shape memory (llama2_7b, random weights)" && timeout ${REAL_S:-300} $PY -m sweep.bench.real_shape --out "$OUT" 2>&1 | tee "$OUT/real-shape.log" | grep -v "^train\|it/s\]" | tail -20
 
-has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/test_trial.py tests/test_adapters.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
+has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/trial/test_run.py tests/adapters/test_trained.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
 
 step done
 tar -czf "$OUT/reports.tar.gz" reports/gpu_default reports/bench-gpu outputs/gpu_*/*/*/result.json 2>/dev/null

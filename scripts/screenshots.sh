@@ -44,7 +44,7 @@ read -r EXP RUN <<<"$ids"
 shot() {  # shot FILE URL [cdp_shot.py option...]
   .venv/bin/python scripts/cdp_shot.py "$2" "$1" --wait-s 90 "${@:3}"
 }
-# workflowType: MLflow 3.17's UI opens in its GenAI view without it (sweep.tracking.ui_url).
+# workflowType: MLflow 3.17's UI opens in its GenAI view without it (sweep.results.tracking.ui_url).
 UI_URL="http://127.0.0.1:$PORT/#/experiments/$EXP/runs"
 CLOSE_ASSISTANT='[data-component-id="mlflow.assistant.chat_panel.close"]'  # the side panel
 # the parent run's row opens onto its trials; a trial's 7 charts take 3 rows of 3;

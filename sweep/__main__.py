@@ -21,22 +21,23 @@ import os
 import sys
 from pathlib import Path
 
-from sweep.config import ConfigError
+from sweep.settings.compose import ConfigError
 
 USAGE = __doc__.split("\n\n")[1]
 
 
 def _trial(overrides: list[str]) -> int:
-    from sweep.config import compose
-    from sweep.preflight import preflight
-    from sweep.trial import run_trial, summary
+    from sweep.settings.compose import compose
+    from sweep.trial.preflight import preflight
+    from sweep.trial.run import run_trial
+    from sweep.trial.summary import summary
 
     cfg = compose(overrides)
     preflight(cfg)
     out = Path(cfg.output_dir, cfg.experiment, "single", _stamp())
     print(f"[trial] {' '.join(overrides) or '(defaults)'} -> {out}", flush=True)
-    if cfg.train.gpus > 1:  # one process per device, started by accelerate (sweep.parallel)
-        from sweep.launch import launch
+    if cfg.train.gpus > 1:  # one process per device, started by accelerate (sweep.launch.parallel)
+        from sweep.launch.launch import launch
 
         result = launch(cfg, out, timeout_s=0)
     else:
@@ -53,16 +54,16 @@ def _stamp() -> str:
 
 
 def _run(overrides: list[str]) -> int:
-    from sweep.child import start_trial_server
+    from sweep.launch.child import start_trial_server
 
     start_trial_server()  # its imports run while this process imports and sets up the sweep
-    from sweep.study import run_sweep
+    from sweep.study.study import run_sweep
 
     return run_sweep(overrides)
 
 
 def _report(args: list[str]) -> int:
-    from sweep.report import rebuild
+    from sweep.results.report import rebuild
 
     if len(args) != 1:
         raise ConfigError("usage: python -m sweep report EXPERIMENT (make report EXP=<name>)")
@@ -73,8 +74,8 @@ def _report(args: list[str]) -> int:
 def _check(overrides: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from sweep.config import compose
-    from sweep.preflight import preflight
+    from sweep.settings.compose import compose
+    from sweep.trial.preflight import preflight
 
     cfg = compose(overrides)
     preflight(cfg)  # model files and every dataset row
@@ -83,7 +84,7 @@ def _check(overrides: list[str]) -> int:
 
 
 def _generate(args: list[str]) -> int:
-    from sweep.adapters import generate
+    from sweep.adapters.trained import generate
 
     rest = [a for a in args if a != "--merged"]
     if len(rest) < 2:
@@ -98,7 +99,7 @@ def _generate(args: list[str]) -> int:
 
 
 def _export(args: list[str]) -> int:
-    from sweep.adapters import export
+    from sweep.adapters.trained import export
 
     if len(args) != 2:
         raise ConfigError(
@@ -109,20 +110,20 @@ def _export(args: list[str]) -> int:
 
 
 def _plan(args: list[str]) -> int:
-    from sweep.plan_cli import main as plan_main
+    from sweep.cli.plan import main as plan_main
 
     return plan_main(args)
 
 
 def _probe(args: list[str]) -> int:
-    from sweep.probe import main as probe_main
+    from sweep.cli.probe import main as probe_main
 
     return probe_main(args)
 
 
 def _inference(args: list[str]) -> int:
-    from sweep.inference import inference_report
-    from sweep.report import rebuild
+    from sweep.adapters.inference import inference_report
+    from sweep.results.report import rebuild
 
     if len(args) != 1:
         raise ConfigError("usage: python -m sweep inference EXPERIMENT (make inference EXP=<name>)")
@@ -132,7 +133,7 @@ def _inference(args: list[str]) -> int:
 
 
 def _repair(args: list[str]) -> int:
-    from sweep.storage import repair_journal
+    from sweep.results.storage import repair_journal
 
     if len(args) != 1 or not Path(args[0]).is_file():
         raise ConfigError("usage: python -m sweep repair-journal PATH (an optuna.journal file)")

@@ -1,4 +1,4 @@
-"""User scorers for tests/test_scorers.py, named by dotted path (dataset.scorer=tests.scorer_fns:...)."""
+"""User scorers for tests/trial/test_scorers.py, named by dotted path (dataset.scorer=tests.scorer_fns:...)."""
 
 from __future__ import annotations
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from sweep import methods
-from sweep.config import compose
-from sweep.launch import launch
-from sweep.measure import peak_tflops
-from sweep.trial import run_trial
+from sweep.launch.launch import launch
+from sweep.settings.compose import compose
+from sweep.trial import methods
+from sweep.trial.measure import peak_tflops
+from sweep.trial.run import run_trial
 
 from .conftest import tiny
 
@@ -88,14 +88,14 @@ def test_one_trial_over_two_gpus_records_both_ranks(tmp_path, parallel):
 
 
 def test_the_trial_server_preloads_bitsandbytes_and_its_children_use_cuda(tmp_path):
-    # sweep.gpu_server on a real GPU: the server imported peft and bitsandbytes (with its CUDA
+    # sweep.launch.gpu_server on a real GPU: the server imported peft and bitsandbytes (with its CUDA
     # library) without initializing CUDA, so a forked trial runs a 4-bit kernel at once; and no
     # import asked for CUDA and went on when refused (it could have cached a wrong answer).
     (tmp_path / "probe.py").write_text(
         "import sys\n"
         "def probe(q):\n"
-        "    preloaded = all(m in sys.modules for m in ('peft', 'bitsandbytes', 'sweep.trial'))\n"
-        "    import torch, bitsandbytes.functional as F, sweep.preload as p\n"
+        "    preloaded = all(m in sys.modules for m in ('peft', 'bitsandbytes', 'sweep.trial.run'))\n"
+        "    import torch, bitsandbytes.functional as F, sweep.launch.preload as p\n"
         "    from bitsandbytes.cextension import lib\n"
         "    x = torch.randn(64, 64, device='cuda', dtype=torch.bfloat16)\n"
         "    w, state = F.quantize_4bit(x, quant_type='nf4')\n"
@@ -106,7 +106,7 @@ def test_the_trial_server_preloads_bitsandbytes_and_its_children_use_cuda(tmp_pa
     script = (
         "import multiprocessing as mp\n"
         "from probe import probe\n"
-        "from sweep.child import preload_modules\n"
+        "from sweep.launch.child import preload_modules\n"
         "import os; os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] = '1'\n"
         "ctx = mp.get_context('forkserver')\n"
         "ctx.set_forkserver_preload(preload_modules(True))\n"

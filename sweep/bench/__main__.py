@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep import record
 from sweep.bench.parts import OUT, PARTS, Settings, keep_previous, ratio_rows, write
-from sweep.config import ConfigError, compose
+from sweep.results import record
+from sweep.settings.compose import ConfigError, compose
 
 
 def _positive(text: str) -> int:

@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
-from sweep import budget, data, methods, models
-from sweep.child import enter
-from sweep.config import to_config
-from sweep.measure import step_clock, sync
-from sweep.schema import Config
-from sweep.validate import pack_row_len, resolve_packing
+from sweep.launch.child import enter
+from sweep.planning import budget
+from sweep.settings.compose import to_config
+from sweep.settings.schema import Config
+from sweep.settings.validate import pack_row_len, resolve_packing
+from sweep.trial import batches, data, methods, models
+from sweep.trial.measure import step_clock, sync
 
 
 def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:
@@ -70,7 +71,7 @@ def run(cfg: Config) -> dict[str, Any]:
     path = models.resolve(cfg.model, cfg.cache_dir)
     tok = models.load_tokenizer(path)
     task = data.load_task(cfg.dataset, budget.examples_needed(t), cfg.eval.size)
-    rows = [data.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
+    rows = [batches.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
     model = hand_written_model(cfg, path)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -84,7 +85,7 @@ def run(cfg: Config) -> dict[str, Any]:
         batch_size=t.batch_size,
         sampler=order,
         # padded or packed (train.packing) as the harness trial's
-        collate_fn=data.train_collate(
+        collate_fn=batches.train_collate(
             tok.pad_token_id, resolve_packing(cfg), t.loss_logits == "answer", pack_row_len(cfg)
         ),
     )
@@ -101,9 +102,9 @@ def run(cfg: Config) -> dict[str, Any]:
     sync()
     mark = time.perf_counter()
     for batch in loader:
-        batch = data.to_device(batch, dev)
+        batch = batches.to_device(batch, dev)
         with autocast:
-            loss = model(**data.model_inputs(batch)).loss
+            loss = model(**batches.model_inputs(batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -117,7 +118,7 @@ def run(cfg: Config) -> dict[str, Any]:
             measured_s += now - mark
             step_s.append(now - mark)
             ends.append(time.time())
-            measured_tokens += data.batch_tokens(batch)
+            measured_tokens += batches.batch_tokens(batch)
             padded_tokens += batch["input_ids"].numel()
         mark = now
         if step >= total:

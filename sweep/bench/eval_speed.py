@@ -1,7 +1,7 @@
 """The batched evaluator against one-by-one greedy generation on the same prompts.
 
 Both decode greedily with the KV cache and stop a prompt once its answer line is complete; the
-batched path is the harness's own evaluator (`sweep.evaluate.generate`: left-padded batches of
+batched path is the harness's own evaluator (`sweep.trial.evaluate.generate`: left-padded batches of
 eval.batch_size). Answers must be identical;
 tokens/s counts the tokens each answer really has (up to its end of turn), the same for both.
 """
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList
 
-from sweep import data, evaluate, methods, models
-from sweep.measure import sync
-from sweep.schema import Config
+from sweep.settings.schema import Config
+from sweep.trial import batches, data, evaluate, methods, models
+from sweep.trial.measure import sync
 
 
 @torch.no_grad()
@@ -52,7 +52,7 @@ def run(cfg: Config) -> dict[str, Any]:
     tok = models.load_tokenizer(path)
     model = models.load_model(path, methods.dtype_for(cfg.train.precision)).eval()
     task = data.load_task(cfg.dataset, 1, e.size)
-    prompts = [data.prompt_ids(tok, ex.prompt, sp) for ex in task.eval]
+    prompts = [batches.prompt_ids(tok, ex.prompt, sp) for ex in task.eval]
     evaluate.generate(model, tok, prompts[:2], 2, 2)  # warm-up: first-call allocations
     sync()
     t0 = time.perf_counter()

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench.paired import core_halves, harness_trial, live_store, steady_rate
-from sweep.child import gpu_present
-from sweep.config import compose
-from sweep.cpus import CPUS_ENV
-from sweep.points import merge_overrides, slug
-from sweep.schema import Config
+from sweep.settings import hardware
+from sweep.settings.compose import compose
+from sweep.settings.cpus import CPUS_ENV
+from sweep.settings.schema import Config
+from sweep.study.points import merge_overrides, slug
 
 # (switch, its overrides, the approaches it is measured on, needs a GPU)
 SWITCHES: list[tuple[str, list[str], list[str], bool]] = [
@@ -58,7 +58,7 @@ def pair(
 def kernels(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[str, Any]]:
     """Per switch and approach: tokens/s with / without the switch, per round and median."""
     parent = live_store(work)
-    gpu = gpu_present()
+    gpu = hardware.gpu_present()
     rows = []
     for switch, extra, approaches, needs_gpu in SWITCHES:
         for approach in approaches:

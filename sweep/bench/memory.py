@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from sweep.bench import published, step_time
-from sweep.config import compose
-from sweep.trial import run_trial
+from sweep.settings.compose import compose
+from sweep.trial.run import run_trial
 
 APPROACHES = (
     ["method=full"],

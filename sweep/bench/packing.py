@@ -6,7 +6,7 @@
 The default task (reasoning-gym chain_sum) has examples of nearly equal length, so padding costs
 it little. Real fine-tuning data mixes short and long examples: here a JSONL file written by the
 bench itself (no download), prompts and answers of 10..300 words (about a token each, plus the
-chat template), spread evenly. Two harness trials on it (sweep.launch.launch, each in its own
+chat template), spread evenly. Two harness trials on it (sweep.launch.launch.launch, each in its own
 process as a sweep runs them), the same examples, batches and steps, one packing each batch's
 examples into rows (train.packing=true: first-fit decreasing into rows of up to the batch's
 longest example under sdpa) and one right-padding them; tokens/s counts the same non-padding
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep.bench.paired import steady_rate
-from sweep.config import compose
-from sweep.launch import launch
-from sweep.points import merge_overrides
+from sweep.launch.launch import launch
+from sweep.settings.compose import compose
+from sweep.study.points import merge_overrides
 
 COMMON = (  # about one token each, with the space before them
     "the of and to in is it that for on with as was at by be this from or have an are not but "

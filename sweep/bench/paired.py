@@ -3,7 +3,7 @@
 Each round runs a peer (sweep/bench/bare_loop.py, or TRL's SFTTrainer in sweep/bench/sft_peer.py)
 and a harness trial on the same settings in fresh processes forked from the same server as the
 sweep's trials; on CPU both at once, each pinned to its own half of the cores (core_halves), else
-one after the other. The harness trial streams its live MLflow run as in a sweep (sweep.live,
+one after the other. The harness trial streams its live MLflow run as in a sweep (sweep.study.live,
 into a store of the bench's own), so the ratio includes what live logging costs the step.
 """
 
@@ -18,14 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sweep import live, record, tracking
 from sweep.bench import bare_loop, sft_peer
-from sweep.child import gpu_present, trial_context
-from sweep.config import as_dict, compose
-from sweep.cpus import CPUS_ENV
-from sweep.launch import launch
-from sweep.points import merge_overrides, slug
-from sweep.schema import Config
+from sweep.launch.child import trial_context
+from sweep.launch.launch import launch
+from sweep.results import record, tracking
+from sweep.settings import hardware
+from sweep.settings.compose import as_dict, compose
+from sweep.settings.cpus import CPUS_ENV
+from sweep.settings.schema import Config
+from sweep.study import live
+from sweep.study.points import merge_overrides, slug
 
 APPROACHES = {
     "full": ["method=full"],
@@ -126,7 +128,7 @@ def verdict(interval: tuple[float, float], target: float, at_least: bool = True)
 def core_halves() -> tuple[str, str] | None:
     """Two disjoint halves of this process's CPU cores ("0", "1" on 2 cores), or None where
     there is a GPU (both sides would share it) or a single core."""
-    if not hasattr(os, "sched_getaffinity") or gpu_present():
+    if not hasattr(os, "sched_getaffinity") or hardware.gpu_present():
         return None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:

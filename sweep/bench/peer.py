@@ -22,11 +22,12 @@ import optuna
 import torch
 from transformers import Trainer, TrainingArguments
 
-from sweep import budget, data, evaluate, methods, models
 from sweep.bench import bare_loop
-from sweep.config import compose
-from sweep.points import grid_points, trial_overrides
-from sweep.schema import Config
+from sweep.planning import budget
+from sweep.settings.compose import compose
+from sweep.settings.schema import Config
+from sweep.study.points import grid_points, trial_overrides
+from sweep.trial import batches, data, evaluate, methods, models
 
 
 class GenerationEvalTrainer(Trainer):
@@ -53,7 +54,7 @@ class GenerationEvalTrainer(Trainer):
         model = self.model.eval()
         texts = [
             tok.apply_chat_template(
-                data.messages(ex.prompt, sp), add_generation_prompt=True, tokenize=False
+                batches.messages(ex.prompt, sp), add_generation_prompt=True, tokenize=False
             )
             for ex in self.task.eval
         ]
@@ -97,7 +98,9 @@ def run(overrides: list[str]) -> dict[str, Any]:
     path = models.resolve(first.model, first.cache_dir)
     tok = models.load_tokenizer(path)
     task = data.load_task(first.dataset, budget.examples_needed(t), e.size)
-    rows = [data.encode(tok, ex, t.max_seq_len, first.dataset.system_prompt) for ex in task.train]
+    rows = [
+        batches.encode(tok, ex, t.max_seq_len, first.dataset.system_prompt) for ex in task.train
+    ]
 
     def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
         # transformers 5 calls model_init before hp_space; suggesting the same name twice
@@ -142,7 +145,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
         model_init=model_init,
         args=args,
         train_dataset=rows,
-        data_collator=data.collate(tok.pad_token_id),  # logits everywhere, as Trainer users get
+        data_collator=batches.collate(tok.pad_token_id),  # logits everywhere, as Trainer users get
         processing_class=tok,
         task=task,
         cfg=first,

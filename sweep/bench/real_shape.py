@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from sweep import models
-from sweep.arch import llama_config, load_arch
-from sweep.config import ConfigError, compose
-from sweep.launch import launch
+from sweep.launch.launch import launch
+from sweep.planning.arch import llama_config, load_arch
+from sweep.settings.compose import ConfigError, compose
+from sweep.trial import models
 
 PUBLISHED_GB = {"full": "32-48", "lora": "12-16", "qlora": "6-8"}  # 7B, batch 1 x 512 (seed)
 APPROACHES = {

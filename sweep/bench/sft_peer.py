@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 
-from sweep import budget, data, methods, models, recipe
-from sweep.child import enter
-from sweep.config import to_config
-from sweep.measure import GIB, host_peak_rss_bytes, reset_host_peak, step_clock, sync
-from sweep.schema import Config
+from sweep.launch.child import enter
+from sweep.planning import budget, recipe
+from sweep.settings.compose import to_config
+from sweep.settings.schema import Config
+from sweep.trial import batches, data, methods, models
+from sweep.trial.measure import GIB, host_peak_rss_bytes, reset_host_peak, step_clock, sync
 
 # SFTConfig fields whose TRL defaults decide how it trains (recorded as found in the installed
 # version; those missing there are left out).
@@ -55,7 +56,7 @@ TRL_DEFAULT_KEYS = (
 )
 
 
-def dataset(cfg: Config, tok: Any) -> tuple[Any, data.Encoded]:
+def dataset(cfg: Config, tok: Any) -> tuple[Any, batches.Encoded]:
     """The harness's train examples as TRL's conversational prompt/completion rows (the prompt
     with the dataset's system prompt, as the harness renders it; the completion the answer), and
     the harness's own encoding of them: the max length it trains at (train.max_seq_len, or sized
@@ -66,12 +67,12 @@ def dataset(cfg: Config, tok: Any) -> tuple[Any, data.Encoded]:
     task = data.load_task(cfg.dataset, budget.examples_needed(t), cfg.eval.size)
     rows = [
         {
-            "prompt": data.messages(ex, sp),
+            "prompt": batches.messages(ex, sp),
             "completion": [{"role": "assistant", "content": ex.answer}],
         }
         for ex in task.train
     ]
-    return Dataset.from_list(rows), data.encode_train(tok, task.train, t.max_seq_len, sp)
+    return Dataset.from_list(rows), batches.encode_train(tok, task.train, t.max_seq_len, sp)
 
 
 def _measure_callback() -> Any:

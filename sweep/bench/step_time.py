@@ -2,7 +2,7 @@
 
     python -m sweep.bench.step_time          # part of make bench-plan
 
-`make probe`'s fit (sweep.probe.fit: MFU and fixed cost from two batch sizes, here 4 and 16)
+`make probe`'s fit (sweep.cli.probe.fit: MFU and fixed cost from two batch sizes, here 4 and 16)
 predicts every point of the default grid (full FT, LoRA at ranks 4, 16, 64, QLoRA r=16) at the
 grid's own batch of 8, which the fit never saw; each point runs short harness trials beside
 it. On a CPU the peak is a short matmul probe's. Noise on a shared 2-core machine: one trial's
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep import cost, probe
+from sweep.cli import probe
+from sweep.planning import cost
 
 CALIBRATE_AT = (4, 16)
 GRID = {  # the default grid's points, per approach (each calibrated at the approach's default)

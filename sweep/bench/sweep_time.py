@@ -2,7 +2,7 @@
 
 Both sides run the same grid in fresh processes (`python -m sweep run` and
 `python -m sweep.bench.peer`); the harness's trial records also give the per-trial fixed
-overhead (sweep.frame.overhead, the report's figure).
+overhead (sweep.results.frame.overhead, the report's figure).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep import record
-from sweep.config import compose
-from sweep.frame import overhead
+from sweep.results import record
+from sweep.results.frame import overhead
+from sweep.settings.compose import compose
 
 TRIAL_METRICS = ("trial_wall_s", "train_phase_s", "eval_s", "base_eval_s", "startup_s", "load_s")
 
