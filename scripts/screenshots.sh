@@ -5,6 +5,7 @@
 # is training, the runs table and the training trial's metric charts are captured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+make -s install && .venv/bin/pip install -q -c constraints.txt -e '.[dev,docs]'  # + Playwright
 OUT=${OUT:-docs}
 PORT=${PORT:-5055}
 WORK=$(mktemp -d)
@@ -38,11 +39,11 @@ PY
 done
 [ -n "$ids" ] || { echo "no running trial to capture; see $WORK/sweep.log" >&2; exit 1; }
 read -r EXP RUN <<<"$ids"
-# scripts/cdp_shot.py drives chromium over DevTools: `chromium --screenshot` fires at the load
+# scripts/shot.py drives chromium with Playwright: `chromium --screenshot` fires at the load
 # event, when the trial's charts still are spinners (they load lazily afterwards). It waits
 # until no spinner or skeleton shows, the --require element does, and every chart has drawn.
-shot() {  # shot FILE URL [cdp_shot.py option...]
-  .venv/bin/python scripts/cdp_shot.py "$2" "$1" --wait-s 90 "${@:3}"
+shot() {  # shot FILE URL [shot.py option...]
+  .venv/bin/python scripts/shot.py "$2" "$1" --wait-s 90 "${@:3}"
 }
 # workflowType: MLflow 3.17's UI opens in its GenAI view without it (sweep.results.tracking.ui_url).
 UI_URL="http://127.0.0.1:$PORT/#/experiments/$EXP/runs"

@@ -8,7 +8,7 @@ outputs/*/trials or outputs/*/single, or its MLflow run id (`sweep.results.trial
 model is loaded exactly as the trial loaded it (its config, precision and quantization) and the
 adapter is applied on top with PEFT, either kept separate or merged into the weights
 (`merge_and_unload`). Several adapters of one sweep can share one base (`load_adapters`,
-`switch`). `sweep/inference.py` times the model separate vs merged.
+`switch`). `sweep/adapters/inference.py` times the model separate vs merged.
 
 QLoRA: the separate model is the trial's own: the 4-bit NF4 base plus the adapter. Merging needs
 float weights, so the merged model is the *dequantized* base (the NF4 weights the adapter was

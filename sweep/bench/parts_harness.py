@@ -186,7 +186,7 @@ def _round_ratios(s: dict[str, Any]) -> str:
 
 def _cached_base(s: dict[str, Any]) -> str:
     """The sweep ratio a later sweep on the same model and eval set would give: the untuned
-    base's accuracy and retention are then read from the cache (sweep/baseline.py)."""
+    base's accuracy and retention are then read from the cache (sweep/trial/baseline.py)."""
     if "harness / peer, base cached" not in s:
         return ""
     base = " + ".join(f"{b:.0f}" for b in s["harness_base_eval_s"])

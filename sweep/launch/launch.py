@@ -3,7 +3,7 @@ in a fresh process and read back its record (a failed record when it left none).
 
     python -c "from sweep.launch.launch import launch"   # study.py calls it for every point
 
-The process is forked from the trial server (sweep/child.py); every value it needs travels as an
+The process is forked from the trial server (sweep/launch/child.py); every value it needs travels as an
 argument, so the storage URL never reaches a command line.
 """
 

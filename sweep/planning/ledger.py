@@ -2,7 +2,7 @@
 
     python -m pytest -q tests/planning/test_ledger.py
 
-The measured counterpart of `make plan` (sweep/plan.py), in the same parts:
+The measured counterpart of `make plan` (sweep/planning/plan.py), in the same parts:
 - params: bytes of every parameter (shared ones once), by dtype (a 4-bit base shows as uint8:
   its packed bytes; the quantization constants are not parameters and are not counted);
 - grads: bytes of every `.grad` just before the optimizer step;

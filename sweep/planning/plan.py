@@ -31,7 +31,7 @@ conf/config.yaml (`report.gpus`) that holds it. Assumptions (each one is a setti
   step buffer, activations freed). In between, each block frees its activations as its
   gradients arrive.
 Adapters on a subset of the block's linears (`method.target_modules`, resolved in
-sweep/recipe.py as PEFT resolves it): weights, gradients, optimizer and FLOPs count exactly the
+sweep/planning/recipe.py as PEFT resolves it): weights, gradients, optimizer and FLOPs count exactly the
 adapted ones, and so do the adapters' own saved inputs and A outputs; the rest of a block's
 activations keep the all-linear shape (checked tensor for tensor), an upper bound.
 Not modelled: biases (Qwen2 has q/k/v biases: under 0.1%), mixture-of-experts, data-parallel

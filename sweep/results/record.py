@@ -7,7 +7,7 @@ Three blocks, as in PEFT's method_comparison results:
 - train: what happened (status, error, metrics, per-step loss)
 - meta:  where it ran (versions, git commit and dirty flag, device with its UUID and GPU class,
          the visible devices, driver/CUDA, CPU, and the memory limit it was judged against)
-Metric names, units and directions: sweep/metrics.py.
+Metric names, units and directions: sweep/settings/metrics.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python -m sweep report default       # make report EXP=default; rebuilds without re-running
 
 Reads only what was logged (the result records attached to the sweep's MLflow runs), so it can be
-rebuilt at any time. The headline (sweep/headline.py) comes first, then the Pareto plots,
+rebuilt at any time. The headline (sweep/results/headline.py) comes first, then the Pareto plots,
 predicted vs measured memory, failures, every trial, the overhead and the environment.
 """
 

@@ -3,7 +3,7 @@
     python -m sweep check method=lora method.r=16     # compose + validate, print the config
 
 `compose()` builds the config with Hydra's compose API, merges it onto the schemas of
-sweep/schema.py (unknown keys and wrong types fail there) and `validate()` (sweep/validate.py)
+sweep/settings/schema.py (unknown keys and wrong types fail there) and `validate()` (sweep/settings/validate.py)
 checks ranges and files, so a bad value fails in the first second with one line naming the key
 and what is allowed. `as_dict` and `config_hash` write it down (passwords redacted).
 """

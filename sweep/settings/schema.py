@@ -2,7 +2,7 @@
 
     python -c "from sweep.settings.schema import Config; print(Config())"
 
-Hydra composes conf/ onto these (sweep/config.py), so a key that is not here, or a value of the
+Hydra composes conf/ onto these (sweep/settings/compose.py), so a key that is not here, or a value of the
 wrong type, fails before anything runs. Ranges and files are checked by `config.validate`.
 """
 
@@ -79,7 +79,7 @@ class DatasetConfig:
     split: str = "train"
     prompt_field: str = "prompt"
     answer_field: str = "answer"
-    messages_field: str = "messages"  # a row with this list is a chat (sweep/data.py)
+    messages_field: str = "messages"  # a row with this list is a chat (sweep/trial/data.py)
     eval_split: str | None = None  # hub: the split scored; null: held out from `split`
     scorer: str = "exact"  # exact | numeric | regex | gsm8k | choice | mypkg.mod:fn
     answer_regex: str | None = None  # scorer=regex: a pattern with one group

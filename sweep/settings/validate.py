@@ -20,7 +20,7 @@ from sweep.settings.tiers import pick_tiers
 METHODS = ("full", "lora", "qlora")
 MODEL_SOURCES = ("packaged", "hf", "tiny")
 DATASET_SOURCES = ("reasoning_gym", "file", "hub")
-# dataset.scorer: built in (sweep/scorers.py), or a function path such as mypkg.mod:fn
+# dataset.scorer: built in (sweep/trial/scorers.py), or a function path such as mypkg.mod:fn
 SCORERS = ("exact", "numeric", "regex", "gsm8k", "choice")
 FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*[.:][A-Za-z_]\w*")
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed", "fp16-mixed")

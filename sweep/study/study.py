@@ -7,7 +7,7 @@ Grid sweeps: `GridSampler` over the sweep's points (an approach and its own axes
 once and is not multiplied by ranks). Search sweeps: one TPE study per point over `sweep.search`,
 with an optional median pruner fed by periodic eval loss. Every point's config is composed and
 validated before the first trial starts. Each trial runs in a fresh process forked from a server
-that imported torch & co. once (sweep/child.py), and always leaves a result record; the study reads it, logs it to MLflow, tells Optuna and goes on.
+that imported torch & co. once (sweep/launch/child.py), and always leaves a result record; the study reads it, logs it to MLflow, tells Optuna and goes on.
 Re-running a finished sweep runs nothing new; trials already finished are never re-run.
 """
 

@@ -4,7 +4,7 @@
 
 Prompts are left-padded and generated together (eval.batch_size at a time); the answer is the
 first line of the generated text (generation stops there), or the whole text for a scorer that
-reads it all (dataset.scorer=gsm8k: reasoning, then '#### N'; sweep/scorers.py). Accuracy is the
+reads it all (dataset.scorer=gsm8k: reasoning, then '#### N'; sweep/trial/scorers.py). Accuracy is the
 share of items answered right, task_score the mean of the task's scores. A trial's final
 evaluation (`loss_and_accuracy`) scores the eval loss and prefills the generation cache in one
 forward pass, so the prompts are run through the model once, not twice. Decoding drops each row

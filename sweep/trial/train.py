@@ -130,7 +130,7 @@ class MeasureCallback(TrainerCallback):
 
 
 class LedgerCallback(TrainerCallback):
-    """Counts the memory ledger (sweep/ledger.py) on the first optimizer step only, which is a
+    """Counts the memory ledger (sweep/planning/ledger.py) on the first optimizer step only, which is a
     warm-up step (excluded from train time) whenever train.measure_warmup_steps >= 1."""
 
     def __init__(self, stats: TrainStats) -> None:
