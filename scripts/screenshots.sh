@@ -24,7 +24,7 @@ ids=""
 for _ in $(seq 1 240); do
   sleep 5
   ids=$(.venv/bin/python - <<'PY' 2>/dev/null || true
-from sweep import tracking
+from sweep.results import tracking
 c = tracking.client()
 exp = c.get_experiment_by_name("live-demo")
 runs = c.search_runs([exp.experiment_id]) if exp else []

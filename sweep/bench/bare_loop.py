@@ -71,7 +71,7 @@ def run(cfg: Config) -> dict[str, Any]:
     path = models.resolve(cfg.model, cfg.cache_dir)
     tok = models.load_tokenizer(path)
     task = data.load_task(cfg.dataset, budget.examples_needed(t), cfg.eval.size)
-    rows = [batches.encode(tok, ex, t.max_seq_len, sp) for ex in task.train]
+    rows = batches.encode_train(tok, task.train, t.max_seq_len, sp).rows  # as a trial sizes them
     model = hand_written_model(cfg, path)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -98,9 +98,7 @@ def run(overrides: list[str]) -> dict[str, Any]:
     path = models.resolve(first.model, first.cache_dir)
     tok = models.load_tokenizer(path)
     task = data.load_task(first.dataset, budget.examples_needed(t), e.size)
-    rows = [
-        batches.encode(tok, ex, t.max_seq_len, first.dataset.system_prompt) for ex in task.train
-    ]
+    rows = batches.encode_train(tok, task.train, t.max_seq_len, first.dataset.system_prompt).rows
 
     def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
         # transformers 5 calls model_init before hp_space; suggesting the same name twice

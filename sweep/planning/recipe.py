@@ -1,6 +1,6 @@
 """What a trial trains, described once: `methods.py` builds it, `plan.py` predicts it.
 
-    python -c "from sweep import config, recipe; print(recipe.of(config.compose(['method=qlora'])))"
+    python -c "from sweep.settings.compose import compose; from sweep.planning import recipe; print(recipe.of(compose(['method=qlora'])))"
 
 A recipe is the method's choices that decide memory, time and what is trained: which approach,
 the adapters' rank and which linear layers of each block they adapt (PEFT's `target_modules`,

@@ -56,7 +56,10 @@ def encode(
 
 
 def clip(row: dict[str, list[int]], max_len: int) -> dict[str, list[int]]:
-    """Too long: drop the start of the prompt, keep the answer."""
+    """Too long: drop the start of the prompt, keep the answer. 0 (train.max_seq_len's auto,
+    before a trial sizes it from its data): no limit."""
+    if max_len <= 0:
+        return row
     cut = max(0, len(row["input_ids"]) - max_len)
     return {"input_ids": row["input_ids"][cut:][:max_len], "labels": row["labels"][cut:][:max_len]}
 

@@ -370,6 +370,6 @@ def test_encode_train_sizes_from_the_data_and_counts_what_it_cuts(tok):
     assert roomy.truncated == 0 and roomy.rows[0] == batches.encode(tok, examples[0], 4096, None)
 
 
-def test_the_default_train_config_keeps_64_and_0_means_auto():
-    assert compose([]).train.max_seq_len == 64  # conf/train/default.yaml
-    assert compose(["train.max_seq_len=0"]).train.max_seq_len == 0
+def test_the_default_train_length_is_auto_and_a_set_one_is_kept():
+    assert compose([]).train.max_seq_len == 0  # conf/train/default.yaml: sized from the data
+    assert compose(["train.max_seq_len=64"]).train.max_seq_len == 64

@@ -31,7 +31,7 @@ def test_host_peak_sees_an_allocation_and_resets():
     pages for the next allocation without its RSS growing."""
     script = """
 import torch
-from sweep.measure import GIB, Meter, host_rss_bytes, reset_host_peak
+from sweep.trial.measure import GIB, Meter, host_rss_bytes, reset_host_peak
 meter = Meter(cuda=False)
 with meter.phase("alloc"):
     before = host_rss_bytes()
