@@ -214,3 +214,41 @@ def test_a_hub_id_offline_and_not_cached_fails_in_preflight(monkeypatch):
         "model.name_or_path='some-org/not-cached-model': not in the Hugging Face cache and no "
         "network: cannot reach"
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.name=/x/y", "model.name"),  # would have put the model cache at /x/y
+        ("model.name=../up", "model.name"),
+        ("dataset.name=a/b", "dataset.name"),
+        ("dataset.name=..", "dataset.name"),
+        ("experiment=../other", "experiment"),
+        ("experiment=..", "experiment"),
+        ("sweep.name=a\\b", "experiment"),  # the experiment's name is sweep.name's
+    ],
+)
+def test_a_name_that_would_become_a_path_outside_the_project_is_refused(capsys, override, key):
+    err = _error(capsys, "check", override)
+    assert err.startswith(f"error: {key}=") and "is not allowed" in err
+
+
+def test_a_label_with_path_characters_stays_inside_the_trials_folder():
+    from sweep.study.points import slug
+
+    assert "/" not in slug("../../etc lora r=16") and "\\" not in slug("a\\b")
+
+
+def test_a_target_module_the_model_lacks_is_named_before_it_loads(capsys):
+    err = _error(capsys, "check", "model=tiny_llama", "method.target_modules=[nonexistent_proj]")
+    assert "'nonexistent_proj' matches no linear layer of model=tiny_llama" in err
+    assert "q_proj" in err and "down_proj" in err  # the names the model has
+
+
+def test_target_modules_the_model_has_pass_the_check(capsys):
+    assert main(["check", "model=tiny_llama", "method.target_modules=[q_proj,v_proj]"]) == 0
+    regex = "method.target_modules='.*self_attn.(q|v)_proj'"  # PEFT: a string is a regex
+    assert main(["check", "model=tiny_llama", regex]) == 0
+    assert "matches no linear layer" in _error(
+        capsys, "check", "model=tiny_llama", "method.target_modules=nope.*"
+    )

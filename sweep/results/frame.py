@@ -1,6 +1,6 @@
 """The trial records as a pandas frame: one row per trial, the run info and metrics the report uses.
 
-    python -c "from sweep import frame, tracking; print(frame.to_frame(tracking.trial_records('default')))"
+    python -c "from sweep.results import frame, tracking; print(frame.to_frame(tracking.trial_records('default')))"
 
 Also the small number helpers the report's tables share: formatting, the Student t interval
 of a mean over seeds (for resources such as train time), and the per-trial fixed overhead that
@@ -31,6 +31,7 @@ RUN_COLUMNS = (
     "seed",
     "lr",
     "model",
+    "task",
     "dataset",
 )
 METRIC_COLUMNS = tuple(METRICS)  # every metric a record can hold (sweep.settings.metrics)

@@ -1,11 +1,12 @@
-"""The headline: one row per approach, in the shape of the published comparisons, and its words.
+"""The headline table: one row per approach, in the shape of the published comparisons (its
+words are sweep.results.claims).
 
     python -m sweep report default       # make report EXP=default; the headline comes first
 
 Resources are averaged over an approach's chosen trials (`compare.select`: one per seed, a
 search's best setting); accuracy statistics come from the per-item results (`compare.table`).
-The Pareto marks, the sentences, the resolution and the recommendation all use the same rule:
-a difference whose paired 95% interval holds 0 is no difference.
+The Pareto marks and the ≈ marks use the same rule as the claims: a difference whose paired 95%
+interval holds 0 is no difference.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from sweep.planning.plan import gpu_fit
-from sweep.results import compare, epoch
+from sweep.results import compare, epoch, stats
 from sweep.results.frame import fmt_bytes, fmt_num, mean_ci, to_frame
 from sweep.settings.metrics import HIGHER_IS_BETTER, PARETO_PAIRS
 from sweep.settings.schema import GpuClass
@@ -101,12 +102,13 @@ def headline(records: list[dict[str, Any]], gpus: list[GpuClass]) -> pd.DataFram
     return table
 
 
-RECIPE_COLUMNS = ("precision", "optimizer", "gradient_checkpointing")
+RECIPE_COLUMNS = ("lr", "precision", "optimizer", "gradient_checkpointing")
 
 
 def _recipe_diffs(table: pd.DataFrame) -> list[list[str]]:
-    """Per row: the recipe settings (precision, optimizer, checkpointing) that differ from the
-    full FT row's; empty where none do, or without a full FT row or the setting recorded."""
+    """Per row: the recipe settings (learning rate, precision, optimizer, checkpointing) that
+    differ from the full FT row's; empty where none do, or without a full FT row or the setting
+    recorded."""
     full = table[table.method == "full"]
     if full.empty:
         return [[] for _ in range(len(table))]
@@ -122,7 +124,8 @@ def _recipe_diffs(table: pd.DataFrame) -> list[list[str]]:
 
 
 def recipe_differs(table: pd.DataFrame) -> list[bool]:
-    """Rows trained with another precision, optimizer or checkpointing than full FT."""
+    """Rows trained with another learning rate, precision, optimizer or checkpointing than
+    full FT."""
     return [bool(d) for d in _recipe_diffs(table)]
 
 
@@ -136,13 +139,14 @@ def recipe_note(table: pd.DataFrame) -> list[str]:
     if not lines:
         return []
     head = (
-        "Rows marked † differ from the full FT row in more than the method, so their memory "
-        "and time differences are not the method's alone:"
+        "Rows marked † were trained differently from the full FT row beyond the method itself, "
+        "so their differences are not the method's alone (a learning rate moves accuracy; "
+        "precision, optimizer and checkpointing move memory and time):"
     )
     return [head, *lines, ""]
 
 
-def _col(table: pd.DataFrame, name: str) -> pd.Series:
+def col(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(math.nan, index=table.index)
 
 
@@ -153,18 +157,34 @@ def _interval(v: float, lo: float, hi: float, fmt: str) -> str:
 
 
 def _delta_cells(table: pd.DataFrame, prefix: str) -> list[str]:
-    """'+1.3 [-3.0, +5.5] ≈' (points, paired 95% interval; ≈ where it holds 0)."""
+    """'+1.3 [-3.0, +5.5] ≈ 4.6' (points, paired 95% interval; ≈ where it holds 0, then the
+    smallest difference this pair's eval detects: what "indistinguishable" is worth)."""
     out = []
-    for d, lo, hi in zip(
-        _col(table, f"{prefix}_delta"),
-        _col(table, f"{prefix}_lo"),
-        _col(table, f"{prefix}_hi"),
+    for d, lo, hi, res in zip(
+        col(table, f"{prefix}_delta"),
+        col(table, f"{prefix}_lo"),
+        col(table, f"{prefix}_hi"),
+        pair_resolution(table, prefix),
         strict=True,
     ):
         cell = _interval(d, lo, hi, "{:+.1f}")
-        same = compare.verdict(lo, hi) == compare.SAME
-        out.append(cell + (" ≈" if same else ""))
+        if compare.verdict(lo, hi) == compare.SAME:
+            cell += " ≈" + ("" if math.isnan(res) else f" {res:.1f}")
+        out.append(cell)
     return out
+
+
+def pair_resolution(table: pd.DataFrame, prefix: str) -> list[float]:
+    """Per row: the smallest difference (points) its eval against `prefix` (full, base)
+    detects with 80% power, from that pair's own n and discordant share."""
+    return [
+        100 * stats.resolution(int(n), float(p)) if n and not math.isnan(p) else math.nan
+        for n, p in zip(
+            col(table, f"{prefix}_n_pairs").fillna(0),
+            col(table, f"{prefix}_discordant"),
+            strict=True,
+        )
+    ]
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -177,9 +197,9 @@ def markdown_table(table: pd.DataFrame) -> str:
             + ["†" if d else "" for d in recipe_differs(table)],
             "base weights": [
                 q if isinstance(q, str) else (f"{b}" if isinstance(b, str) else "16/32-bit")
-                for q, b in zip(table["quant"], _col(table, "base_dtype"), strict=True)
+                for q, b in zip(table["quant"], col(table, "base_dtype"), strict=True)
             ],
-            "n": [fmt_num(v, "{:.0f}") for v in _col(table, "n")],
+            "n": [fmt_num(v, "{:.0f}") for v in col(table, "n")],
             mem_name: [
                 fmt_num(v, "{:.2f}") + (" host" if k == "host_rss" else "")
                 for v, k in zip(table.peak_memory_gib, table.memory_kind, strict=True)
@@ -193,25 +213,25 @@ def markdown_table(table: pd.DataFrame) -> str:
             "accuracy, exact (95% CI)": [
                 _interval(100 * v, 100 * lo, 100 * hi, "{:.1f}")
                 for v, lo, hi in zip(
-                    table.accuracy, _col(table, "acc_lo"), _col(table, "acc_hi"), strict=True
+                    table.accuracy, col(table, "acc_lo"), col(table, "acc_hi"), strict=True
                 )
             ],
-            "task score": [fmt_num(100 * v, "{:.1f}") for v in _col(table, "task_score")],
+            "task score": [fmt_num(100 * v, "{:.1f}") for v in col(table, "task_score")],
             "vs full FT (pts, 95% CI)": [
                 "baseline" if f else c
                 for f, c in zip(full, _delta_cells(table, "full"), strict=True)
             ],
             "McNemar p": [
                 "" if f else fmt_num(v, "{:.2g}")
-                for f, v in zip(full, _col(table, "full_p"), strict=True)
+                for f, v in zip(full, col(table, "full_p"), strict=True)
             ],
             "vs untuned base (pts)": _delta_cells(table, "base"),
             "forgetting (nats)": [
                 _interval(v, lo, hi, "{:+.3f}")
                 for v, lo, hi in zip(
-                    _col(table, "retention_delta"),
-                    _col(table, "retention_lo"),
-                    _col(table, "retention_hi"),
+                    col(table, "retention_delta"),
+                    col(table, "retention_lo"),
+                    col(table, "retention_hi"),
                     strict=True,
                 )
             ],
@@ -234,177 +254,3 @@ def markdown_table(table: pd.DataFrame) -> str:
             [fmt_num(v, "{:.1%}") for v in table.mfu],
         )
     return out.to_markdown(index=False, disable_numparse=True)
-
-
-def _vs_full(row: Any) -> str:
-    """How an approach's accuracy compares with full FT's, in words the data supports."""
-    lo, hi = row.get("full_lo"), row.get("full_hi")
-    if lo is None or math.isnan(lo):
-        return (
-            "not compared with full FT item by item (no per-item results on common items and seeds)"
-        )
-    d = row.get("full_delta")
-    ci = f"{d:+.1f} pts, 95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {row.get('full_p'):.2g}"
-    n = int(row.get("full_n_pairs") or 0)
-    word = compare.verdict(lo, hi)
-    if word == compare.SAME:
-        return f"indistinguishable from full FT at n = {n} ({ci})"
-    return f"{abs(d):.1f} pts {'above' if word == 'better' else 'below'} full FT ({ci})"
-
-
-def sentences(table: pd.DataFrame) -> list[str]:
-    """Per approach: its accuracy against full FT in words the data supports, and its cost."""
-    full = table[table.method == "full"]
-    if full.empty:
-        return ["No full fine-tuning trial succeeded, so there is no baseline to compare against."]
-    f = full.iloc[0]
-    return [
-        f"{row.label}: {_vs_full(row)}, at {row.peak_memory_gib / f.peak_memory_gib:.0%} of "
-        f"its peak memory and {row.train_s / f.train_s:.0%} of its train time, training "
-        f"{row.trainable_pct:.2f}% of the parameters."
-        for _, row in table[table.method != "full"].iterrows()
-    ]
-
-
-def resolution_line(table: pd.DataFrame) -> str:
-    """The smallest difference from full FT this eval can detect."""
-    res = compare.resolution(table.set_index("label"))
-    if res is None:
-        return (
-            "**Resolution:** no paired per-item results against full FT, so no difference "
-            "between approaches can be resolved."
-        )
-    lo, hi, n, d_lo, d_hi = res
-    if math.isinf(hi):
-        return (
-            f"**Resolution:** n = {n} paired items are too few to detect any difference from "
-            "full FT with 80% power; raise `eval.size` (or add `sweep.seeds`)."
-        )
-    span = f"{lo:.1f}" if abs(hi - lo) < 0.05 else f"{lo:.1f}-{hi:.1f}"
-    share = f"{d_lo:.0%}" if abs(d_hi - d_lo) < 0.005 else f"{d_lo:.0%}-{d_hi:.0%}"
-    return (
-        f"**Resolution:** with n = {n} paired items and {share} of them answered differently "
-        f"from full FT, this eval detects a difference of {span} points or more with 80% power "
-        "(two-sided, alpha 0.05); smaller differences are below what it can resolve, so a "
-        "delta marked ≈ is no evidence of equality. More items (`eval.size`) or seeds "
-        "(`sweep.seeds`) resolve finer differences."
-    )
-
-
-def recommendation(table: pd.DataFrame) -> str:
-    """The cheapest approach (memory; and time) not worse than full FT beyond noise."""
-    fine = table[(table.method != "full") & (_col(table, "vs_full") != "worse")]
-    fine = fine[_col(fine, "full_n_pairs").fillna(0) > 0]
-    if (table.method == "full").sum() == 0:
-        return "**Recommendation:** none: no full fine-tuning baseline succeeded."
-    if fine.empty:
-        return (
-            "**Recommendation:** none at this resolution: every other approach is below full FT "
-            "beyond noise, or was not compared item by item."
-        )
-    f = table[table.method == "full"].iloc[0]
-    mem = fine.loc[fine.peak_memory_gib.idxmin()]
-    fast = fine.loc[fine.train_s.idxmin()]
-    kind = " host" if mem.memory_kind == "host_rss" else ""
-    text = (
-        f"**Recommendation:** {mem.label} has the smallest peak memory among approaches not "
-        f"worse than full FT beyond noise: {mem.peak_memory_gib:.2f} GiB{kind} against "
-        f"{f.peak_memory_gib:.2f}, accuracy {mem.accuracy:.1%} against {f.accuracy:.1%} "
-        f"({mem.full_delta:+.1f} pts, 95% CI {mem.full_lo:+.1f} to {mem.full_hi:+.1f})"
-    )
-    if fast.label != mem.label:
-        text += (
-            f"; {fast.label} has the shortest train time among them ({fast.train_s:.0f} s "
-            f"against {f.train_s:.0f} s)"
-        )
-    else:
-        text += f", and the shortest train time among them ({mem.train_s:.0f} s against {f.train_s:.0f} s)"
-    return text + "."
-
-
-def selection_note(records: list[dict[str, Any]]) -> list[str]:
-    """For search sweeps: which trial each approach's row reports, and chosen on what."""
-    _, key = compare.select(records)
-    if key is None:
-        return []
-    bias = (
-        "the selection split (`eval.select_size` items apart from the eval set), so the "
-        "reported accuracy is not biased by the choice"
-        if key == "select_loss"
-        else "the eval set's own loss (no selection split: set `eval.select_size`), so the "
-        "reported accuracy is optimistic"
-    )
-    return [
-        f"Several settings per approach: each row reports, per seed, the trial with the lowest "
-        f"`{key}`, on {bias}. `selected` in **All trials** marks them; the others are listed there.",
-        "",
-    ]
-
-
-def seeds_note(records: list[dict[str, Any]]) -> list[str]:
-    """With repeated seeds: which seeds, and what a seed varies (init and order; data too?)."""
-    chosen, _ = compare.select(records)
-    seeds = sorted({r["run"].get("seed") for r in chosen if r["run"].get("seed") is not None})
-    if len(seeds) < 2:
-        return []
-    data_seeds = {((r["run"].get("config") or {}).get("dataset") or {}).get("seed") for r in chosen}
-    varies = (
-        "adapter initialization, data order and the data sample itself (`sweep.seed_data`: "
-        "each seed its own train and eval items, shared by every approach of that seed)"
-        if len(data_seeds) > 1
-        else "adapter initialization and data order, on the same train and eval items "
-        "(`sweep.seed_data=true` varies the data sample too)"
-    )
-    return [
-        f"Seeds {', '.join(map(str, seeds))} (`sweep.seeds`) vary {varies}; accuracy intervals "
-        "and paired deltas bootstrap over seeds and items, pairing each seed with the same seed "
-        "of full FT.",
-        "",
-    ]
-
-
-def section(table: pd.DataFrame, records: list[dict[str, Any]]) -> list[str]:
-    """The report's headline section: the table, how to read it, resolution, recommendation,
-    one sentence per approach, and for search sweeps which trial each row reports."""
-    if table.empty:
-        return []
-
-    return [
-        "## Headline",
-        "",
-        markdown_table(table),
-        "",
-        "`*` on the Pareto front of accuracy versus peak memory, where accuracy "
-        "differences inside the noise count as ties. **n** is the number of eval items "
-        "(times seeds). **accuracy** is exact match of the answer line with the expected "
-        "answer (case, surrounding space and a final period ignored), with its 95% interval ("
-        + ", ".join(sorted(set(_col(table, "ci_method").dropna()) - {""}) or ["none"])
-        + "); **task score** is the task's own scorer, which may give partial credit. "
-        "**vs full FT** and **vs untuned base** are paired on the same items: the difference "
-        "in points with a paired-bootstrap 95% interval, and the exact McNemar p-value; `≈` "
-        "marks a difference whose interval holds 0 (indistinguishable at this n). "
-        "**forgetting** is the loss on general text the trial never trained on (Python's "
-        "docs), after minus before training, in nats per token: above 0 the model got worse "
-        "at it. Train time excludes warm-up steps and evaluation. Peak memory is the training "
-        "phase's (VRAM on a GPU, the process's resident memory on a CPU); on a CPU run the "
-        "**planned GPU peak** is the planner's for the same recipe on a bf16 GPU, and the "
-        "smallest GPU that fits it is marked predicted. **trial cost** is a GPU trial's wall "
-        "time, less the untuned base model's evaluation, at its GPU class's price "
-        "(`report.gpus`); a CPU trial has none. Cost per epoch: see below."
-        + (
-            " With repeated seeds (`sweep.seeds`) resources are means over seeds and `±` the "
-            "half-width of their 95% Student t interval."
-            if (table.runs > 1).any()
-            else ""
-        ),
-        "",
-        resolution_line(table),
-        "",
-        recommendation(table),
-        "",
-        *[f"- {s}" for s in sentences(table)],
-        "",
-        *recipe_note(table),
-        *selection_note(records),
-        *seeds_note(records),
-    ]

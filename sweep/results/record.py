@@ -1,6 +1,6 @@
 """The result record: one JSON per trial with run info, train info and meta info.
 
-    python -c "from sweep.results.record import load; print(load('outputs/default/trials/0000/result.json'))"
+    python -c "from sweep.results.record import load; print(load('outputs/default/trials/0000-lora_r_16/result.json'))"
 
 Three blocks, as in PEFT's method_comparison results:
 - run:   what was asked (label, method, rank, quantization, resolved config, its hash, seed)
@@ -102,6 +102,7 @@ def run_info(cfg: Config) -> dict[str, Any]:
         "label": label(cfg),
         "experiment": cfg.experiment,
         "model": cfg.model.name,
+        "task": cfg.dataset.task_name,  # what it trains on (the dataset config's name: dataset)
         "dataset": cfg.dataset.name,
         "method": m.name,
         "rank": None if m.name == "full" else m.r,

@@ -11,69 +11,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sweep.results import epoch, stats, tracking
+from sweep.results.claims import section
 from sweep.results.frame import fmt_num, overhead, to_frame
-from sweep.results.headline import headline, section
-from sweep.results.record import write_whole
+from sweep.results.headline import headline
+from sweep.results.plots import plots, write_file
 from sweep.settings.compose import ConfigError, compose
-from sweep.settings.metrics import PARETO_PAIRS
 from sweep.settings.schema import Config, GpuClass, ReportConfig
 
 EPOCH_TOKENS = ReportConfig.epoch_tokens
-
-
-def plots(table: pd.DataFrame, base_acc: float | None, out_dir: Path) -> list[Path]:
-    """Accuracy versus peak memory and versus train time, Pareto front marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for (y, x), flag, xlabel in (
-        (PARETO_PAIRS[0], "pareto_memory", "peak memory (GiB)"),
-        (PARETO_PAIRS[1], "pareto_time", "train time (s)"),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-        for _, row in table.iterrows():
-            lo, hi = row.get("acc_lo", math.nan), row.get("acc_hi", math.nan)
-            err = None if math.isnan(lo) else [[(row[y] - lo) * 100], [(hi - row[y]) * 100]]
-            ax.errorbar(
-                row[x],
-                row[y] * 100,
-                yerr=err,
-                fmt="o" if row[flag] else "x",
-                markersize=7,
-                capsize=3,
-                color="tab:blue" if row[flag] else "tab:gray",
-            )
-            ax.annotate(
-                row["label"],
-                (row[x], row[y] * 100),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=8,
-            )
-        front = table[table[flag]].sort_values(x)
-        ax.plot(front[x], front[y] * 100, color="tab:blue", lw=1, alpha=0.6, label="Pareto front")
-        if base_acc is not None and not math.isnan(base_acc):
-            ax.axhline(base_acc * 100, color="tab:red", ls="--", lw=1, label="untuned base")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"accuracy (95% CI) vs {xlabel.split(' (')[0]}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"accuracy_vs_{x}.png"
-        _replace(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 def predicted_vs_measured(df: pd.DataFrame) -> list[str]:
@@ -160,10 +111,16 @@ def _environment(records: list[dict[str, Any]], df: pd.DataFrame) -> list[str]:
         f"- CPU: {meta.get('cpu')} x {meta.get('cpu_count')} (torch threads {meta.get('torch_threads')})",
         f"- headline memory: {kind}",
         f"- precision: {', '.join(sorted(set(map(str, df.precision.dropna()))))}",
-        f"- model: {', '.join(sorted(set(map(str, df.model.dropna()))))}; task: {', '.join(sorted(set(map(str, df.dataset.dropna()))))}",
+        f"- model: {', '.join(sorted(set(map(str, df.model.dropna()))))}; task: {', '.join(_tasks(df))}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"- git: {meta.get('git_commit')}{' (dirty)' if meta.get('git_dirty') else ''}",
     ]
+
+
+def _tasks(df: pd.DataFrame) -> list[str]:
+    """The tasks trained (a record from before the task was recorded: its dataset's name)."""
+    tasks = df["task"] if "task" in df else pd.Series(index=df.index, dtype=object)
+    return sorted(set(map(str, tasks.fillna(df.dataset).dropna())))
 
 
 def _zero_line(base: pd.DataFrame) -> str:
@@ -180,12 +137,6 @@ def _zero_line(base: pd.DataFrame) -> str:
     )
 
 
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    """Two workers finishing on one host at once each leave a whole report file; the temporary
-    file sits outside the report folder, which the other may be uploading to MLflow."""
-    write_whole(path, write, tmp_dir=path.parent.parent)
-
-
 def write(
     records: list[dict[str, Any]],
     out_dir: Path,
@@ -200,7 +151,7 @@ def write(
     records = by_device(records)
     table = headline(records, gpus)  # marks each record `selected` (compare.select)
     df = to_frame(records)
-    _replace(out_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    write_file(out_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     base = df[df.quant.isna() & df.base_accuracy.notna()]
     base = base if not base.empty else df[df.base_accuracy.notna()]
     base_acc = float(base.base_accuracy.iloc[0]) if not base.empty else None
@@ -252,7 +203,7 @@ def write(
     lines += [*_overhead(df), *([inference.read_text(), ""] if inference.exists() else [])]
     lines += ["## Environment", "", *_environment(records, df), ""]
     path = out_dir / "report.md"
-    _replace(path, lambda tmp: tmp.write_text("\n".join(lines)))
+    write_file(path, lambda tmp: tmp.write_text("\n".join(lines)))
     return path
 
 

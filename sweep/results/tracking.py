@@ -46,6 +46,7 @@ ITEM_FILES = ("eval_items", "base_items")  # record keys naming per-item files b
 PARAM_KEYS = (
     "label",
     "model",
+    "task",
     "dataset",
     "method",
     "rank",

@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,10 @@ def _check_keys(data: Any, cls: type, prefix: str = "") -> None:
             _check_keys(value, sub_cls, path + ".")
 
 
-def to_config(cfg: DictConfig | dict) -> Config:
-    """Merge a composed config onto the schemas and validate it."""
+def to_config(cfg: DictConfig | dict, user_set: set[str] | None = None) -> Config:
+    """Merge a composed config onto the schemas and validate it. `user_set`: the keys the user
+    set (their overrides); a default they did not set adapts to what they did (`adapt`). None:
+    every value counts as set (a trial's config.json, already adapted)."""
     raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     _check_keys(raw, Config)
     try:
@@ -112,10 +115,43 @@ def to_config(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", None) or "config")
         raise ConfigError(f"{key}: {one_line(exc)}{_did_you_mean(key)}") from None
+    if user_set is not None:
+        adapt(obj, user_set)
     validate(obj)
     obj.train.precision = resolve_precision(obj.train.precision)
     obj.train.packing = str(obj.train.packing).lower()  # a YAML true arrives as "True"
     return obj
+
+
+def set_keys(overrides: list[str]) -> set[str]:
+    """The keys a list of Hydra overrides sets (`key=value`, `+key=`, `++key=`)."""
+    keys = set()
+    for o in overrides:
+        key, eq, _ = o.lstrip("+~").partition("=")
+        if eq:
+            keys.add(key.strip())
+    return keys
+
+
+_WARNED: set[str] = set()
+
+
+def adapt(cfg: Config, user_set: set[str]) -> None:
+    """Defaults the user did not set, adapted to what they did, with one warning line each:
+    train.measure_warmup_steps (2) below a shorter train.steps. What the user set is validated
+    as given, and refused when out of range."""
+    t = cfg.train
+    key = "train.measure_warmup_steps"
+    if key not in user_set and not t.epochs and t.measure_warmup_steps >= t.steps >= 1:
+        fewer = t.steps - 1
+        message = (
+            f"[config] warning: {key} (default {t.measure_warmup_steps}) is not below "
+            f"train.steps={t.steps}: {fewer} warm-up step(s) left out of the timing instead"
+        )
+        t.measure_warmup_steps = fewer
+        if message not in _WARNED:  # a sweep composes each point: one line, not one per point
+            _WARNED.add(message)
+            print(message, file=sys.stderr, flush=True)
 
 
 def _schema_keys(cls: type, prefix: str = "") -> list[str]:
@@ -130,7 +166,7 @@ def _schema_keys(cls: type, prefix: str = "") -> list[str]:
 
 def compose(overrides: list[str]) -> Config:
     """Compose, merge onto the schemas and validate: the one way a config is built."""
-    return to_config(compose_dict(overrides))
+    return to_config(compose_dict(overrides), user_set=set_keys(overrides))
 
 
 def method_config(name: str) -> MethodConfig:

@@ -87,6 +87,19 @@ class DatasetConfig:
     seed: int = 1234
     system_prompt: str | None = None
 
+    @property
+    def task_name(self) -> str:
+        """The task a trial trains on, as users name it: the reasoning-gym task (dataset.task),
+        the file's name, or the hub dataset and its subset; not the dataset config's name,
+        which stays what it was when dataset.task or dataset.path is overridden."""
+        if self.source == "reasoning_gym":
+            return self.task or self.name
+        if self.source == "file" and self.path:
+            return self.path.replace("\\", "/").rsplit("/", 1)[-1]
+        if self.source == "hub" and self.path:
+            return f"{self.path}:{self.subset}" if self.subset else self.path
+        return self.name
+
 
 AUTO_MAX_LEN = 2048  # train.max_seq_len=0: the 99th percentile of the train lengths, at most this
 

@@ -244,11 +244,34 @@ def validate(cfg: Config) -> None:
     for approach in s.grid:
         require(approach in METHODS, "sweep.grid", f"approaches from {METHODS}", approach)
     require(
-        bool(re.fullmatch(r"[\w.-]+", cfg.experiment)),
+        bool(re.fullmatch(r"[\w.-]+", cfg.experiment)) and ".." not in cfg.experiment,
         "experiment",
         "letters, digits, '.', '-' and '_' (no path characters)",
         cfg.experiment,
     )
+    _check_names(cfg)
+
+
+# Config values that name things a file or folder is named after (model.name: the converted
+# weights' cache folder; sweep.name: the experiment's folders; the dataset's name). A label
+# (or a point's name) reaches a folder only through sweep.study.points.slug, which keeps it in.
+NAMED = ("model.name", "dataset.name", "sweep.name")
+
+
+def _check_names(cfg: Config) -> None:
+    """A name is never a path: no separator, no '..' (`model.name=/x/y` would put the model
+    cache at /x/y). `model.name_or_path`, `dataset.path` and the *_dir keys are the paths."""
+    for key in NAMED:
+        section, field_name = key.split(".")
+        value = getattr(getattr(cfg, section), field_name)
+        plain = bool(str(value).strip()) and not any(c in str(value) for c in "/\\")
+        require(
+            plain and ".." not in str(value),
+            key,
+            "a name, not a path (no '/', '\\' or '..'; a local model or file goes in "
+            "model.name_or_path or dataset.path)",
+            value,
+        )
 
 
 def _check_dataset_scoring(d: DatasetConfig) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from sweep.settings import hardware
 
 # Light at import (no mlflow, optuna): the trial process imports it; the store only when used.
-AXIS_TAGS = ("method", "rank", "quant", "precision", "optimizer", "seed", "base_dtype")
+AXIS_TAGS = ("task", "method", "rank", "quant", "precision", "optimizer", "seed", "base_dtype")
 WORKER_TAGS = ("host", "pid", "started")
 
 

@@ -207,3 +207,19 @@ def contiguous_head_input(model: torch.nn.Module) -> None:
     head = model.get_output_embeddings()
     if isinstance(head, torch.nn.Module):
         head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+
+
+def linear_layers(cfg: ModelConfig) -> list[str]:
+    """The full names of the model's linear layers, from its config alone: the model is built
+    on the meta device (no weights, no download beyond its config.json)."""
+    from transformers import AutoModelForCausalLM
+
+    from sweep.planning.arch import arch_for_model, auto_config, llama_config
+
+    if cfg.source == "hf" and cfg.arch is None:
+        config = auto_config(str(cfg.name_or_path))
+    else:  # the packaged, tiny and arch-block models are Llama-style
+        config = llama_config(arch_for_model(cfg))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

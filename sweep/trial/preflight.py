@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 from sweep.planning import budget
 from sweep.planning.arch import check_hub_model
@@ -32,6 +33,7 @@ def preflight(cfg: Config) -> None:
         if not os.path.isdir(path):
             check_hub_model(path)  # a hub id: cached, or the hub answers
     check_attention(cfg.model.attn_implementation)
+    check_targets(cfg)
     if cfg.train.optimizer.startswith("paged_") and not hardware.gpu_present():
         warn(
             f"train.optimizer={cfg.train.optimizer}: paging needs CUDA; bitsandbytes runs "
@@ -54,6 +56,30 @@ def preflight(cfg: Config) -> None:
         warn(
             f"eval.size={cfg.eval.size}: the dataset gives only {len(task.eval)} held-out items "
             f"apart from the train set; scoring {len(task.eval)}"
+        )
+
+
+def check_targets(cfg: Config) -> None:
+    """Every entry of method.target_modules names a linear layer of the model (PEFT's rule: a
+    list entry is a layer's name or its last parts, a string a regex over the full names);
+    checked from the model's config on the meta device, before any weights load."""
+    targets = cfg.method.target_modules
+    if cfg.method.name == "full" or targets == "all-linear":
+        return
+    try:
+        names = models.linear_layers(cfg.model)
+    except Exception:  # the model's config is unreadable: the model check above says why
+        return
+    if isinstance(targets, str):
+        missing = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
+    else:
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names}, key=lambda x: (x == "lm_head", x))
+        raise ConfigError(
+            f"method.target_modules={targets!r}: {', '.join(map(repr, missing))} matches no "
+            f"linear layer of model={cfg.model.name}; its linear layers: {', '.join(leaves)} "
+            "(or all-linear)"
         )
 
 

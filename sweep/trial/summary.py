@@ -19,7 +19,7 @@ def summary(result: TrialResult) -> str:
     scorer = (r.get("config") or {}).get("dataset", {}).get("scorer", "exact")
     right = "exact match" if scorer == "exact" else f"right by {scorer}"
     lines = [
-        f"trial      {r.get('label')}  model={r.get('model')}  task={r.get('dataset')}  "
+        f"trial      {r.get('label')}  model={r.get('model')}  task={r.get('task') or r.get('dataset')}  "
         f"precision={r.get('precision')}  status={result.status}",
         f"accuracy   {f('accuracy', '{:.1%}')} {right} on {f('n_eval', '{}')} items, task score "
         f"{f('task_score', '{:.1%}')}  (untuned base {f('base_accuracy', '{:.1%}')})"

@@ -9,7 +9,7 @@ from sweep.cli.plan import main as plan_main
 from sweep.planning import cost, plan
 from sweep.planning.arch import load_arch, train_flops_per_token
 from sweep.planning.recipe import Recipe
-from sweep.results import epoch, headline
+from sweep.results import claims, epoch, headline
 from sweep.settings.compose import ConfigError
 from sweep.settings.schema import GpuClass
 from sweep.settings.tiers import SEED_TIERS, pick_tiers
@@ -167,7 +167,7 @@ def test_a_cpu_run_says_predicted_for_gpus_and_has_the_planned_gpu_peak_beside_i
     )
     assert row["this device"] == f"Some CPU: {10**7 / 1000 / 3600:.1f} h"  # no dollars
     assert all(row[t].endswith("predicted") for t in SEED_TIERS)
-    md = "\n".join(headline.section(table, recs))
+    md = "\n".join(claims.section(table, recs))
     assert "planned GPU peak (GiB)" in md
 
 

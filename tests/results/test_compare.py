@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from sweep.results import compare, headline, report
+from sweep.results import claims, compare, headline, report
 from sweep.settings.schema import GpuClass
 
 GPUS = [GpuClass(name="L4", memory_gib=24, usd_per_hour=0.8)]
@@ -93,7 +93,7 @@ def test_pareto_marks_treat_noise_as_a_tie():
 
 def test_report_prose_never_claims_a_difference_whose_interval_holds_zero(tmp_path):
     text = report.write(records(), tmp_path, "exp", GPUS).read_text()
-    assert "lora r=16: indistinguishable from full FT at n = 400 (+1.2 pts" in text
+    assert "lora r=16: indistinguishable from full FT at n = 400, where this eval detects a" in text
     assert "lora r=4: 15.0 pts below full FT" in text
     assert "reached" not in text and "% of full FT accuracy" not in text
     line = next(x for x in text.splitlines() if x.startswith("| lora r=16"))
@@ -136,11 +136,11 @@ def test_seeds_are_paired_seed_by_seed_and_bootstrapped_over_seeds_and_items():
     assert lora.ci_method == "bootstrap over seeds and items"
     assert lora.full_delta == pytest.approx(7.5) and lora.full_n_pairs == 3 * N
     assert lora.vs_full == "better"
-    note = " ".join(headline.seeds_note(recs))
+    note = " ".join(claims.seeds_note(recs))
     assert "Seeds 0, 1, 2" in note and "on the same train and eval items" in note
     for r in recs:  # sweep.seed_data: each seed its own data sample
         r["run"]["config"] = {"dataset": {"seed": 1234 + r["run"]["seed"]}}
-    assert "the data sample itself" in " ".join(headline.seeds_note(recs))
+    assert "the data sample itself" in " ".join(claims.seeds_note(recs))
 
 
 def test_a_search_reports_each_approach_at_the_setting_chosen_on_the_selection_split(tmp_path):
@@ -159,3 +159,38 @@ def test_a_search_reports_each_approach_at_the_setting_chosen_on_the_selection_s
     text = report.write(recs, tmp_path, "exp", GPUS).read_text()
     assert "the trial with the lowest `select_loss`" in text and "not biased" in text
     assert sum(r["selected"] for r in recs) == 2
+
+
+def test_an_indistinguishable_row_shows_the_difference_its_own_pair_could_detect(tmp_path):
+    """≈ has a size: the resolution from this pair's n and discordant share (19 of 400)."""
+    from sweep.results import stats
+
+    text = report.write(records(), tmp_path, "exp", GPUS).read_text()
+    size = 100 * stats.resolution(N, 19 / N)
+    line = next(x for x in text.splitlines() if x.startswith("| lora r=16"))
+    assert f"≈ {size:.1f}" in line
+    assert f"detects a difference of {size:.1f} points or more (+1.2 pts" in text
+    real = next(x for x in text.splitlines() if x.startswith("| lora r=4"))
+    assert "≈" not in real  # a real difference carries no resolution mark
+
+
+def test_the_report_says_what_its_intervals_cover_and_where_learning_rates_come_from(tmp_path):
+    recs = records()
+    text = report.write(recs, tmp_path, "exp", GPUS).read_text()
+    assert (
+        "**What the intervals cover:** the choice of eval items only, for one training seed" in text
+    )
+    assert "(as set)" in text  # full FT at 1e-3 is not its default
+    assert "`make sweep SWEEP=lr_search` tunes the learning rate per approach" in text
+    recs[0]["run"]["lr"] = 5e-5  # full FT's default; LoRA's is 1e-3
+    text = report.write(recs, tmp_path, "exp", GPUS).read_text()
+    assert "full 5e-05, lora r=16 0.001, lora r=4 0.001 (each method's default, not tuned" in text
+    assert "- † lora r=16: lr 0.001 (full FT: 5e-05)" in text  # the recipe note lists it
+
+
+def test_with_several_seeds_the_intervals_cover_seeds_too(tmp_path):
+    full = _full()
+    recs = [rec("full", "full", full, 40.0, 100.0, seed=s) for s in (0, 1)]
+    recs += [rec("lora r=16", "lora", _flip(full, 3, 2), 15.0, 60.0, seed=s) for s in (0, 1)]
+    text = report.write(recs, tmp_path, "exp", GPUS).read_text()
+    assert "the choice of eval items and of 2 training seeds (`sweep.seeds`)" in text

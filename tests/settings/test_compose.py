@@ -144,3 +144,33 @@ def test_the_root_config_restates_the_eval_and_report_defaults():
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         differ = {k: v for k, v in root[key].items() if k != "gpus" and v != defaults[k]}
         assert differ == {}, f"conf/config.yaml {key}: {differ}"
+
+
+def test_a_default_the_user_did_not_set_adapts_to_what_they_did(capsys):
+    """train.steps=2 with the default 2 warm-up steps: one fewer excluded, with one warning."""
+    cfg = compose(["train.steps=2"])
+    assert cfg.train.measure_warmup_steps == 1
+    assert compose(["train.steps=1"]).train.measure_warmup_steps == 0
+    compose(["train.steps=2"])  # a sweep composes every point: still one line
+    err = capsys.readouterr().err
+    assert err.count("warning: train.measure_warmup_steps (default 2)") == 2  # steps=2, steps=1
+    assert compose(["train.steps=3"]).train.measure_warmup_steps == 2
+
+
+def test_a_value_the_user_set_is_refused_when_out_of_range():
+    with pytest.raises(ConfigError, match="train.measure_warmup_steps=2 is not allowed"):
+        compose(["train.steps=2", "train.measure_warmup_steps=2"])
+    with pytest.raises(ConfigError, match="train.measure_warmup_steps=5 is not allowed"):
+        compose(["train.steps=2", "++train.measure_warmup_steps=5"])
+
+
+def test_the_task_trained_is_named_apart_from_the_dataset_config(tmp_path):
+    from sweep.results.record import run_info
+
+    (tmp_path / "my_task.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n')
+    run = run_info(compose(["dataset.task=spell_backward"]))
+    assert (run["task"], run["dataset"]) == ("spell_backward", "chain_sum")
+    run = run_info(compose(["dataset=file", f"dataset.path={tmp_path / 'my_task.jsonl'}"]))
+    assert (run["task"], run["dataset"]) == ("my_task.jsonl", "file")
+    run = run_info(compose(["dataset=gsm8k"]))
+    assert run["task"] == "openai/gsm8k:main"
