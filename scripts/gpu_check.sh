@@ -41,7 +41,7 @@ EOF
 read -r -a EXTRA <<<"${EXTRA:-}"   # more overrides, e.g. EXTRA="train.steps=4" for a dry run
 M=(model=hf "model.name_or_path=$MODEL" "${EXTRA[@]}")
 
-PARTS=${PARTS:-sweep inference tests bench speed1b mfu realshape cudatests}   # which parts to run
+PARTS=${PARTS:-savers sweep inference tests bench speed1b mfu realshape cudatests}   # which parts to run
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 
@@ -87,6 +87,10 @@ fi
 # VRAM vs planner vs the published ranges. About 3-4 minutes on an H200 (most of it writing and
 # loading the 13 GB model).
 has realshape && step "real-shape memory (llama2_7b, random weights)" && timeout ${REAL_S:-300} $PY -m sweep.bench.real_shape --out "$OUT" 2>&1 | tee "$OUT/real-shape.log" | grep -v "^train\|it/s\]" | tail -20
+
+# Issue 29: each memory saver off and on at a random-weight 1B shape, batch 2 x 2048: NVML and
+# allocator peaks against the plan (within 10%), the paged states outside the allocator, tokens/s.
+has savers && step "memory savers (llama3_2_1b, 2 x 2048)" && timeout ${SAVERS_S:-300} $PY -m sweep.bench.real_shape --savers --model llama3_2_1b --seq 2048 --batch 2 --out "$OUT" 2>&1 | tee "$OUT/savers.log" | grep -v "^train\|it/s\]" | tail -12
 
 has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/trial/test_run.py tests/adapters/test_trained.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
 

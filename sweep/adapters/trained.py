@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from sweep.planning import recipe
 from sweep.results import trials
 from sweep.settings.compose import ConfigError, as_dict
 from sweep.settings.schema import Config
@@ -65,7 +66,7 @@ def load_base(cfg: Config, quantized: bool) -> tuple[Any, Any, str]:
     path = models.resolve(cfg.model, cfg.cache_dir)
     tok = models.load_tokenizer(path, cfg.model.trust_remote_code)
     kwargs = methods.load_kwargs(cfg.method, cfg.train.precision) if quantized else {}
-    dtype = methods.dtype_for(cfg.train.precision)
+    dtype = methods.load_dtype(recipe.of(cfg))  # precision by role: LoRA's 16-bit base on a GPU
     model = models.load_model(path, dtype, cfg.model.trust_remote_code, **kwargs)
     if kwargs:  # the kernels the trial evaluated with (no CPU inference repacking)
         methods.keep_4bit_trainable(model)
@@ -127,7 +128,7 @@ def load(
     if cfg.method.name == "full":
         base = models.resolve(cfg.model, cfg.cache_dir)
         tok = models.load_tokenizer(base, cfg.model.trust_remote_code)
-        dtype = methods.dtype_for(cfg.train.precision)
+        dtype = methods.load_dtype(recipe.of(cfg))
         model = models.load_model(str(adapter), dtype, cfg.model.trust_remote_code)
         model.config.use_cache = True
         weights = "full checkpoint"

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
 from sweep.launch.child import enter
-from sweep.planning import budget
+from sweep.planning import budget, recipe
 from sweep.settings.compose import to_config
 from sweep.settings.schema import Config
 from sweep.settings.validate import pack_row_len, resolve_packing
@@ -36,7 +36,7 @@ def hand_written_model(cfg: Config, path: str) -> torch.nn.Module:
     m, t = cfg.method, cfg.train
     model = AutoModelForCausalLM.from_pretrained(
         path,
-        dtype=methods.dtype_for(t.precision),
+        dtype=methods.load_dtype(recipe.of(cfg)),  # precision by role, as a trial loads it
         device_map={"": models.device()},
         **methods.load_kwargs(m, t.precision),
     )

@@ -22,13 +22,17 @@ from sweep.settings.cpus import CPUS_ENV
 from sweep.settings.schema import Config
 from sweep.study.points import merge_overrides, slug
 
-# (switch, its overrides, the approaches it is measured on, needs a GPU)
-SWITCHES: list[tuple[str, list[str], list[str], bool]] = [
-    ("fused AdamW", ["train.optimizer=adamw_torch_fused"], ["full", "lora r=16"], False),
-    ("torch.compile", ["train.compile=true"], ["lora r=16"], False),
-    ("Liger kernels", ["train.liger=true"], ["full", "lora r=16"], True),
-    ("flash-attention 2", ["model.attn_implementation=flash_attention_2"], ["lora r=16"], True),
-]
+# (switch, its overrides on, off, the approaches it is measured on, needs a GPU)
+SWITCHES: list[tuple[str, list[str], list[str], list[str], bool]] = [
+    ("fused AdamW", ["train.optimizer=adamw_torch_fused"], ["train.optimizer=adamw_torch"],
+     ["full", "lora r=16"], False),
+    ("chunked loss", ["train.loss_impl=chunked"], ["train.loss_impl=full"],
+     ["full", "lora r=16"], False),
+    ("torch.compile", ["train.compile=true"], [], ["lora r=16"], False),
+    ("Liger kernels", ["train.liger=true"], [], ["full", "lora r=16"], True),
+    ("flash-attention 2", ["model.attn_implementation=flash_attention_2"], [], ["lora r=16"],
+     True),
+]  # fmt: skip
 APPROACH = {"full": ["method=full"], "lora r=16": ["method=lora", "method.r=16"]}
 
 
@@ -60,16 +64,15 @@ def kernels(user: list[str], steps: int, repeats: int, work: Path) -> list[dict[
     parent = live_store(work)
     gpu = hardware.gpu_present()
     rows = []
-    for switch, extra, approaches, needs_gpu in SWITCHES:
+    for switch, extra, without, approaches, needs_gpu in SWITCHES:
         for approach in approaches:
-            row: dict[str, Any] = {"switch": switch, "approach": approach, "overrides": extra}
+            row: dict[str, Any] = {"switch": switch, "approach": approach, "overrides": extra,
+                                   "without": without}  # fmt: skip
             if needs_gpu and not gpu:
                 rows.append({**row, "with / without": None, "note": "needs a CUDA GPU"})
                 continue
-            base = merge_overrides(
-                user,
-                [*APPROACH[approach], f"train.steps={steps}", "eval.size=2", "eval.base=false"],
-            )
+            trial = [*APPROACH[approach], f"train.steps={steps}", "eval.size=2", "eval.base=false"]
+            base = merge_overrides(user, trial, without)
             switched = merge_overrides(base, extra)
             ratios, on_rates, off_rates = [], [], []
             for i in range(repeats):

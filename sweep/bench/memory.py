@@ -3,10 +3,11 @@
     make bench-plan                         # tiny model and SmolLM2-135M, two sequence lengths
     python -m sweep.bench.memory model=tiny_llama [--no-time]
 
-Three sections of reports/bench/plan.md:
+Four sections of reports/bench/plan.md:
 1. the memory planner against the measured ledger, component by component (below);
 2. the planner and time model against published runs (sweep/bench/published.py);
-3. the time model against measured step times of the default grid here (sweep/bench/step_time.py;
+3. each memory saver off and on, ledger and planner (sweep/bench/savers.py; --no-savers);
+4. the time model against measured step times of the default grid here (sweep/bench/step_time.py;
    --no-time leaves it out: it trains 11 short trials).
 
 Runs a two-step trial per approach (full, LoRA r=4/16/64, QLoRA r=16) and sequence length, reads
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep.bench import published, step_time
+from sweep.bench import published, savers, step_time
 from sweep.settings.compose import compose
 from sweep.trial.run import run_trial
 
@@ -59,6 +60,7 @@ def measure(model: str, seq_len: int, approach: list[str], out: Path) -> dict[st
         "eval.max_new_tokens=1",
         "train.precision=fp32",
         "train.loss_logits=all",  # logits at every position, as the published tables assume
+        "train.loss_impl=full",  # and the model's own loss (the savers have their section)
         f"dataset.task_args.chain_sum.min_terms={max(2, seq_len // 12)}",
         f"dataset.task_args.chain_sum.max_terms={max(2, seq_len // 12)}",
     ]
@@ -97,6 +99,8 @@ def main(argv: list[str]) -> int:
         f"Worst component error: {worst:.1%} (target: within 10%).\n\n"
     )
     text += published.section() + "\n"
+    if "--no-savers" not in argv:
+        text += savers.section() + "\n"
     time_ok = True
     if "--no-time" not in argv:
         with tempfile.TemporaryDirectory() as tmp:

@@ -41,6 +41,16 @@ def sft_ratios(results: dict[str, Any]) -> list[Ratio]:
     ]
 
 
+def _loss_note(d: dict[str, Any]) -> str:
+    """How each side computed its loss, where the run recorded the harness's."""
+    impl = d.get("harness_loss_impl")
+    if impl is None:
+        return ""
+    same = "the same loss computed the same way" if impl == "chunked" else f"the harness: {impl}"
+    return (" (SFTTrainer computes it through its fused LM head, TRL's ChunkedLogProbFunction, "
+            f"the kernel of the harness's train.loss_impl=chunked; {same})")  # fmt: skip
+
+
 def _on(x: Any) -> str:
     return "on" if x is True else "off" if x is False else str(x)
 
@@ -84,7 +94,7 @@ def sft_section(results: dict[str, Any]) -> list[str]:
         "",
         "TRL's defaults kept: gradient checkpointing "
         f"{_on(d.get('gradient_checkpointing'))} (the harness's train.gradient_checkpointing is "
-        f"off by default), loss `{d.get('loss_type')}`, "
+        f"off by default), loss `{d.get('loss_type')}`{_loss_note(d)}, "
         f"completion-only loss {_on(d.get('completion_only_loss_used'))}, packing "
         f"{_on(d.get('packing'))}, padding-free {_on(d.get('padding_free'))}, loss logged every "
         f"{d.get('logging_steps')} steps (harness: every step)"
@@ -162,9 +172,11 @@ def kernel_ratios(results: dict[str, Any]) -> list[Ratio]:
 
 
 def kernel_section(results: dict[str, Any]) -> list[str]:
-    rows = [{k: v for k, v in r.items() if k != "overrides"} for r in results["kernels"]]
+    rows = [{k: v for k, v in r.items() if k not in ("overrides", "without")}
+            for r in results["kernels"]]  # fmt: skip
     for r, raw in zip(rows, results["kernels"], strict=True):
-        r["switch"] = f"{raw['switch']} (`{' '.join(raw['overrides'])}`)"
+        off = f" vs `{' '.join(raw['without'])}`" if raw.get("without") else ""
+        r["switch"] = f"{raw['switch']} (`{' '.join(raw['overrides'])}`{off})"
     return [
         "",
         "## 7. Kernel switches: the same harness trial with and without each",

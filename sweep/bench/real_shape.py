@@ -4,6 +4,7 @@ the published ranges, on random-weight models built from real architectures (no 
     python -m sweep.bench.real_shape                       # Llama-2-7B shape, batch 1 x 512
     python -m sweep.bench.real_shape --model llama3_8b --out reports/bench
     python -m sweep.bench.real_shape --speed --model llama3_2_1b --seq 1024   # reports/bench-llama3_2_1b/
+    python -m sweep.bench.real_shape --savers --model llama3_2_1b --seq 2048 --batch 2   # savers.md
 
 For each approach (full FT with 8-bit AdamW and gradient checkpointing, in bf16-mixed and in pure
 bf16; LoRA r=16 on a 16-bit base; QLoRA r=16) it runs a short harness trial (a fresh process,
@@ -136,6 +137,58 @@ def write(table: list[dict[str, object]], name: str, seq: int, out: Path) -> Pat
     return path
 
 
+# (saver, the approach it serves, its overrides off, on): issue 29's GPU check
+SAVERS = [
+    ("chunked loss", ["method=lora", "method.r=16"], ["train.loss_impl=full"],
+     ["train.loss_impl=chunked"]),
+    ("QLoRA compute-dtype embeddings", ["method=qlora", "method.r=16"],
+     ["method.kbit_fp32=true"], ["method.kbit_fp32=false"]),
+    ("optimizer in backward", ["method=full", "train.precision=bf16",
+     "train.optimizer=paged_adamw_8bit", "train.max_grad_norm=0"],
+     ["train.optimizer_in_backward=false"], ["train.optimizer_in_backward=true"]),
+]  # fmt: skip
+
+
+def savers(name: str, seq: int, batch: int, work: Path, out: Path, steps: int) -> int:
+    """Each memory saver off and on at batch x seq (a fresh process each): NVML and allocator
+    peaks against the plan, the paged states (NVML less the allocator's reserve: CUDA managed
+    memory is outside it), tokens/s; to <out>/savers.md."""
+    import pandas as pd
+
+    model_dir = build(name, work / "model")
+    data = rows(work / "rows.jsonl", seq, n=max(64, 4 * batch))
+    common = ["model=hf", f"model.name_or_path={model_dir}", f"model.name={name}-random",
+              "dataset=file", f"dataset.path={data}", f"train.batch_size={batch}",
+              f"train.max_seq_len={seq}", f"train.steps={steps}", "train.measure_warmup_steps=2",
+              "train.gradient_checkpointing=true", "eval.size=2", "eval.max_new_tokens=2",
+              "eval.base=false", "eval.retention_size=0"]  # fmt: skip
+    table = []
+    for saver, approach, off, on in SAVERS:
+        for state, extra in (("off", off), ("on", on)):
+            cfg = compose([*common, *approach, *extra])
+            label = f"{saver} {state}".replace(" ", "_")
+            m = launch(cfg, work / "trials" / label, 0).metrics
+            nvml, reserved = m.get("peak_vram_gib"), m.get("peak_reserved_gib")
+            table.append({
+                "saver": saver, "state": state,
+                "NVML peak (GiB)": nvml, "allocator peak (GiB)": m.get("peak_alloc_gib"),
+                "planned total (GiB)": m.get("plan_total_gib"),
+                "NVML / plan": nvml / m["plan_total_gib"] if nvml and m.get("plan_total_gib") else None,
+                "outside the allocator (GiB)": nvml - reserved if nvml and reserved else None,
+                "tokens/s": m.get("train_tokens_per_s"),
+            })  # fmt: skip
+            print(json.dumps(table[-1]), flush=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    text = (f"# Memory savers at {name} (random weights), batch {batch} x {seq}, on {device}\n\n"
+            + pd.DataFrame(table).to_markdown(index=False, floatfmt=".3g")
+            + "\n\nTarget: NVML and allocator peaks within 10% of the plan. Regenerate: "
+            "`python -m sweep.bench.real_shape --savers`.\n")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "savers.md").write_text(text)
+    print(text)
+    return 0
+
+
 def speed(name: str, seq: int, batch: int, work: Path, out: Path, steps: int, repeats: int) -> int:
     """`make bench`'s throughput (harness vs bare loop) and sft (harness vs SFTTrainer) parts on
     a random-weight `name` at batch x seq tokens; their report goes to <out>/harness.md."""
@@ -167,7 +220,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--speed", action="store_true", help="tokens/s and MFU vs bare loop and TRL")
     ap.add_argument("--batch", type=_positive, default=8, help="--speed's batch size (default 8)")
     ap.add_argument("--repeats", type=_positive, default=2, help="--speed's rounds (default 2)")
+    ap.add_argument("--savers", action="store_true", help="each memory saver off and on")
     args = ap.parse_args(argv)
+    if args.savers:
+        with tempfile.TemporaryDirectory(prefix="real_shape-") as tmp:
+            return savers(args.model, args.seq, args.batch, Path(tmp), Path(args.out or
+                          "reports/bench"), args.steps or 6)  # fmt: skip
     args.out = args.out or ("reports/bench-" + args.model if args.speed else "reports/bench")
     if args.speed:  # steps past the 2 warm-up steps the parts leave out
         steps = max(args.steps or 12, 3)

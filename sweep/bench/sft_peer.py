@@ -31,6 +31,7 @@ from sweep.launch.child import enter
 from sweep.planning import budget, recipe
 from sweep.settings.compose import to_config
 from sweep.settings.schema import Config
+from sweep.settings.validate import loss_impl_of
 from sweep.trial import batches, data, methods, models
 from sweep.trial.measure import GIB, host_peak_rss_bytes, reset_host_peak, step_clock, sync
 
@@ -191,6 +192,7 @@ def run(cfg: Config) -> dict[str, Any]:
         trainable_dtypes=sorted(trainable),
         examples=len(train_ds),
         examples_after_truncation=len(trainer.train_dataset),
+        harness_loss_impl=loss_impl_of(t),  # the harness side's loss, for the section's note
     )
     return {
         "train_tokens_per_s": sum(step_tokens) / measured_s if measured_s else float("nan"),

@@ -169,7 +169,12 @@ def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
     foot = (
         "GiB. total = weights + optimizer + max(activations + first gradients, grads + optimizer "
         "step) + overhead:\nthe peak is at the start of the backward (first gradients: the "
-        "lm_head's for full FT, all of them for adapters) or at the optimizer step.\n"
+        "lm_head's for full FT, the last block's for adapters) or at the optimizer step.\n"
+        f"loss: {s.loss_impl} ({'chunked: no [tokens x vocab] logits kept' if s.loss_impl != 'full' else 'the whole logits'}); "
+        f"QLoRA's embeddings and output layer {'fp32' if s.kbit_fp32 else 'in the compute dtype'}. "
+        "paged: optimizer states in CUDA managed memory, which may live in host memory; not in "
+        "total (a row that fits only so says 'states paged to host'). full (in backward): paged "
+        "8-bit AdamW, each weight updated in its backward (train.optimizer_in_backward).\n"
         f"overhead: CUDA context {s.cuda_context_gib} GiB + {s.fragmentation:.0%} fragmentation. "
         "Predicted, not measured (`make sweep` measures); assumptions: python -m pydoc sweep.planning.plan"
     )
@@ -222,7 +227,7 @@ def render_cost(
 
 
 def _label(row: Any) -> str:
-    return "full" if row.approach == "full" else f"{row.approach} r={row.rank}"
+    return row.approach if pd.isna(row.rank) else f"{row.approach} r={row.rank}"
 
 
 def _millions(n: float) -> str:

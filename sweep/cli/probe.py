@@ -27,7 +27,7 @@ import yaml
 from sweep.planning import cost
 from sweep.settings.compose import compose
 from sweep.settings.errors import ConfigError
-from sweep.settings.schema import GpuClass
+from sweep.settings.schema import GpuClass, default_cache_dir
 from sweep.study.points import merge_overrides, slug
 
 APPROACHES = {
@@ -152,7 +152,7 @@ def save(
     device: str, fits: dict[tuple[str, str], tuple[float, float]], note: str, cache_dir: str
 ) -> Path:
     """Write this device's entries to <cache>/calibration.yaml, replacing its earlier ones."""
-    path = Path(cache_dir) / cost.LOCAL_NAME
+    path = Path(cache_dir or default_cache_dir()) / cost.LOCAL_NAME
     old = (yaml.safe_load(path.read_text()) or {}).get("entries", []) if path.is_file() else []
     keep = [
         e
@@ -178,7 +178,7 @@ def save(
 def probe(
     overrides: list[str],
     work: Path,
-    cache_dir: str = ".cache",
+    cache_dir: str = "",
     batches: tuple[int, int] = PROBE_BATCHES,
     device: GpuClass | None = None,
     rounds: int = 1,

@@ -30,7 +30,7 @@ from sweep.planning.arch import Arch, linear_params, train_flops_per_token, trai
 from sweep.planning.recipe import Recipe
 from sweep.settings.compose import CONF_DIR
 from sweep.settings.errors import ConfigError
-from sweep.settings.schema import GpuClass
+from sweep.settings.schema import GpuClass, default_cache_dir
 
 SHIPPED = CONF_DIR / "calibration.yaml"
 LOCAL_NAME = "calibration.yaml"  # under the cache dir (.cache/): what `make probe` measured here
@@ -75,9 +75,12 @@ def matches(pattern: str, device: str) -> bool:
     return p == "*" or p in d
 
 
-def load_calibration(cache_dir: str | Path | None = ".cache") -> list[dict[str, Any]]:
-    """This machine's probe entries (if any) first, then the shipped ones."""
+def load_calibration(cache_dir: str | Path | None = "") -> list[dict[str, Any]]:
+    """This machine's probe entries (if any) first, then the shipped ones. `cache_dir` "": the
+    default cache ($SWEEP_CACHE, else .cache); None: the shipped table only."""
     entries: list[dict[str, Any]] = []
+    if cache_dir == "":
+        cache_dir = default_cache_dir()
     local = Path(cache_dir) / LOCAL_NAME if cache_dir else None
     for path in (local, SHIPPED):
         if path is not None and path.is_file():

@@ -44,8 +44,12 @@ def optimizer_state_bytes(optimizer: Any) -> int:
     """Bytes of every tensor in optimizer.state (through accelerate's wrapper, if any); a tensor
     several states share (bitsandbytes' 8-bit quantization maps) counts once."""
     inner = getattr(optimizer, "optimizer", optimizer)
+    parts = getattr(inner, "per_weight", None)  # one optimizer per weight (in backward)
+    states = (
+        [s for o in parts.values() for s in o.state.values()] if parts else inner.state.values()
+    )
     total, seen = 0, set()
-    for state in inner.state.values():
+    for state in states:
         for value in state.values():
             if isinstance(value, torch.Tensor) and id(value) not in seen:
                 seen.add(id(value))

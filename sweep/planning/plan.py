@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from sweep.planning import recipe
+from sweep.planning.activations import activation_bytes
 from sweep.planning.arch import (
     Arch,
     Shape,
@@ -59,60 +59,33 @@ from sweep.planning.arch import (
     trainable_shapes,
     trainable_tensors,
 )
+from sweep.planning.assumptions import DTYPE_BYTES, GIB, Settings, fsdp
 from sweep.planning.recipe import Recipe
 from sweep.settings.compose import CONF_DIR, method_config
 from sweep.settings.schema import AUTO_MAX_LEN, Config, GpuClass
-from sweep.settings.validate import resolve_precision
+from sweep.settings.validate import resolve_loss_impl
 
-GIB = 1024**3
 ATTENTIONS = ("sdpa", "eager")
+LEAN_OPTIMIZER = "paged_adamw_8bit"  # the lean full FT row: 8-bit states, paged to the host
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes 4-bit default)
 DQ_BLOCK = 256  # absmaxes per second-level fp32 constant (double quantization)
 ADAM8_BLOCK = 256  # elements per absmax in bitsandbytes' blockwise 8-bit optimizer states
 ADAM8_MIN = 4096  # bitsandbytes keeps 32-bit states for tensors smaller than this
 
 
-@dataclass
-class Settings:
-    """What a plan assumes; every field is a `key=value` on the command line."""
-
-    batch_size: int = 8  # conf/train/default.yaml
-    seq_len: int = 64  # tokens per sequence, padding included (conf/train max_seq_len: the most)
-    ranks: list[int] = field(default_factory=lambda: [4, 16, 64])  # LoRA ranks
-    qlora_rank: int = 16
-    precision: str = "auto"  # auto: bf16-mixed, what the harness runs on a bf16 GPU
-    optimizer: str = "auto"  # auto: as a trial on CUDA (sweep.planning.recipe.optimizer)
-    target_modules: Any = None  # None: conf/method/lora.yaml's (all-linear); or [q_proj, v_proj]
-    double_quant: bool | None = None  # None: conf/method/qlora.yaml's (true)
-    base_dtype: str = "auto"  # LoRA's frozen base: auto (16-bit under *-mixed) | fp32 | bf16 | fp16
-    gradient_checkpointing: bool = False
-    attention: str = "sdpa"  # sdpa (flash / memory-efficient: no probabilities kept) | eager
-    padded: bool = True  # a batch with padding: SDPA then keeps an additive mask in every block
-    logits_len: int = 0  # positions per sequence with logits (train.loss_logits=answer); 0: seq_len
-    cuda_context_gib: float = 0.5
-    fragmentation: float = 0.10  # allocator slack, as a fraction of the allocated peak
-    gpus: int = 1  # devices one trial trains on: batch_size is the global batch, split over them
-    parallel: str = "ddp"  # ddp (a replica per device) | fsdp (states sharded over the devices)
-    data: Any = (
-        None  # cost per epoch (sweep.planning.cost): a token count (10M, 1e7) or a data file
-    )
-    tiers: Any = None  # GPU tiers of the cost table: None (the seed's four), "all", or names
-
-    @property
-    def mode(self) -> str:
-        """The precision make plan assumes: "auto" is bf16-mixed, a trial's on a bf16 GPU."""
-        return resolve_precision(self.precision, cuda_bf16=True)
-
-
 # ---------------------------------------------------------------- bytes per component
 
 
 def weight_bytes(arch: Arch, rec: Recipe) -> float:
-    """Base weights in the recipe's base dtype (QLoRA: NF4 linears), plus fp32 LoRA adapters."""
+    """Base weights in the recipe's base dtype, plus fp32 LoRA adapters. QLoRA: NF4 linears,
+    fp32 norms, and the embeddings and output layer in the recipe's embed dtype (the compute
+    dtype; fp32 with method.kbit_fp32)."""
     adapters = 0 if rec.kind == "full" else 4 * sum(trainable_tensors(arch, rec))
     if rec.kind == "qlora":
         nf4 = nf4_bytes(linear_params(arch), rec.double_quant)
-        return nf4 + 4 * other_params(arch) + adapters
+        norms = (2 * arch.layers + 1) * arch.hidden
+        embeddings = DTYPE_BYTES[rec.embed_dtype] * (other_params(arch) - norms)
+        return nf4 + embeddings + 4 * norms + adapters
     return DTYPE_BYTES[rec.base_dtype] * total_params(arch) + adapters
 
 
@@ -121,9 +94,6 @@ def nf4_bytes(n: int, double_quant: bool = True) -> float:
     blocks = n / NF4_BLOCK
     constants = blocks * 1 + blocks / DQ_BLOCK * 4 if double_quant else blocks * 4
     return n / 2 + constants
-
-
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def trainable_bytes(rec: Recipe) -> int:
@@ -160,105 +130,6 @@ def adam8_state_bytes(n: int) -> float:
     return 2 * (n + 4 * -(-n // ADAM8_BLOCK))
 
 
-# ---------------------------------------------------------------- activations
-def activation_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
-    """Saved-for-backward tensors of every block, 16-bit weight copies, and the loss."""
-    tokens = s.batch_size * s.seq_len
-    layer = tokens * layer_bytes_per_token(arch, s, rec)
-    copies = weight_copy_bytes(arch, s, rec)
-    if not s.gradient_checkpointing:
-        return arch.layers * layer + copies + loss_bytes(arch, s)
-    inputs = arch.layers * tokens * arch.hidden * residual_bytes(rec)
-    return inputs + layer + copies + loss_bytes(arch, s)
-
-
-def layer_bytes_per_token(arch: Arch, s: Settings, rec: Recipe) -> float:
-    """Bytes one Llama block keeps for backward, per token: 4 x fp32 + 2 x 16-bit elements.
-
-    Counted from transformers 5's LlamaDecoderLayer and checked against torch's saved-tensor
-    hooks (tests/planning/test_plan.py). h hidden, i intermediate, q = heads * head_dim; keys and values
-    are expanded to every head (`kv` = 2q: transformers repeats them before SDPA when the batch
-    has a padding mask, and eager always does). `core` = q after RoPE + attention output + kv.
-    - full, fp32: per RMSNorm its input, normalized input and output (6h), core, the MLP's gate
-      output, activation, up output and their product (4i). All fp32.
-    - full, bf16: per norm an fp32 copy of the input (2h fp32), normalized and output (4h), core,
-      4i in bf16.
-    - full, *-mixed: per norm input and normalized (4h fp32); autocast's own 16-bit copy of the
-      input of q, k, v, gate, up (5h), core, 4i in 16 bits.
-    - LoRA: frozen norms and linears save less, each adapter saves its input and its A output
-      (7r): fp32 4h (norm input, output) + core + 4i + 7r; bf16: the adapters cast their inputs
-      (5h + q + i) to fp32 (2h + 5h + q + i + 7r fp32, core + 3i bf16); *-mixed: 2h fp32,
-      (5h + q + i) + 7r + core + 3i 16-bit.
-    - QLoRA: bitsandbytes hands back fp32 (the residual stream is fp32 after k-bit preparation),
-      so without autocast it is LoRA fp32; *-mixed: 2h + 3i fp32, (5h + q + i) + 7r + core 16-bit.
-    Plus per norm its fp32 rsqrt (2 elements) and what attention keeps besides q, k, v and its
-    output (`attention_bytes_per_token`).
-    """
-    h, i, q, m = arch.hidden, arch.intermediate, arch.heads * arch.dim, rec.precision
-    approach = rec.kind
-    core = 4 * q  # q after RoPE, attention output, keys and values expanded to every head
-    # inputs of the adapters (each casts its own copy), and their A outputs
-    adapters = sum(n_in for name, n_in, _ in arch.linears() if name in rec.targets)
-    a7 = len(rec.targets) * rec.r
-    mixed = m.endswith("-mixed")
-    if approach == "full":
-        table = {"fp32": (6 * h + core + 4 * i, 0), "bf16": (2 * h, 4 * h + core + 4 * i)}
-        fp32, half = table.get(m, (4 * h, 5 * h + core + 4 * i))
-    elif approach == "qlora" and mixed:
-        fp32, half = 2 * h + 3 * i, adapters + a7 + core
-    elif approach == "qlora" or m == "fp32":
-        fp32, half = 4 * h + core + 4 * i + a7, 0
-    elif m == "bf16":
-        fp32, half = 2 * h + adapters + a7, core + 3 * i
-    else:
-        fp32, half = 2 * h, adapters + a7 + core + 3 * i
-    return 4 * fp32 + 2 * half + 4 * 2 + attention_bytes_per_token(arch, s, half > 0)
-
-
-def attention_bytes_per_token(arch: Arch, s: Settings, sixteen_bit: bool) -> float:
-    """SDPA (memory-efficient kernel, padded batch): an fp32 log-sum-exp per head, and the
-    padding mask it turns into an additive one (seq per token, compute dtype) in every block.
-    Eager: the fp32 softmax probabilities (heads x seq per token) and their 16-bit cast."""
-    if s.attention == "sdpa":
-        mask = s.seq_len * (2 if sixteen_bit else 4) if s.padded else 0
-        return 4 * arch.heads + mask
-    return arch.heads * s.seq_len * (4 + (2 if sixteen_bit else 0))
-
-
-def weight_copy_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
-    """*-mixed only: the 16-bit copies autocast makes of fp32 weights and keeps for backward.
-
-    lm_head always; full FT: every linear weight (autocast caches casts of trainable weights
-    for the whole forward, with or without checkpointing); LoRA: the frozen base linears of the
-    blocks alive (all, or one with checkpointing) and every adapter; QLoRA: the adapters only
-    (bitsandbytes keeps the packed 4-bit weight and dequantizes again in backward).
-    """
-    if not rec.precision.endswith("-mixed"):
-        return 0.0
-    if fsdp(s, rec):  # FSDP gathers 16-bit weights (its mixed-precision policy): nothing left
-        return 0.0  # to cast; per_device counts the gathered layers
-    if rec.kind == "lora" and DTYPE_BYTES[rec.base_dtype] == 2:  # 16-bit base: nothing to cast
-        return 2 * sum(trainable_tensors(arch, rec))
-    lm_head = arch.vocab * arch.hidden
-    if rec.kind == "full":
-        return 2 * (lm_head + linear_params(arch))
-    alive = 1 if s.gradient_checkpointing else arch.layers
-    base = 0 if rec.kind == "qlora" else alive * linear_params(arch) / arch.layers
-    return 2 * (lm_head + base + sum(trainable_tensors(arch, rec)))
-
-
-def loss_bytes(arch: Arch, s: Settings) -> float:
-    """Three fp32 batch x seq x vocab tensors at the start of the backward: the log-probabilities
-    cross-entropy saved (logits are upcast to fp32 first), their gradient and the logits'; seq
-    is the positions that have logits (logits_len when set)."""
-    return 3 * 4 * s.batch_size * (s.logits_len or s.seq_len) * arch.vocab
-
-
-def residual_bytes(rec: Recipe) -> int:
-    """The residual stream (what checkpointing keeps per block): fp32 unless 16-bit weights."""
-    return 2 if rec.kind != "qlora" and DTYPE_BYTES.get(rec.base_dtype) == 2 else 4
-
-
 # ---------------------------------------------------------------- the plan
 
 
@@ -273,7 +144,8 @@ class Row:
     trainable_params: int
     weights_gib: float
     grads_gib: float
-    optimizer_gib: float
+    optimizer_gib: float  # the states that stay on the GPU
+    paged_gib: float  # paged optimizer states: may live in host memory (not in total_gib)
     activations_gib: float
     step_gib: float
     overhead_gib: float
@@ -289,10 +161,16 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
     dtype_bytes = trainable_bytes(rec)
     weights = weight_bytes(arch, rec)
     grads = dtype_bytes * sum(tensors)
-    states, step = optimizer_bytes(trainable_shapes(arch, rec), rec.optimizer, dtype_bytes)
+    shapes = trainable_shapes(arch, rec)
+    states, step = optimizer_bytes(shapes, rec.optimizer, dtype_bytes)
+    paged = paged_bytes(shapes, rec.optimizer, dtype_bytes)
+    states -= paged
     dev = replace(s, batch_size=max(1, s.batch_size // max(1, s.gpus)))
     acts = activation_bytes(arch, dev, rec)
     early = early_grads(arch, rec, grads, dtype_bytes)
+    if rec.optimizer_in_backward:  # each gradient freed once its weight is updated
+        grads = early = dtype_bytes * max(tensors, default=0)
+        step = step / max(1, len(tensors))  # the step runs one weight at a time
     sharded = fsdp(s, rec)
     weights, grads, states, step, early = per_device(
         arch, s.gpus, sharded, weights, grads, states, step, early
@@ -301,7 +179,7 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
     overhead = s.cuda_context_gib * GIB + s.fragmentation * allocated
     total = (allocated + overhead) / GIB
     return Row(
-        approach=rec.kind,
+        approach=rec.kind + (" (in backward)" if rec.optimizer_in_backward else ""),
         rank=None if rec.kind == "full" else rec.r,
         base=rec.base_dtype,
         optimizer=rec.optimizer,
@@ -309,17 +187,19 @@ def plan_row(arch: Arch, s: Settings, rec: Recipe, gpus: list[GpuClass]) -> Row:
         weights_gib=weights / GIB,
         grads_gib=grads / GIB,
         optimizer_gib=states / GIB,
+        paged_gib=paged / GIB,
         activations_gib=acts / GIB,
         step_gib=step / GIB,
         overhead_gib=overhead / GIB,
         total_gib=total,
-        gpu=smallest_gpu(total, gpus),
+        gpu=smallest_gpu(total, gpus) + paged_note(total, paged / GIB, gpus),
     )
 
 
-def fsdp(s: Settings, rec: Recipe) -> bool:
-    """Sharded over s.gpus: FSDP, except QLoRA, which the harness runs under DDP."""
-    return s.gpus > 1 and s.parallel == "fsdp" and rec.kind != "qlora"
+def paged_note(total_gib: float, paged_gib: float, gpus: Iterable[GpuClass]) -> str:
+    """' (states paged to host)' where the paged states would not fit beside the rest."""
+    fit = gpu_fit(total_gib, gpus)
+    return " (states paged to host)" if fit and total_gib + paged_gib > fit.memory_gib else ""
 
 
 def per_device(
@@ -346,10 +226,23 @@ def per_device(
     return weights / n + 2 * layer, grads / n, states / n, step / n, early / n
 
 
+PAGED_MIN = 100_000  # bitsandbytes pages the states of tensors of at least this many elements
+
+
+def paged_bytes(shapes: list[Shape], optimizer: str, dtype_bytes: int) -> float:
+    """The part of a paged optimizer's states in CUDA managed memory (bitsandbytes pages the
+    states of tensors of 1e5 elements or more): it may live in host memory, outside torch's
+    allocator, and is shown apart from what must stay on the GPU. 0 for other optimizers."""
+    if not optimizer.startswith("paged_"):
+        return 0.0
+    large = [s for s in shapes if math.prod(s) >= PAGED_MIN]
+    return optimizer_bytes(large, optimizer, dtype_bytes)[0]
+
+
 def early_grads(arch: Arch, rec: Recipe, grads: float, dtype_bytes: int) -> float:
     """Gradients that exist while every activation is still held: the lm_head's, the first
-    computed (full FT; each block's come as its activations go), or all of an adapter's (small)."""
-    return dtype_bytes * arch.vocab * arch.hidden if rec.kind == "full" else grads
+    computed (full FT), or the last block's adapters' (each block's come as its activations go)."""
+    return dtype_bytes * arch.vocab * arch.hidden if rec.kind == "full" else grads / arch.layers
 
 
 def plan_recipes(s: Settings) -> list[Recipe]:
@@ -363,11 +256,18 @@ def plan_recipes(s: Settings) -> list[Recipe]:
             m.target_modules = s.target_modules
         if m.quant is not None and s.double_quant is not None:
             m.quant.double_quant = s.double_quant
-        rec = recipe.of_method(m, s.precision, cuda=True, base_choice=s.base_dtype)
+        m.kbit_fp32 = s.kbit_fp32
+        fsdp_ = s.gpus > 1 and s.parallel == "fsdp"
+        loss = resolve_loss_impl(s.loss_impl, fsdp=fsdp_)
+        rec = recipe.of_method(m, s.precision, True, "auto", s.base_dtype, loss)
         recipe.require_targets(rec, m.target_modules)
         return rec if s.optimizer == "auto" else replace(rec, optimizer=s.optimizer)
 
-    return [one("full", 0)] + [one("lora", r) for r in s.ranks] + [one("qlora", s.qlora_rank)]
+    recipes = [one("full", 0)] + [one("lora", r) for r in s.ranks] + [one("qlora", s.qlora_rank)]
+    if s.lean_full and s.gpus == 1:  # full FT as lean as it goes on one device
+        lean = replace(recipes[0], optimizer=LEAN_OPTIMIZER, optimizer_in_backward=True)
+        recipes.insert(1, lean)
+    return recipes
 
 
 def plan(arch: Arch, s: Settings, gpus: list[GpuClass]) -> pd.DataFrame:
@@ -375,12 +275,6 @@ def plan(arch: Arch, s: Settings, gpus: list[GpuClass]) -> pd.DataFrame:
     table = pd.DataFrame([asdict(plan_row(arch, s, rec, gpus)) for rec in plan_recipes(s)])
     table["rank"] = table["rank"].astype("Int64")  # integers, <NA> for full FT
     return table
-
-
-def saved_activation_bytes(arch: Arch, s: Settings, rec: Recipe) -> float:
-    """The part of `activation_bytes` that autograd saves (what the ledger's saved-tensor hooks
-    count): without the two fp32 logits-sized gradients of the loss, which are not saved."""
-    return activation_bytes(arch, s, rec) - 2 / 3 * loss_bytes(arch, s)
 
 
 def trial_settings(cfg: Config, cuda: bool, seq_len: int | None = None) -> Settings:
@@ -397,6 +291,7 @@ def trial_settings(cfg: Config, cuda: bool, seq_len: int | None = None) -> Setti
         cuda_context_gib=Settings.cuda_context_gib if cuda else 0.0,
         gpus=t.gpus,
         parallel=t.parallel,
+        lean_full=False,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sweep.settings.compose import ConfigError
 from sweep.settings.schema import Config, MethodConfig
-from sweep.settings.validate import resolve_precision
+from sweep.settings.validate import loss_impl_of, resolve_loss_impl, resolve_precision
 
 # The seven linear layers of a Llama-style block, with the module paths transformers gives them.
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -37,6 +37,9 @@ class Recipe:
     precision: str  # resolved train.precision (never "auto")
     base_dtype: str = "fp32"  # the frozen (LoRA) or all (full) base weights: fp32 bf16 fp16 nf4 fp4
     trainable_dtype: str = "fp32"  # the trained weights and their optimizer master copies
+    embed_dtype: str = "fp32"  # QLoRA's embeddings and output layer (a 4-bit base's other weights)
+    loss: str = "full"  # resolved train.loss_impl: full | chunked | liger
+    optimizer_in_backward: bool = False  # each weight updated in its backward, its gradient freed
 
     @property
     def kind(self) -> str:
@@ -89,8 +92,11 @@ def of_method(
     cuda: bool,
     optimizer_choice: str = "auto",
     base_choice: str = "auto",
+    loss: str = "auto",
+    optimizer_in_backward: bool = False,
 ) -> Recipe:
-    """The recipe of a method config; precision "auto" resolves as on `cuda` (bf16 assumed)."""
+    """The recipe of a method config; precision "auto" resolves as on `cuda` (bf16 assumed),
+    train.loss_impl "auto" as on one device without Liger."""
     adapters = method.name != "full"
     q = method.quant
     resolved = resolve_precision(precision, cuda_bf16=cuda)
@@ -105,7 +111,18 @@ def of_method(
         precision=resolved,
         base_dtype=base,
         trainable_dtype=trainable,
+        embed_dtype=embed_dtype(method, resolved),
+        loss=resolve_loss_impl(loss),
+        optimizer_in_backward=optimizer_in_backward,
     )
+
+
+def embed_dtype(method: MethodConfig, precision: str) -> str:
+    """A 4-bit base's embeddings and output layer: the compute dtype (the QLoRA reference's
+    cast back after k-bit preparation), or fp32 with method.kbit_fp32 (PEFT's preparation)."""
+    if method.quant is None or method.kbit_fp32:
+        return "fp32"
+    return {"bf16-mixed": "bf16", "fp16-mixed": "fp16", "bf16": "bf16"}.get(precision, "fp32")
 
 
 def of(cfg: Config, cuda: bool | None = None) -> Recipe:
@@ -115,7 +132,10 @@ def of(cfg: Config, cuda: bool | None = None) -> Recipe:
 
         cuda = torch.cuda.is_available()
     t = cfg.train
-    return of_method(cfg.method, t.precision, cuda, t.optimizer, t.base_dtype)
+    return of_method(
+        cfg.method, t.precision, cuda, t.optimizer, t.base_dtype, loss_impl_of(t),
+        t.optimizer_in_backward,
+    )  # fmt: skip
 
 
 def require_targets(recipe: Recipe, target_modules: Sequence[str] | str) -> None:

@@ -164,7 +164,7 @@ def section(
     gpus: list[GpuClass],
     tier_names: Any,
     tokens: int,
-    cache_dir: str = ".cache",
+    cache_dir: str = "",
 ) -> list[str]:
     """The report's "Cost per epoch" section (empty without a headline)."""
     if table.empty:

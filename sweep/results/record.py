@@ -113,6 +113,9 @@ def run_info(cfg: Config) -> dict[str, Any]:
         "optimizer": rec.optimizer,
         "base_dtype": rec.base_dtype,
         "trainable_dtype": rec.trainable_dtype,
+        "embed_dtype": rec.embed_dtype,  # a 4-bit base's embeddings and output layer
+        "loss_impl": rec.loss,
+        "optimizer_in_backward": rec.optimizer_in_backward,
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
         "attention": cfg.model.attn_implementation,
         "packing": resolve_packing(cfg),  # train.packing resolved: batches packed into rows

@@ -144,6 +144,7 @@ def write(
     gpus: list[GpuClass],
     tiers: Any = None,
     epoch_tokens: int = EPOCH_TOKENS,
+    cache_dir: str = "",
 ) -> Path:
     """Write report.md, results.csv and the plots for these records; returns the report path.
     `tiers` and `epoch_tokens`: the cost-per-epoch section's GPU tiers and epoch (sweep.results.epoch)."""
@@ -166,7 +167,7 @@ def write(
         lines += section(table, records)
         pngs = plots(table, base_acc, out_dir)
         lines += ["## Pareto plots", "", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
-    lines += epoch.section(table, records, gpus, tiers, epoch_tokens)
+    lines += epoch.section(table, records, gpus, tiers, epoch_tokens, cache_dir)
     lines += predicted_vs_measured(df)
     bad = df[df.status != "ok"]
     lines += ["## Failed, OOM, diverged, pruned and skipped trials", ""]
@@ -238,7 +239,7 @@ def rebuild(experiment: str, overrides: list[str] | None = None) -> Path:
     title = "+".join(names)
     out_dir = Path(cfg.report.dir) / title
     r = cfg.report
-    path = write(records, out_dir, title, r.gpus, r.tiers, r.epoch_tokens)
+    path = write(records, out_dir, title, r.gpus, r.tiers, r.epoch_tokens, cfg.cache_dir)
     if len(names) == 1:  # a merged report belongs to no one sweep's parent run
         tracking.retrying(lambda: tracking.log_report(names[0], out_dir), "logging the report")
     return path

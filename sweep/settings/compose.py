@@ -144,14 +144,22 @@ def adapt(cfg: Config, user_set: set[str]) -> None:
     key = "train.measure_warmup_steps"
     if key not in user_set and not t.epochs and t.measure_warmup_steps >= t.steps >= 1:
         fewer = t.steps - 1
-        message = (
-            f"[config] warning: {key} (default {t.measure_warmup_steps}) is not below "
-            f"train.steps={t.steps}: {fewer} warm-up step(s) left out of the timing instead"
-        )
+        _warn(f"{key} (default {t.measure_warmup_steps}) is not below train.steps={t.steps}: "
+              f"{fewer} warm-up step(s) left out of the timing instead")  # fmt: skip
         t.measure_warmup_steps = fewer
-        if message not in _WARNED:  # a sweep composes each point: one line, not one per point
-            _WARNED.add(message)
-            print(message, file=sys.stderr, flush=True)
+    key = "train.max_grad_norm"
+    if key not in user_set and t.optimizer_in_backward and t.max_grad_norm:
+        _warn(f"{key} (default {t.max_grad_norm}) is 0 under train.optimizer_in_backward: no "
+              "clipping, as each weight is updated before the others have their gradients")  # fmt: skip
+        t.max_grad_norm = 0.0
+
+
+def _warn(text: str) -> None:
+    """One warning line, once per process (a sweep composes each point)."""
+    message = f"[config] warning: {text}"
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def _schema_keys(cls: type, prefix: str = "") -> list[str]:

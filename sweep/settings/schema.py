@@ -61,6 +61,7 @@ class MethodConfig:
     target_modules: Any = "all-linear"
     rslora: bool = False
     quant: QuantConfig | None = None
+    kbit_fp32: bool = False  # QLoRA: every weight that is not 4-bit in fp32 (PEFT's k-bit prep)
 
     @property
     def lora_alpha(self) -> float:
@@ -126,6 +127,9 @@ class TrainConfig:
     gpus: int = 1  # devices one trial trains on (one process each; CPU: gloo processes)
     parallel: str = "ddp"  # ddp | fsdp (with gpus > 1)
     packing: str = "auto"  # auto | true | false: packed rows (validate.resolve_packing)
+    max_grad_norm: float = 1.0  # gradient clipping (the Trainer's default); 0: none
+    loss_impl: str = "auto"  # auto | full | chunked | liger (sweep.trial.loss)
+    optimizer_in_backward: bool = False  # update each weight in its backward (train.optimizer)
 
 
 @dataclass
@@ -179,6 +183,14 @@ class ReportConfig:
     tiers: Any = None  # its GPU tiers: null (the seed's four), "all", or names from gpus
 
 
+def default_cache_dir() -> str:
+    """Where converted weights, cached base scores and `make probe`'s calibration go when no
+    config says (the config's own cache_dir reads the same variable)."""
+    import os
+
+    return os.environ.get("SWEEP_CACHE") or ".cache"
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -191,4 +203,4 @@ class Config:
     experiment: str = "default"
     label: str | None = None  # the approach's name in reports; None: from the method ('lora r=16')
     output_dir: str = "outputs"
-    cache_dir: str = ".cache"
+    cache_dir: str = ".cache"  # conf/config.yaml: $SWEEP_CACHE, else .cache (default_cache_dir)

@@ -14,7 +14,7 @@ from typing import Any
 
 from sweep.settings.errors import ConfigError, require
 from sweep.settings.metrics import OBJECTIVES
-from sweep.settings.schema import Config, DatasetConfig
+from sweep.settings.schema import Config, DatasetConfig, TrainConfig
 from sweep.settings.tiers import pick_tiers
 
 METHODS = ("full", "lora", "qlora")
@@ -44,6 +44,7 @@ SWEEP_KINDS = ("grid", "search")
 PRUNERS = ("none", "median")
 PARALLEL = ("ddp", "fsdp")
 LOSS_LOGITS = ("answer", "all")
+LOSS_IMPLS = ("auto", "full", "chunked", "liger")
 PACKINGS = ("auto", "true", "false")
 # PACKING_MEASURED: train.packing on 2 CPU cores under sdpa, SmolLM2-135M LoRA r=16 fp32,
 # forward+backward of batches of 8 (loss_logits=answer), packed time against padded:
@@ -209,6 +210,7 @@ def validate(cfg: Config) -> None:
     require(
         t.loss_logits in LOSS_LOGITS, "train.loss_logits", f"one of {LOSS_LOGITS}", t.loss_logits
     )
+    _check_savers(cfg)
     packing = str(t.packing).lower()  # a YAML or command-line true arrives as "True"
     require(packing in PACKINGS, "train.packing", f"one of {PACKINGS}", t.packing)
     require(e.size >= 1, "eval.size", "an integer >= 1", e.size)
@@ -317,6 +319,43 @@ def _check_dataset_scoring(d: DatasetConfig) -> None:
             f"a split other than dataset.split ({d.split}) or null",
             d.eval_split,
         )
+
+
+def _check_savers(cfg: Config) -> None:
+    """train.loss_impl, train.max_grad_norm and train.optimizer_in_backward: the memory savers,
+    refused in one line where they cannot apply."""
+    t = cfg.train
+    require(t.loss_impl in LOSS_IMPLS, "train.loss_impl", f"one of {LOSS_IMPLS}", t.loss_impl)
+    require(t.max_grad_norm >= 0, "train.max_grad_norm", ">= 0 (0: no clipping)", t.max_grad_norm)
+    if t.loss_impl == "liger":
+        allowed = "auto, full or chunked (liger needs train.liger=true, a CUDA GPU)"
+        require(t.liger, "train.loss_impl", allowed, "liger")
+    if t.loss_impl == "chunked":
+        require(not t.liger, "train.loss_impl", "auto or liger with train.liger=true (Liger "
+                "replaces the model's forward and its loss)", "chunked")  # fmt: skip
+        require(t.gpus == 1 or t.parallel != "fsdp", "train.loss_impl",
+                "auto or full under FSDP (its output layer is sharded)", "chunked")  # fmt: skip
+    if t.optimizer_in_backward:
+        key, value = "train.optimizer_in_backward", True
+        why = "false: each weight is updated as soon as its gradient exists, so"
+        require(t.grad_accum == 1, key, f"{why} train.grad_accum must be 1", value)
+        require(t.max_grad_norm == 0, key, f"{why} no clipping (train.max_grad_norm=0)", value)
+        require(t.gpus == 1, key, f"{why} one process (train.gpus=1)", value)
+
+
+def loss_impl_of(t: TrainConfig) -> str:
+    """A trial's train.loss_impl as it runs (resolve_loss_impl)."""
+    return resolve_loss_impl(t.loss_impl, t.liger, t.gpus > 1 and t.parallel == "fsdp")
+
+
+def resolve_loss_impl(choice: str, liger: bool = False, fsdp: bool = False) -> str:
+    """train.loss_impl as it runs: auto is liger with train.liger, full under FSDP over several
+    GPUs (a sharded output layer), else chunked (same loss, no [tokens x vocab] logits kept)."""
+    if choice != "auto":
+        return choice
+    if liger:
+        return "liger"
+    return "full" if fsdp else "chunked"
 
 
 def _check_kernels(cfg: Config) -> None:

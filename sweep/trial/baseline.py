@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sweep.planning import recipe
 from sweep.results import record
 from sweep.settings.compose import as_dict
 from sweep.settings.schema import Config
@@ -40,8 +41,9 @@ def _base_cache_file(cfg: Config, model_path: str, part: str, quant: bool) -> Pa
         key["dataset"] = d["dataset"]
         key["eval"] = [e[k] for k in ("size", "batch_size", "max_new_tokens")]
         key["max_len"] = cfg.train.max_seq_len
-    else:
+    else:  # the loaded model's own "before": its base dtype too (LoRA's 16-bit base on a GPU)
         key["retention"] = [e["retention_size"], e["retention_tokens"]]
+        key["base_dtype"] = recipe.of(cfg).base_dtype
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "base_accuracy" / f"{part}-{digest}.json"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sweep.planning import ledger, plan, recipe
+from sweep.planning import activations, ledger, plan, recipe
 from sweep.planning.arch import arch_for_model, train_flops_per_token
 from sweep.settings.errors import ConfigError
 from sweep.settings.schema import Config
@@ -56,7 +56,10 @@ def memory_ledger(cfg: Config, stats: Any) -> tuple[dict[str, Any], dict[str, An
             s.batch_size = int(shape[0])  # a packed batch (train.packing): its rows
             s.padded = bool(led.get("padded", True)) or _packed_mask(cfg, led)
             s.logits_len = int(led.get("logits_width") or 0)
-            saved = plan.saved_activation_bytes(arch_for_model(cfg.model), s, recipe.of(cfg, cuda))
+            s.loss_tokens = int(led.get("labeled_tokens") or 0)
+            saved = activations.saved_activation_bytes(
+                arch_for_model(cfg.model), s, recipe.of(cfg, cuda)
+            )
             out["plan_saved_activations_gib"] = saved / plan.GIB
     except (ConfigError, ValueError, TypeError) as exc:
         led["plan_error"] = str(exc)[:300]

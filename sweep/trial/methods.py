@@ -18,6 +18,8 @@ import torch
 
 from sweep.planning import recipe
 from sweep.settings.schema import MethodConfig, TrainConfig
+from sweep.settings.validate import loss_impl_of
+from sweep.trial import loss
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,7 +32,9 @@ def dtype_for(precision: str) -> torch.dtype:
 
 def load_dtype(rec: recipe.Recipe) -> torch.dtype:
     """Dtype a trial loads its model in: the recipe's base weights (precision by role); a
-    4-bit base loads its unquantized parts as the precision says."""
+    4-bit base loads its other weights (embeddings, output layer) in their recipe dtype."""
+    if rec.quant_type is not None:
+        return TORCH_DTYPES[rec.embed_dtype]
     return TORCH_DTYPES.get(rec.base_dtype, dtype_for(rec.precision))
 
 
@@ -56,6 +60,7 @@ def training_args(t: TrainConfig, lr: float, steps: int) -> dict[str, Any]:
         "gradient_accumulation_steps": t.grad_accum,
         "learning_rate": lr,
         "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
         "warmup_steps": t.warmup_steps,
         "optim": optimizer_name(t),
         "seed": t.seed,
@@ -133,23 +138,39 @@ def apply(model: torch.nn.Module, method: MethodConfig, train: TrainConfig) -> t
     gc = train.gradient_checkpointing
     gc_kwargs = {"use_reentrant": False}
     model.config.use_cache = False
+    if loss_impl_of(train) == "chunked":  # before PEFT wraps it: the causal LM's own forward
+        loss.use_chunked(model)
     if method.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         if gc:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     if method.quant is not None:
         keep_4bit_trainable(model)
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
-        )
-    elif gc:
+        prepare_4bit(model, fp32_all=method.kbit_fp32, autocast=train.precision.endswith("-mixed"))
+    if gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()
     return get_peft_model(model, lora_config(method))
+
+
+def prepare_4bit(model: torch.nn.Module, fp32_all: bool, autocast: bool = True) -> None:
+    """k-bit preparation's useful steps: freeze the base. Then, as the QLoRA reference does,
+    the embeddings and output layer left in the compute dtype they were loaded in and, under
+    autocast, the norms in fp32 (without autocast they stay in the compute dtype, or the output
+    layer would get fp32 input); or with `fp32_all` (method.kbit_fp32) every weight that is not
+    4-bit in fp32, as PEFT's `prepare_model_for_kbit_training` does (twice the embeddings'
+    memory). Gradient checkpointing's input gradients are set up by `apply`, as for LoRA."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in model.modules():
+        if fp32_all or (autocast and "norm" in type(module).__name__.lower()):
+            for p in module.parameters(recurse=False):
+                if p.is_floating_point() and type(p).__name__ != "Params4bit":
+                    p.data = p.data.float()
 
 
 def keep_4bit_trainable(model: torch.nn.Module) -> None:

@@ -156,6 +156,9 @@ class LedgerCallback(TrainerCallback):
                 led["sequences"] = int((pos == 0).sum()) if led["packed"] else int(ids.shape[0])
                 keep = kwargs.get("logits_to_keep")  # train.loss_logits=answer: logits kept
                 led["logits_width"] = _logits_width(keep, ids)
+                labels = kwargs.get("labels")  # what the chunked loss keeps
+                if isinstance(labels, torch.Tensor):
+                    led["labeled_tokens"] = int((labels[..., 1:] != -100).sum())
 
         self._hook = model.register_forward_pre_hook(shape, with_kwargs=True)
 
@@ -173,6 +176,9 @@ class LedgerCallback(TrainerCallback):
             return
         self._close()
         self.stats.ledger["grads_bytes"] = ledger.grad_bytes(model.parameters())
+        optimizer = getattr(kw.get("optimizer"), "optimizer", kw.get("optimizer"))
+        if hasattr(optimizer, "peak_grad_bytes"):  # updated in backward: each freed at once
+            self.stats.ledger["grads_bytes"] = optimizer.peak_grad_bytes
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
         if self._done or model is None:
@@ -202,7 +208,12 @@ class _Trainer(Trainer):
     """Trainer that counts a packed batch's tokens (train.packing) from its collator: the rows
     end in padding with no attention mask to find it by, and the pad id would not do (SmolLM2's
     is also its end-of-turn token, so real tokens would go uncounted). The count
-    (sweep.trial.data.REAL_TOKENS) leaves the batch here, before the model sees it."""
+    (sweep.trial.batches.REAL_TOKENS) leaves the batch here, before the model sees it.
+
+    `in_backward` (train.optimizer_in_backward): the Trainer's optimizer is `InBackward`, and
+    each weight has its own schedule."""
+
+    in_backward: bool = False
 
     def compute_loss(self, model, inputs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
         real = inputs.pop(batches.REAL_TOKENS, None)
@@ -210,6 +221,77 @@ class _Trainer(Trainer):
             n = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
             self.state.num_input_tokens_seen += int(self.accelerator.gather(n).sum().item())
         return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        if not self.in_backward or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        decay = set(self.get_decay_parameter_names(opt_model))
+        self.optimizer = self.in_backward_optimizer = InBackward(
+            {
+                p: cls(
+                    [{"params": [p], "weight_decay": self.args.weight_decay * (n in decay)}],
+                    **kwargs,
+                )  # fmt: skip
+                for n, p in opt_model.named_parameters()
+                if p.requires_grad
+            },
+            self.args.learning_rate,
+        )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if not self.in_backward or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        from transformers.optimization import get_scheduler
+
+        def schedule(opt: torch.optim.Optimizer) -> Any:
+            return get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=opt,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+
+        inner = self.in_backward_optimizer
+        for p, opt in inner.per_weight.items():  # after the weight's step, its own schedule
+            weight_schedule = schedule(opt)
+            p.register_post_accumulate_grad_hook(lambda _p, s=weight_schedule: s.step())
+        # the Trainer's own, on the stand-in: the same schedule, for the logged learning rate
+        self.lr_scheduler = schedule(inner)
+        return self.lr_scheduler
+
+
+class InBackward(torch.optim.Optimizer):
+    """train.optimizer_in_backward: one optimizer per trainable weight, stepped by the weight's
+    post-accumulate-grad hook, which then frees the gradient, so the gradients are never all held
+    at once. The Trainer steps this stand-in, which does nothing (the pattern of transformers'
+    LayerWiseDummyOptimizer, whose scheduler fails on torch 2.13: `_Trainer.create_scheduler`
+    gives each weight its own). `peak_grad_bytes`: the most gradient bytes alive at once."""
+
+    def __init__(self, per_weight: dict[torch.nn.Parameter, torch.optim.Optimizer], lr: float):
+        super().__init__([torch.zeros(1)], {"lr": lr})
+        self.per_weight = per_weight
+        self.peak_grad_bytes = 0
+        self._live = 0
+        for p in per_weight:
+            p.register_post_accumulate_grad_hook(self._step)
+
+    def _step(self, p: torch.nn.Parameter) -> None:
+        size = ledger.tensor_bytes(p.grad)
+        self._live += size
+        self.peak_grad_bytes = max(self.peak_grad_bytes, self._live)
+        self.per_weight[p].step()
+        self.per_weight[p].zero_grad(set_to_none=True)
+        self._live -= size
+
+    def step(self, closure: Any = None) -> None:  # every weight stepped in its backward
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # every gradient freed there
+        return None
 
 
 def train(
@@ -252,6 +334,7 @@ def train(
         processing_class=tok,
         callbacks=[callback, LedgerCallback(callback.stats), *extra_callbacks],
     )
+    trainer.in_backward = cfg.optimizer_in_backward
     trainer.remove_callback(PrinterCallback)  # the callback's progress bar replaces its prints
     trainer.train()
     return callback.stats

@@ -754,13 +754,14 @@ def test_kernels_part_pairs_each_switch_with_the_same_trial_without_it(tmp_path,
         kernels,
         "SWITCHES",
         [
-            ("fused AdamW", ["train.optimizer=adamw_torch_fused"], ["lora r=16"], False),
-            ("Liger kernels", ["train.liger=true"], ["full"], True),
+            ("chunked loss", ["train.loss_impl=chunked"], ["train.loss_impl=full"],
+             ["lora r=16"], False),
+            ("Liger kernels", ["train.liger=true"], [], ["full"], True),
         ],
-    )
+    )  # fmt: skip
     rows = kernels.kernels(tiny("train.max_seq_len=32"), 4, 1, tmp_path / "k")
     fused, liger = rows
-    assert fused["switch"] == "fused AdamW" and fused["approach"] == "lora r=16"
+    assert fused["switch"] == "chunked loss" and fused["approach"] == "lora r=16"
     on, off = fused["tokens/s with (median)"], fused["tokens/s without (median)"]
     assert on > 0 and off > 0 and fused["with / without"] == pytest.approx(on / off)
     assert len(fused["round ratios"].split()) == 1
@@ -768,9 +769,9 @@ def test_kernels_part_pairs_each_switch_with_the_same_trial_without_it(tmp_path,
         assert liger["with / without"] is None and liger["note"] == "needs a CUDA GPU"
     results = {"kernels": rows, "kernels_steps": 4, "kernels_pairing": "x"}
     ratios = PARTS["kernels"].ratios(results)
-    assert ratios[0][0] == "7. training tokens/s, fused AdamW on / off, lora r=16"
+    assert ratios[0][0] == "7. training tokens/s, chunked loss on / off, lora r=16"
     section = "\n".join(PARTS["kernels"].section(results))
-    assert "`train.optimizer=adamw_torch_fused`" in section
+    assert "`train.loss_impl=chunked`" in section
 
 
 def test_a_paired_ratio_is_a_finding_only_where_its_interval_clears_the_target():

@@ -14,7 +14,7 @@ import torch
 
 from sweep.launch import parallel
 from sweep.launch.launch import launch
-from sweep.planning import plan
+from sweep.planning import activations, plan
 from sweep.planning.arch import load_arch
 from sweep.settings.compose import ConfigError, compose
 from sweep.trial import ranks
@@ -143,7 +143,7 @@ def test_plan_per_device_divides_sharded_states_and_the_batch():
     assert fsdp.weights_gib == pytest.approx(one.weights_gib / 4 + 2 * layer)
     assert ddp.activations_gib == pytest.approx(half.activations_gib)  # batch 8 / 4 GPUs
     # FSDP gathers 16-bit weights: no autocast copies of the fp32 ones (16 GB for an 8B)
-    copies = plan.weight_copy_bytes(arch, plan.Settings(batch_size=2, seq_len=1024), full)
+    copies = activations.weight_copy_bytes(arch, plan.Settings(batch_size=2, seq_len=1024), full)
     assert fsdp.activations_gib == pytest.approx(half.activations_gib - copies / plan.GIB)
     assert ddp.weights_gib == one.weights_gib and ddp.grads_gib == 2 * one.grads_gib  # buckets
     assert fsdp.total_gib < one.total_gib / 2 < ddp.total_gib

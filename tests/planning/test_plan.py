@@ -9,6 +9,7 @@ import pytest
 
 from sweep.__main__ import main
 from sweep.cli import plan as cli
+from sweep.planning import activations as Act
 from sweep.planning import arch as A
 from sweep.planning import plan as P
 from sweep.planning import recipe
@@ -62,7 +63,7 @@ def test_toy_full_fp32_by_hand():
     # both heads 4*8=32, MLP 4i=64 -> 144 elements = 576 bytes, + 2 rsqrt (8 bytes)
     # + log-sum-exp 2 heads (8 bytes) + additive padding mask seq 3 (12 bytes) = 604 bytes.
     per_token = 4 * (6 * 8 + 4 * 8 + 4 * 16) + 8 + 4 * 2 + 4 * 3
-    assert per_token == 604 == P.layer_bytes_per_token(TOY, s, R("full"))
+    assert per_token == 604 == Act.layer_bytes_per_token(TOY, s, R("full"))
     loss = 3 * 4 * 2 * 3 * 10  # log-probs, their gradient, the logits' gradient: 720 bytes
     acts = 2 * (2 * 3) * per_token + loss  # 2 blocks x 6 tokens + loss = 7968
     # Peak: start of the backward (activations + the lm_head's fp32 gradient, 4*10*8 bytes) or
@@ -175,9 +176,11 @@ def test_block_activations_match_torch_saved_tensors(precision, approach, base):
     one_block = saved_bytes(arch, 3, precision, approach, batch, seq, base16) - saved_bytes(
         arch, 2, precision, approach, batch, seq, base16
     )
-    predicted = batch * seq * P.layer_bytes_per_token(arch, s, rec)
+    predicted = batch * seq * Act.layer_bytes_per_token(arch, s, rec)
     two = Arch(vocab=50, hidden=48, intermediate=136, layers=2, heads=4, kv_heads=2)
-    predicted += P.weight_copy_bytes(two, s, rec) - P.weight_copy_bytes(arch, s, rec)  # per block
+    predicted += Act.weight_copy_bytes(two, s, rec) - Act.weight_copy_bytes(
+        arch, s, rec
+    )  # per block
     assert one_block == predicted
 
 
@@ -210,8 +213,8 @@ def test_gradient_checkpointing_lowers_activations():
             on = P.Settings(
                 batch_size=4, seq_len=512, precision=precision, gradient_checkpointing=True
             )
-            a_off = P.activation_bytes(arch, off, R(approach, 16, precision))
-            a_on = P.activation_bytes(arch, on, R(approach, 16, precision))
+            a_off = Act.activation_bytes(arch, off, R(approach, 16, precision))
+            a_on = Act.activation_bytes(arch, on, R(approach, 16, precision))
             assert a_on < a_off, (approach, precision)
 
 
@@ -224,7 +227,7 @@ def test_smallest_gpu_that_fits():
     shipped = P.load_gpus()
     assert shipped and shipped[0].name == "T4 16GB"
     table = P.plan(load_arch("smollm2_135m"), P.Settings(), shipped)
-    assert list(table["gpu"]) == ["T4 16GB"] * 5
+    assert list(table["gpu"]) == ["T4 16GB"] * 6  # full, full in backward, 3 LoRA, QLoRA
 
 
 def test_every_shipped_model_has_an_architecture():
@@ -306,3 +309,81 @@ def test_peak_tflops_matches_the_device_name_and_precision() -> None:
     assert peak_tflops("Tesla T4", "fp16-mixed", gpus) == 65
     assert peak_tflops("NVIDIA GeForce RTX 5090", "bf16-mixed", gpus) is None
     assert peak_tflops("NVIDIA H200", "bf16-mixed", [GpuClass(name="H200 141GB")]) is None
+
+
+def _plan_8b(**kw) -> dict[str, P.Row]:
+    s = P.Settings(batch_size=2, seq_len=2048, precision="bf16", gradient_checkpointing=True, **kw)
+    rows = [P.plan_row(load_arch("llama3_8b"), s, rec, P.load_gpus()) for rec in P.plan_recipes(s)]
+    return {f"{r.approach} {r.rank or ''}".strip(): r for r in rows}
+
+
+def test_an_8b_lora_and_qlora_fit_one_24gb_card_at_2k_context_with_the_savers():
+    """Llama-3-8B, batch 2 x 2048, bf16, gradient checkpointing: the chunked loss, QLoRA's
+    compute-dtype embeddings and (full FT) paged 8-bit AdamW updated in backward."""
+    rows = _plan_8b()
+    assert rows["lora 16"].total_gib <= 20
+    assert rows["qlora 16"].total_gib <= 10
+    lean = rows["full (in backward)"]
+    assert lean.total_gib <= 22 and lean.paged_gib > 14  # states apart: they may live in host
+    assert lean.optimizer == "paged_adamw_8bit" and "states paged to host" in lean.gpu
+    assert lean.grads_gib < 1.0  # one weight's gradient at a time (the embeddings')
+    without = _plan_8b(loss_impl="full", kbit_fp32=True, lean_full=False)
+    assert "full (in backward)" not in without
+    assert without["lora 16"].total_gib > 24 and without["qlora 16"].total_gib > 16
+
+
+def test_paged_states_are_only_those_bitsandbytes_pages():
+    shapes = [(4096, 4096), (4096,)]  # a matrix (paged) and a norm (under 1e5 elements: not)
+    assert P.paged_bytes(shapes, "adamw_torch_fused", 4) == 0
+    paged = P.paged_bytes(shapes, "paged_adamw_8bit", 4)
+    assert paged == P.adam8_state_bytes(4096 * 4096)
+
+
+def _qlora_saved(arch: Arch, precision: str, kbit_fp32: bool) -> int:
+    """Saved bytes of one forward and backward of a bitsandbytes 4-bit model on the CPU, as
+    sweep.trial.methods prepares it."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from sweep.planning.ledger import SavedTensors
+    from sweep.trial import methods
+
+    torch.manual_seed(0)
+    path = tempfile.mkdtemp()
+    LlamaForCausalLM(hf_config(arch, arch.layers)).save_pretrained(path)
+    m = MethodConfig(name="qlora", r=4, quant=QuantConfig(), kbit_fp32=kbit_fp32)
+    rec = recipe.of_method(m, precision, cuda=False)
+    model = LlamaForCausalLM.from_pretrained(
+        path, dtype=methods.load_dtype(rec), **methods.load_kwargs(m, precision)
+    )
+    methods.keep_4bit_trainable(model)
+    methods.prepare_4bit(model, kbit_fp32, autocast=precision.endswith("-mixed"))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear")).train()
+    ids = torch.randint(0, arch.vocab, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    mixed = precision.endswith("-mixed")
+    with SavedTensors(model) as saved, torch.autocast("cpu", torch.bfloat16, enabled=mixed):
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    return saved.bytes
+
+
+@pytest.mark.parametrize(
+    ("precision", "kbit_fp32"),
+    [("bf16-mixed", False), ("bf16-mixed", True), ("bf16", False), ("fp32", False)],
+)
+def test_qlora_block_activations_match_bitsandbytes_on_cpu(precision, kbit_fp32):
+    """One more 4-bit block adds what layer_bytes_per_token and the adapters' weight copies
+    predict, whatever the embeddings' dtype."""
+    one, two = (Arch(vocab=64, hidden=128, intermediate=256, layers=n, heads=4, kv_heads=2)
+                for n in (2, 3))  # fmt: skip
+    block = _qlora_saved(two, precision, kbit_fp32) - _qlora_saved(one, precision, kbit_fp32)
+    m = MethodConfig(name="qlora", r=4, quant=QuantConfig(), kbit_fp32=kbit_fp32)
+    rec = recipe.of_method(m, precision, cuda=False)
+    s = P.Settings(batch_size=3, seq_len=20, precision=precision)
+    predicted = 3 * 20 * Act.layer_bytes_per_token(two, s, rec)
+    predicted += Act.weight_copy_bytes(two, s, rec) - Act.weight_copy_bytes(one, s, rec)
+    assert block == predicted

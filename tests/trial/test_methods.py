@@ -127,3 +127,44 @@ def test_kernel_switches_reach_trainer_and_liger_needs_a_gpu():
         with pytest.raises(ConfigError, match="train.liger") as err:
             compose(tiny("train.liger=true"))
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kbit_fp32", [False, True])
+def test_qlora_keeps_embeddings_and_output_layer_in_the_compute_dtype(tiny_path, kbit_fp32):
+    """The QLoRA reference's dtypes under bf16 autocast: 4-bit linears, bf16 embeddings and
+    output layer, fp32 norms and adapters; method.kbit_fp32=true: PEFT's, all fp32."""
+    import bitsandbytes as bnb
+
+    from sweep.planning import recipe
+
+    cfg = compose(["model=tiny_llama", "method=qlora", "method.r=4",
+                   "train.precision=bf16-mixed", f"method.kbit_fp32={kbit_fp32}"])  # fmt: skip
+    rec = recipe.of(cfg, cuda=False)
+    assert rec.embed_dtype == ("fp32" if kbit_fp32 else "bf16")
+    base = models.load_model(
+        tiny_path, methods.load_dtype(rec), **methods.load_kwargs(cfg.method, "bf16-mixed")
+    )
+    model = methods.apply(base, cfg.method, cfg.train)
+    inner = model.get_base_model()
+    embed = torch.float32 if kbit_fp32 else torch.bfloat16
+    assert inner.get_input_embeddings().weight.dtype == embed
+    assert inner.get_output_embeddings().weight.dtype == embed
+    norms = [m for m in inner.modules() if "norm" in type(m).__name__.lower()]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    assert all(isinstance(m.base_layer, bnb.nn.Linear4bit) for m in inner.modules()
+               if hasattr(m, "lora_A"))  # fmt: skip
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert adapters and all(p.dtype == torch.float32 and p.requires_grad for p in adapters)
+
+
+def test_qlora_in_the_compute_dtype_still_learns(tmp_path):
+    from sweep.trial.run import run_trial
+    from tests.conftest import tiny
+
+    cfg = compose(tiny("method=qlora", "method.lr=0.01", "train.steps=12",
+                       "train.precision=bf16-mixed", "eval.base=false"))  # fmt: skip
+    result = run_trial(cfg, tmp_path)
+    assert result.status == "ok", result.train.get("error")
+    losses = result.train["loss_curve"]
+    assert result.run["embed_dtype"] == "bf16"
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
