@@ -22,18 +22,21 @@ import sys
 from pathlib import Path
 
 from sweep.settings.compose import ConfigError
+from sweep.settings.errors import Terminated
 
 USAGE = __doc__.split("\n\n")[1]
 
 
 def _trial(overrides: list[str]) -> int:
     from sweep.settings.compose import compose
+    from sweep.trial.checkpoint import install_term_handler
     from sweep.trial.preflight import preflight
     from sweep.trial.run import run_trial
     from sweep.trial.summary import summary
 
     cfg = compose(overrides)
     preflight(cfg)
+    install_term_handler()  # SIGTERM: a checkpoint, then the trial ends preempted
     out = Path(cfg.output_dir, cfg.experiment, "single", _stamp())
     print(f"[trial] {' '.join(overrides) or '(defaults)'} -> {out}", flush=True)
     if cfg.train.gpus > 1:  # one process per device, started by accelerate (sweep.launch.parallel)
@@ -167,6 +170,10 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"terminated ({exc}): every finished trial is recorded and an interrupted one keeps "
+              "its checkpoint; run the same command again to resume", file=sys.stderr)  # fmt: skip
+        return 143
     except KeyboardInterrupt:
         print(
             "interrupted: finished trials are recorded; run the same command to resume",

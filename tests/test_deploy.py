@@ -6,6 +6,7 @@
 import os
 import re
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -55,8 +56,19 @@ def test_k8s_job_runs_one_worker_per_gpu_pod():
     # a crashed worker restarts in the same pod (same host): it fails its own dead trial at once
     assert pod["restartPolicy"] == "OnFailure" and spec["backoffLimit"] >= 1
     (worker,) = pod["containers"]
-    assert worker["command"][:2] == ["make", "worker"]
+    assert worker["command"][-3:-1] == ["sweep", "run"]  # python as PID 1: it gets SIGTERM
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_k8s_gives_a_preempted_trial_time_to_checkpoint_and_keeps_it_for_the_restart():
+    from sweep.settings.schema import SweepConfig
+
+    pod = _job()["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > SweepConfig().term_grace_s + 30
+    (worker,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+    assert mounts["outputs"] == worker["workingDir"].rstrip("/") + "/outputs"
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}["outputs"]
 
 
 def test_k8s_settings_come_from_secrets_and_a_private_pgpass():
@@ -85,7 +97,7 @@ def test_sbatch_array_of_gpu_workers():
     assert d["--gres"].startswith("gpu:")
     assert "%a" in d["--output"]  # one log per array task
     body = WORKERS.read_text()
-    assert re.search(r"^exec make worker SWEEP=", body, re.M)
+    assert re.search(r"^\.venv/bin/python -m sweep run sweep=", body, re.M)
     for name in ("SWEEP_STORAGE", "MLFLOW_TRACKING_URI", "PGPASSFILE"):
         assert re.search(rf"^export {name}=", body, re.M)
     assert "--dependency=afterany:" in body and REPORT.name in body
@@ -112,3 +124,39 @@ def test_sbatch_refuses_a_password_or_a_readable_pgpass(tmp_path):
     pgpass.chmod(0o644)
     out = run(SWEEP_STORAGE="postgresql://sweep@db:5432/optuna")
     assert out.returncode == 2 and "mode 0600" in out.stderr
+
+
+def test_sbatch_passes_sigterm_on_and_requeues_the_task(tmp_path):
+    """SLURM's early SIGTERM (--signal=B:TERM@N, N > sweep.term_grace_s) reaches the worker,
+    which checkpoints and exits 143; then the task requeues itself."""
+    from sweep.settings.schema import SweepConfig
+
+    d = _directives(WORKERS)
+    assert "--requeue" in d and d["--signal"].startswith("B:TERM@")
+    assert int(d["--signal"].split("@")[1]) > SweepConfig().term_grace_s + 30
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text("db:5432:optuna:sweep:secret\n")
+    pgpass.chmod(0o600)
+    (tmp_path / "Makefile").write_text(".venv/.installed:\n\ttouch $@\n")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / ".installed").touch()
+    worker = tmp_path / ".venv" / "bin" / "python"  # a worker that checkpoints on SIGTERM
+    worker.write_text("#!/bin/bash\ntrap 'echo checkpointed >> \"$LOG\"; exit 143' TERM\n"
+                      "echo started >> \"$LOG\"\nwhile true; do sleep 0.1; done\n")  # fmt: skip
+    worker.chmod(0o755)
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >> "$LOG"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    log = tmp_path / "log"
+    env = {**os.environ, "SLURM_SUBMIT_DIR": str(tmp_path), "PGPASSFILE": str(pgpass),
+           "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3", "LOG": str(log),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+    proc = subprocess.Popen(["bash", str(WORKERS)], env=env, cwd=tmp_path)
+    for _ in range(100):
+        if log.exists() and "started" in log.read_text():
+            break
+        time.sleep(0.1)
+    proc.send_signal(15)
+    proc.wait(timeout=30)
+    assert log.read_text().split("\n")[:3] == ["started", "checkpointed", "scontrol requeue 77_3"]

@@ -9,9 +9,13 @@ argument, so the storage URL never reaches a command line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sweep.launch import parallel
@@ -59,6 +63,32 @@ def launch(
     return result
 
 
+# How to stop each trial process running now (sweep.study: SIGTERM reaches the sweep)
+_RUNNING: dict[str, Callable[[int], None]] = {}
+
+
+def stop_running(grace_s: float) -> None:
+    """SIGTERM to every trial running now (it checkpoints and exits), SIGKILL after grace_s."""
+    for send in list(_RUNNING.values()):
+        send(signal.SIGTERM)
+
+    def kill() -> None:
+        for send in list(_RUNNING.values()):
+            send(signal.SIGKILL)
+
+    timer = threading.Timer(grace_s, kill)
+    timer.daemon = True
+    timer.start()
+
+
+def _signal_process(pid: int, group: bool = False) -> Callable[[int], None]:
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            (os.killpg if group else os.kill)(pid, signum)
+
+    return send
+
+
 def _run_forked(
     cfg: Config,
     trial_dir: Path,
@@ -84,7 +114,11 @@ def _run_forked(
         name=f"trial {trial_dir.name}",
     )
     proc.start()
-    proc.join(timeout_s or None)
+    _RUNNING[str(trial_dir)] = _signal_process(proc.pid)
+    try:
+        proc.join(timeout_s or None)
+    finally:
+        _RUNNING.pop(str(trial_dir), None)
     if proc.exitcode is None:  # still running past sweep.timeout_s
         proc.kill()
         proc.join()
@@ -108,7 +142,17 @@ def _run_parallel(
     if pruning is not None:
         details["pruning"] = list(pruning[1:])
         run_env[ranks.STORAGE_ENV] = pruning[0]
-    return parallel.run(trial_dir, cfg.train.gpus, details, run_env, timeout_s, memory_limit_gib)
+    key = str(trial_dir)
+
+    def started(pid: int) -> None:
+        _RUNNING[key] = _signal_process(pid, group=True)
+
+    try:
+        return parallel.run(
+            trial_dir, cfg.train.gpus, details, run_env, timeout_s, memory_limit_gib, started
+        )
+    finally:
+        _RUNNING.pop(key, None)
 
 
 def summary_line(i: int, n: int | str, result: TrialResult) -> str:

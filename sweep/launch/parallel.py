@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def run(
     env: dict[str, str],
     timeout_s: int,
     memory_limit_gib: float,
+    started: Callable[[int], None] | None = None,
 ) -> int | None:
     """Run the trial in `processes` processes and wait; its exit code (None: killed at the
     time-out). Output goes to the console and to <trial dir>/launch.log."""
@@ -82,6 +84,8 @@ def run(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: a time-out kills every rank
         )
+        if started is not None:  # the sweep may stop it (SIGTERM: every rank checkpoints)
+            started(proc.pid)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:  # rank 0 prints the trial's progress and summary

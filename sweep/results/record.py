@@ -27,7 +27,8 @@ from sweep.settings.compose import as_dict, config_hash
 from sweep.settings.schema import Config, GpuClass
 from sweep.settings.validate import resolve_packing
 
-STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom")
+# preempted: stopped by SIGTERM with a checkpoint, which the next run of the sweep resumes
+STATUSES = ("ok", "oom", "diverged", "pruned", "failed", "skipped_predicted_oom", "preempted")
 
 PACKAGES = (
     "torch",

@@ -15,6 +15,11 @@ class ConfigError(ValueError):
     """A config value is wrong; the message is one line naming the key and what is allowed."""
 
 
+class Terminated(Exception):
+    """SIGTERM reached the sweep: its trial checkpointed (or was killed after
+    sweep.term_grace_s), its runs are closed KILLED; the process exits 143."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message (its type name if it has none)."""
     text = str(exc).strip().splitlines()

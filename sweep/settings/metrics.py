@@ -95,6 +95,12 @@ METRICS: dict[str, Metric] = {
     "eval_s": _m("s", LOWER, "the trained model's evaluation"),
     "base_eval_s": _m("s", LOWER, "the untuned base model's evaluation (0 when cached)"),
     "save_s": _m("s", LOWER, "writing the adapter or checkpoint"),
+    "checkpoints": _m("count", None, "checkpoints saved during training (train.save_every*)"),
+    "checkpoint_s": _m("s", LOWER, "saving them, in all (not in train_s)"),
+    "checkpoint_bytes": _m("bytes", LOWER, "the last checkpoint's size on disk"),
+    "resumed_from_step": _m("count", None, "the checkpoint's step a resumed trial went on from"),
+    "lost_steps": _m("count", LOWER, "steps an interrupted run did after its last checkpoint"),
+    "lost_s": _m("s", LOWER, "their time, done again (not in train_s)"),
     "s_per_step": _m("s", LOWER, "mean step time after warm-up"),
     "s_per_step_median": _m("s", LOWER, "median step time after warm-up"),
     # throughput

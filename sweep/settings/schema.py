@@ -130,6 +130,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (the Trainer's default); 0: none
     loss_impl: str = "auto"  # auto | full | chunked | liger (sweep.trial.loss)
     optimizer_in_backward: bool = False  # update each weight in its backward (train.optimizer)
+    save_every: int = 0  # a checkpoint every N optimizer steps (0: by time only)
+    save_every_s: float = 900.0  # and every N seconds of training (0: off); SIGTERM always
+    keep_checkpoints: bool = False  # keep the last checkpoint once the trial has ended
 
 
 @dataclass
@@ -163,6 +166,7 @@ class SweepConfig:
     max_retries: int = 1
     heartbeat_s: int = 60
     gpus: Any = field(default_factory=list)  # [0, 1, 2, 3]: a worker per GPU (sweep.study.pool)
+    term_grace_s: float = 30.0  # SIGTERM: how long the trial may take to checkpoint and exit
 
 
 @dataclass

@@ -241,6 +241,7 @@ def validate(cfg: Config) -> None:
     )
     require(s.max_retries >= 0, "sweep.max_retries", "an integer >= 0", s.max_retries)
     require(s.heartbeat_s >= 1, "sweep.heartbeat_s", "an integer >= 1", s.heartbeat_s)
+    require(s.term_grace_s >= 0, "sweep.term_grace_s", ">= 0 seconds", s.term_grace_s)
     for o in s.objectives:
         require(o in OBJECTIVES, "sweep.objectives", f"names from {sorted(OBJECTIVES)}", o)
     for approach in s.grid:
@@ -335,6 +336,8 @@ def _check_savers(cfg: Config) -> None:
                 "replaces the model's forward and its loss)", "chunked")  # fmt: skip
         require(t.gpus == 1 or t.parallel != "fsdp", "train.loss_impl",
                 "auto or full under FSDP (its output layer is sharded)", "chunked")  # fmt: skip
+    require(t.save_every >= 0, "train.save_every", "an integer >= 0 (0: off)", t.save_every)
+    require(t.save_every_s >= 0, "train.save_every_s", ">= 0 (0: off)", t.save_every_s)
     if t.optimizer_in_backward:
         key, value = "train.optimizer_in_backward", True
         why = "false: each weight is updated as soon as its gradient exists, so"

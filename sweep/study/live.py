@@ -51,6 +51,39 @@ def start_run(parent_id: str, trial_dir_name: str, run: dict[str, Any]) -> str:
     return rid
 
 
+def reopen_run(parent_id: str, trial_dir_name: str) -> str | None:
+    """The live run of a trial that an earlier run left unfinished (closed KILLED), RUNNING
+    again with this worker's tags: a resumed trial goes on logging into it. None: none."""
+    from sweep.results import storage, tracking
+
+    c = tracking.client()
+    for run in tracking.child_runs(c, parent_id):
+        tags = run.data.tags
+        if tags.get(tracking.TRIAL_TAG) == trial_dir_name and tags.get(tracking.LIVE_TAG) == "true":
+            rid = run.info.run_id
+            c.update_run(rid, status="RUNNING")
+            worker = storage.worker_info()
+            for key, value in {
+                "status": "running",
+                "resumed": "true",
+                **{f"worker.{k}": str(worker[k]) for k in WORKER_TAGS},
+            }.items():
+                c.set_tag(rid, key, value)  # fmt: skip
+            return rid
+    return None
+
+
+def close_run(run_id: str | None, status: str = "KILLED") -> None:
+    """Close a trial's live run now (the sweep was stopped by SIGTERM)."""
+    if run_id is None:
+        return
+    from sweep.results import tracking
+
+    c = tracking.client()
+    c.set_tag(run_id, "status", status.lower())
+    c.set_terminated(run_id, status)
+
+
 def device_tags() -> dict[str, str]:
     """This worker's device, without starting CUDA: `device` (cuda | cpu) and `device_name`
     (NVML's name of the first GPU in CUDA_VISIBLE_DEVICES, by index or UUID, else of GPU 0;

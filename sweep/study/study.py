@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
 import optuna
 
 from sweep.launch.child import start_trial_server
-from sweep.launch.launch import launch, summary_line
+from sweep.launch.launch import launch, stop_running, summary_line
 from sweep.launch.memory import WorkerMemory, predicted_oom, worker_memory
 from sweep.results import record, storage, tracking
 from sweep.results.record import TrialResult
 from sweep.results.report import finish
-from sweep.settings.compose import ConfigError, as_dict, compose, config_hash, one_line
+from sweep.settings.compose import ConfigError, as_dict, compose, one_line
+from sweep.settings.errors import Terminated
 from sweep.settings.metrics import OBJECTIVES
 from sweep.settings.schema import Config
-from sweep.study import live
+from sweep.study import live, reuse
 from sweep.study.points import (
     Point,
     PointSampler,
@@ -44,9 +46,6 @@ from sweep.study.pool import in_pool, run_pool
 from sweep.trial.preflight import check_point, preflight, warn
 
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
-# A record on disk with one of these is a finished point: reused, never trained again (a
-# memory-bound one only by a worker with no more memory: WorkerMemory.reopens).
-REUSABLE = ("ok", "oom", "diverged", "pruned", "skipped_predicted_oom")
 
 
 class SweepStopped(ConfigError):
@@ -56,6 +55,24 @@ class SweepStopped(ConfigError):
 
 class TrialFailed(Exception):
     """A trial ended as oom or failed: Optuna records it as FAIL and the sweep goes on."""
+
+
+_TERM = {"requested": False}
+
+
+def _on_sigterm(grace_s: float) -> None:
+    """SIGTERM (a scheduler's preemption or time limit): the running trial gets it too, to
+    checkpoint and exit within grace_s (then SIGKILL), and no new trial starts."""
+
+    def handler(signum: int, frame: object) -> None:
+        if not _TERM["requested"]:
+            _TERM["requested"] = True
+            print(f"[sweep] SIGTERM: the running trial checkpoints (up to {grace_s:g} s), then "
+                  "the sweep stops; run the same command again to resume", flush=True)  # fmt: skip
+            stop_running(grace_s)
+
+    _TERM["requested"] = False
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _directions(cfg: Config) -> list[str]:
@@ -174,32 +191,27 @@ class Sweep:
         if killed:
             print(f"[sweep] {killed} trial run(s) of a killed sweep closed as KILLED in MLflow")
 
-    def _live_run(self, trial_dir: Path, cfg: Config) -> str | None:
-        """The trial's MLflow run, created RUNNING now (None when tracking is unavailable: the
-        trial runs and its record is logged at the end or on the next run)."""
+    def _stop(self, trial_dir: Path, result: TrialResult, run_id: str | None) -> None:
+        """SIGTERM: keep what the trial left (its record, its checkpoint), close its run KILLED
+        at once, and stop the sweep."""
+        record.save(result, trial_dir / "result.json")
         try:
+            live.close_run(run_id, "KILLED")
+        except Exception as exc:
+            print(f"[sweep] could not close {trial_dir.name}'s run ({one_line(exc)})", flush=True)
+        raise Terminated(f"SIGTERM: {trial_dir.name} ended {result.status}")
+
+    def _live_run(self, trial_dir: Path, cfg: Config, resumed: bool = False) -> str | None:
+        """The trial's MLflow run, created RUNNING now, or the interrupted run's reopened for a
+        resumed trial (None when tracking is unavailable: the trial runs and its record is
+        logged at the end or on the next run)."""
+        try:
+            if resumed and (rid := live.reopen_run(self.parent, trial_dir.name)):
+                return rid
             return live.start_run(self.parent, trial_dir.name, record.run_info(cfg))
         except Exception as exc:
             print(f"[sweep] no live run for {trial_dir.name} ({one_line(exc)})", flush=True)
             return None
-
-    def _finished_record(self, label: str, cfg: Config) -> tuple[Path, TrialResult] | None:
-        """A record this point already left on disk with a final outcome and the same config
-        (its sweep was stopped after the trial ended, before Optuna heard of it): reused, so a
-        finished point is never trained twice; a memory-bound one judged against less memory
-        than this worker has is not finished here."""
-        for trial_dir in sorted((self.root / "trials").glob(f"*-{slug(label)}"), reverse=True):
-            if trial_dir.name.split("-", 1)[-1] != slug(label):
-                continue
-            try:
-                result = record.load(trial_dir / "result.json")
-            except (OSError, ValueError):
-                continue
-            if result.status not in REUSABLE or result.run.get("config_hash") != config_hash(cfg):
-                continue
-            if not self.memory.reopens(result.status, result.meta.get("memory_limit_gib")):
-                return trial_dir, result
-        return None
 
     def run_point(self, trial: optuna.Trial, point: Point, study_name: str) -> list[float]:
         """Optuna objective body: sample, compose, launch, record, log, return the objectives."""
@@ -215,7 +227,10 @@ class Sweep:
         cfg = compose(trial_overrides(self.cfg, self.user, point.overrides + sampled))
         cfg.label = point.label  # made once here, carried in the record (record.run_info)
         trial_dir = self.root / "trials" / f"{trial.number:04d}-{slug(point.name)}"
-        reused = None if sampled else self._finished_record(point.name, cfg)
+        if _TERM["requested"]:
+            raise Terminated("SIGTERM: no new trial")
+        reused = None if sampled else reuse.finished_record(self.root, point.name, cfg, self.memory)
+        resumed = None if reused or sampled else reuse.resumable(self.root, point.name, cfg)
         attempt = self._attempts(trial, point.name)
         self.count += 1
         again = f" (attempt {attempt + 1})" if attempt else ""
@@ -223,6 +238,10 @@ class Sweep:
             trial_dir = reused[0]
             print(f"[trial {self.count}/{self.total}] {point.name}: finished before, "
                   f"record reused ({trial_dir})", flush=True)  # fmt: skip
+        elif resumed is not None:
+            trial_dir = resumed
+            print(f"[trial {self.count}/{self.total}] {point.name}: resumes its checkpoint "
+                  f"({trial_dir})", flush=True)  # fmt: skip
         else:
             print(
                 f"[trial {self.count}/{self.total}] {point.name}{' ' + ' '.join(sampled) if sampled else ''}"
@@ -242,14 +261,17 @@ class Sweep:
             trial_dir.mkdir(parents=True, exist_ok=True)
             result = skipped
         else:
+            run_id = self._live_run(trial_dir, cfg, resumed is not None)
             result = launch(
                 cfg,
                 trial_dir,
                 self.cfg.sweep.timeout_s,
                 prune,
                 self.cfg.sweep.memory_limit_gib,
-                live_run=self._live_run(trial_dir, cfg),
+                live_run=run_id,
             )
+            if _TERM["requested"]:
+                self._stop(trial_dir, result, run_id)
         result.run.update(
             point=point.name,
             optuna_trial=trial.number,
@@ -401,6 +423,7 @@ def run_sweep(user_overrides: list[str]) -> int:
         return run_pool(cfg, user_overrides)
     sweep = Sweep(user_overrides)
     cfg = sweep.cfg
+    _on_sigterm(cfg.sweep.term_grace_s)
     print(
         f"[sweep] {cfg.experiment}: {sweep.total} trial(s) over {len(sweep.points)} point(s) "
         f"[{', '.join(p.name for p in sweep.points)}]\n[sweep] storage {storage.redact(sweep.storage_url)}, "

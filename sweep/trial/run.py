@@ -31,6 +31,7 @@ from sweep.settings.schema import AUTO_MAX_LEN, Config
 from sweep.settings.validate import pack_row_len
 from sweep.trial import (
     batches,
+    checkpoint,
     data,
     derived,
     evaluate,
@@ -153,9 +154,13 @@ def run_trial(
         model = methods.apply(model, cfg.method, cfg.train)
         result.metrics.update(derived.param_counts(model))
         with meter.phase("train"):
-            stats = train_model(cfg, model, inputs, out, result, reporter, live)
+            stats, saver = train_model(cfg, model, inputs, out, result, reporter, live)
         record_training(cfg, stats, result)
-        if stats.diverged:
+        if saver.preempted:
+            step = stats.steps
+            error = f"stopped by SIGTERM at step {step}, checkpoint kept: a re-run resumes it"
+            result.train.update(status="preempted", error=error)
+        elif stats.diverged:
             first, last = stats.losses[0], stats.losses[-1]
             error = f"loss {last:.4g} at step {stats.steps} (first loss {first:.4g})"
             result.train.update(status="diverged", error=error)
@@ -168,6 +173,8 @@ def run_trial(
             result.train["status"] = "pruned" if stats.pruned else "ok"
     except Exception as exc:  # any crash is this trial's result, not the sweep's end
         record_error(result, exc)
+    if result.status not in ("preempted", "failed", "oom") and not cfg.train.keep_checkpoints:
+        checkpoint.remove(out / "trainer")  # ended: nothing left to resume
     result.metrics.update(meter.summary())
     gather_ranks(result, out)
     record_peaks(result, stats, meter)
@@ -236,8 +243,9 @@ def train_model(
     result: TrialResult,
     reporter: Reporter | None,
     live: Live,
-) -> Any:
-    """Train, with the periodic eval loss (eval.every) logged and handed to the pruner."""
+) -> tuple[Any, checkpoint.CheckpointCallback]:
+    """Train, with the periodic eval loss (eval.every) logged and handed to the pruner, from
+    the latest checkpoint when an interrupted run left one, checkpointing as the config says."""
     t, e, sp = cfg.train, cfg.eval, cfg.dataset.system_prompt
     curve: list[list[float]] = []
     result.train["eval_loss_curve"] = curve
@@ -253,7 +261,13 @@ def train_model(
     collate = batches.train_collate(
         inputs.tok.pad_token_id, packed, t.loss_logits == "answer", pack_row_len(cfg)
     )
-    return train(
+    resume = checkpoint.latest(out / "trainer")
+    resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else 0
+    if resume:
+        print(f"[trial] resuming from {resume} (step {resumed_from})", flush=True)
+    lost = checkpoint.lost_work(out, resumed_from)
+    saver = checkpoint.CheckpointCallback(t.save_every, t.save_every_s, None, out)
+    stats = train(
         model,
         inputs.tok,
         inputs.rows,
@@ -265,7 +279,11 @@ def train_model(
         every=e.every,
         extra_callbacks=live.callbacks(),
         packed=packed,
+        saver=saver,
+        resume=resume,
     )
+    result.metrics.update(saver.metrics(resumed_from, lost))
+    return stats, saver
 
 
 def record_training(cfg: Config, stats: Any, result: TrialResult) -> None:
@@ -372,6 +390,7 @@ def run_dir(
     """Run the trial described by <trial_dir>/config.json: a sweep's trial process calls this
     with its launch time and, when the sweep prunes, (storage URL, study name, trial id)."""
     out = Path(trial_dir)
+    checkpoint.install_term_handler()  # SIGTERM: a checkpoint, then the trial ends preempted
     cfg = to_config(json.loads((out / "config.json").read_text()))
     reporter = None
     if pruning is not None and ranks.is_main():  # rank 0 reports, all ranks stop
@@ -381,7 +400,7 @@ def run_dir(
     result = run_trial(cfg, out, reporter, launched, live_run)
     if ranks.is_main():
         print(summary(result), flush=True)
-    return 0
+    return 143 if result.status == "preempted" else 0  # 128 + SIGTERM, as an unhandled one
 
 
 def run_rank(trial_dir: str | Path) -> int:

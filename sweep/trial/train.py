@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from sweep.planning import ledger
 from sweep.settings.schema import MethodConfig, TrainConfig
-from sweep.trial import batches, methods, ranks
+from sweep.trial import batches, checkpoint, methods, ranks
 from sweep.trial.measure import step_clock, sync
 
 # Called every eval.every steps with the step number; returns True to stop training (pruned).
@@ -45,6 +46,10 @@ class TrainStats:
     diverged: bool = False
     pruned: bool = False
     ledger: dict[str, Any] = field(default_factory=dict)  # LedgerCallback: the first step's bytes
+
+    def total_s(self) -> float:
+        """Every step's time so far, warm-up included (the work a kill can lose)."""
+        return sum(self.step_s)
 
     def clock(self) -> list[list[float]]:
         """step_clock of the measured steps (the warm-up left out)."""
@@ -71,9 +76,11 @@ class TrainStats:
 
 
 class MeasureCallback(TrainerCallback):
-    def __init__(self, cfg: TrainConfig, hook: StepHook | None, every: int) -> None:
+    def __init__(
+        self, cfg: TrainConfig, hook: StepHook | None, every: int, stats: TrainStats | None = None
+    ) -> None:
         self.cfg, self.hook, self.every = cfg, hook, every
-        self.stats = TrainStats()
+        self.stats = stats or TrainStats()  # a resumed trial's, from its checkpoint
         self._mark = 0.0
         self._tokens_at_mark = 0
         self._bar: Any = None
@@ -86,8 +93,14 @@ class MeasureCallback(TrainerCallback):
             dynamic_ncols=True,
             leave=False,
             disable=not ranks.is_main(),  # one bar for a trial over several processes
+            initial=state.global_step,  # resumed: from the checkpoint's step
         )
+        self._tokens_at_mark = int(state.num_input_tokens_seen)
         sync()
+        self._mark = time.perf_counter()
+
+    def on_save(self, args, state, control, **kw):  # noqa: ANN001
+        sync()  # a checkpoint's saving is not the next step's time
         self._mark = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
@@ -241,6 +254,11 @@ class _Trainer(Trainer):
         )
         return self.optimizer
 
+    def _load_optimizer_and_scheduler(self, resume_from_checkpoint: Any) -> None:
+        super()._load_optimizer_and_scheduler(resume_from_checkpoint)
+        if resume_from_checkpoint is not None and self.in_backward:
+            self.in_backward_optimizer.resume_schedules(self.lr_scheduler.last_epoch)
+
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if not self.in_backward or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
@@ -258,6 +276,7 @@ class _Trainer(Trainer):
         inner = self.in_backward_optimizer
         for p, opt in inner.per_weight.items():  # after the weight's step, its own schedule
             weight_schedule = schedule(opt)
+            inner.schedules.append(weight_schedule)
             p.register_post_accumulate_grad_hook(lambda _p, s=weight_schedule: s.step())
         # the Trainer's own, on the stand-in: the same schedule, for the logged learning rate
         self.lr_scheduler = schedule(inner)
@@ -274,6 +293,7 @@ class InBackward(torch.optim.Optimizer):
     def __init__(self, per_weight: dict[torch.nn.Parameter, torch.optim.Optimizer], lr: float):
         super().__init__([torch.zeros(1)], {"lr": lr})
         self.per_weight = per_weight
+        self.schedules: list[Any] = []  # each weight's, made by _Trainer.create_scheduler
         self.peak_grad_bytes = 0
         self._live = 0
         for p in per_weight:
@@ -289,6 +309,19 @@ class InBackward(torch.optim.Optimizer):
 
     def step(self, closure: Any = None) -> None:  # every weight stepped in its backward
         return None
+
+    def state_dict(self) -> dict[str, Any]:  # what a checkpoint saves: every weight's states
+        return {"per_weight": [o.state_dict() for o in self.per_weight.values()]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for opt, state in zip(self.per_weight.values(), state_dict["per_weight"], strict=True):
+            opt.load_state_dict(state)
+
+    def resume_schedules(self, step: int) -> None:
+        """A resumed trial: every weight's schedule at the checkpoint's step."""
+        for schedule in self.schedules:
+            schedule.last_epoch = step - 1
+            schedule.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # every gradient freed there
         return None
@@ -307,11 +340,15 @@ def train(
     every: int = 0,
     extra_callbacks: tuple[TrainerCallback, ...] = (),
     packed: bool = False,
+    saver: Any = None,
+    resume: Path | None = None,
 ) -> TrainStats:
     """Train `model` for cfg.steps optimizer steps on `rows` (already tokenized); returns stats.
     `extra_callbacks` (e.g. sweep.study.live.LiveMetrics) run after the measuring one and get its
     stats (their `stats` attribute). `packed`: collate_fn packs each batch into rows
-    (sweep.trial.data.packed_collate), which carry their own count of non-padding tokens (_Trainer)."""
+    (sweep.trial.batches.packed_collate), which carry their own count of non-padding tokens
+    (_Trainer). `saver`: the checkpoint callback (sweep.trial.checkpoint); `resume`: the
+    checkpoint to continue from, its statistics included."""
     args = TrainingArguments(
         output_dir=out_dir,
         **methods.training_args(cfg, method.lr, cfg.steps),
@@ -321,9 +358,11 @@ def train(
         include_num_input_tokens_seen="no" if packed else "non_padding",  # packed: _Trainer
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        save_total_limit=1,  # the latest checkpoint only
     )
-    callback = MeasureCallback(cfg, hook, every)
-    for extra in extra_callbacks:
+    before = TrainStats(**checkpoint.stats_of(resume)) if resume is not None else None
+    callback = MeasureCallback(cfg, hook, every, before)
+    for extra in (*extra_callbacks, saver):
         if hasattr(extra, "stats"):
             extra.stats = callback.stats
     trainer = _Trainer(
@@ -332,9 +371,10 @@ def train(
         train_dataset=rows,
         data_collator=collate_fn,
         processing_class=tok,
-        callbacks=[callback, LedgerCallback(callback.stats), *extra_callbacks],
+        callbacks=[callback, LedgerCallback(callback.stats), *extra_callbacks]
+        + ([saver] if saver is not None else []),
     )
     trainer.in_backward = cfg.optimizer_in_backward
     trainer.remove_callback(PrinterCallback)  # the callback's progress bar replaces its prints
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return callback.stats

@@ -1,5 +1,3 @@
-from types import SimpleNamespace
-
 import optuna
 import pandas as pd
 import psutil
@@ -298,16 +296,17 @@ def test_a_workers_run_limit_is_its_memory_or_the_cap():
 
 def test_a_skip_record_on_disk_is_reused_only_by_a_worker_without_more_memory(tmp_path):
     from sweep.results import record
-    from sweep.study.study import Sweep
+    from sweep.study import reuse
 
     cfg = compose(["model=tiny_llama", "method=full"])
     skipped = record.failed(record.run_info(cfg), "skipped_predicted_oom", "predicted peak")
     skipped.meta["memory_limit_gib"] = 1.0
     record.save(skipped, tmp_path / "trials" / "0000-full" / "result.json")
-    small = SimpleNamespace(root=tmp_path, memory=WorkerMemory(skip_gib=1.0, run_gib=64))
-    large = SimpleNamespace(root=tmp_path, memory=WorkerMemory(skip_gib=100.0, run_gib=64))
-    assert Sweep._finished_record(small, "full", cfg)[0] == tmp_path / "trials" / "0000-full"
-    assert Sweep._finished_record(large, "full", cfg) is None
+    small, large = WorkerMemory(skip_gib=1.0, run_gib=64), WorkerMemory(skip_gib=100.0, run_gib=64)
+    assert (
+        reuse.finished_record(tmp_path, "full", cfg, small)[0] == tmp_path / "trials" / "0000-full"
+    )
+    assert reuse.finished_record(tmp_path, "full", cfg, large) is None
 
 
 @pytest.mark.slow
