@@ -41,7 +41,7 @@ EOF
 read -r -a EXTRA <<<"${EXTRA:-}"   # more overrides, e.g. EXTRA="train.steps=4" for a dry run
 M=(model=hf "model.name_or_path=$MODEL" "${EXTRA[@]}")
 
-PARTS=${PARTS:-savers sweep inference tests bench speed1b mfu realshape cudatests}   # which parts to run
+PARTS=${PARTS:-savers probe sweep inference tests bench speed1b mfu realshape cudatests}   # which parts to run
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 
@@ -91,6 +91,18 @@ has realshape && step "real-shape memory (llama2_7b, random weights)" && timeout
 # Issue 29: each memory saver off and on at a random-weight 1B shape, batch 2 x 2048: NVML and
 # allocator peaks against the plan (within 10%), the paged states outside the allocator, tokens/s.
 has savers && step "memory savers (llama3_2_1b, 2 x 2048)" && timeout ${SAVERS_S:-300} $PY -m sweep.bench.real_shape --savers --model llama3_2_1b --seq 2048 --batch 2 --out "$OUT" 2>&1 | tee "$OUT/savers.log" | grep -v "^train\|it/s\]" | tail -12
+
+# Issue 30: make probe on this GPU at two shapes, SmolLM2-135M's and a random-weight Llama-3.2-1B:
+# each prints the A100-derived prediction ("time ratio": measured / predicted before) and writes
+# the rates it fitted (optimizer and dequantization efficiency, MFU, per-layer latency).
+if has probe; then
+  for shape in smol llama3_2_1b; do
+    step "make probe: $shape"
+    if [ "$shape" = smol ]; then args=("${M[@]}"); else args=("model=$shape" "${EXTRA[@]}"); fi
+    timeout ${PROBE_S:-240} $PY -m sweep probe "${args[@]}" 2>&1 | tee "$OUT/probe-$shape.log" | grep -v "^train\|it/s\]" | tail -16
+    cp "$SWEEP_CACHE/calibration.yaml" "$OUT/probe-$shape-calibration.yaml" 2>/dev/null
+  done
+fi
 
 has cudatests && step "trial and adapter tests on the GPU" && timeout 90 $PY -m pytest -q tests/trial/test_run.py tests/adapters/test_trained.py -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log" | tail -8
 

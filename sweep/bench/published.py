@@ -15,7 +15,8 @@ Which prediction meets which figure:
   `cuda_context_gib=0` (torch never counts the context) and the planner's 10% fragmentation;
 - nvidia-smi (`memory.used` peak minus the reading before the process started): the total with
   the default 0.5 GiB CUDA context.
-Tokens/s: batch x seq / `step_seconds`, at the GPU's dense bf16 peak from conf/config.yaml.
+Tokens/s: batch x seq / `cost.step_time`, at the GPU's dense bf16 peak and memory bandwidth
+from conf/config.yaml and its calibration entry.
 A ratio (predicted / published) within 15% passes; every row outside says why.
 The runs themselves, with their sources: sweep/bench/published_runs.py.
 """
@@ -39,15 +40,15 @@ def within(ratio: float) -> bool:
 
 
 def predicted_tokens_per_s(run: Run) -> float:
-    """batch x seq / step_s: the time model at the GPU's dense peak and its calibration entry."""
+    """batch x seq / step_s: the time model on the GPU's class with its calibration entry."""
     gpu = next(g for g in load_gpus() if g.name == run.gpu)
     s, rec = run.settings, run.recipe
     rate = cost.rate(
         cost.load_calibration(None), cost.device_key(gpu.name), rec.kind, rec.precision
     )
-    flops = cost.step_flops_per_token(run.arch, rec, s.seq_len, s.gradient_checkpointing)
     tokens = s.batch_size * s.seq_len
-    return tokens / cost.step_seconds(flops, tokens, cost.peak_tflops(gpu, rec.precision), rate)
+    step = cost.step_time(run.arch, rec, tokens, s.seq_len, gpu, rate, s.gradient_checkpointing)
+    return tokens / step
 
 
 def compare() -> pd.DataFrame:

@@ -204,12 +204,6 @@ LORA_99_WHY = (
     "samples far shorter, so the 99th-percentile step is narrower than the cap (the whole-run "
     "max, 20.76 GiB, is within 9% of the same prediction)."
 )
-LORA_TIME_WHY = (
-    "The L40S has no calibration of its own and gets the A100's LoRA rate, whose 0.087 s "
-    "fixed cost per step was fitted on 16k- and 32k-token packed steps with gradient "
-    "checkpointing under FSDP, and here it is 61% of the predicted 0.142 s step for only 840 tokens (PEFT measured "
-    "0.117 s per step): the fixed cost does not carry over to short unpacked steps."
-)
 QLORA_SMI_WHY = (
     "the allocator's cache over its allocated peak is 32% in this run (nvidia-smi 25.45 / "
     "allocated 19.25 GB; LoRA's 16%, full FT's 6-12%), beyond the planner's one 10% "
@@ -252,7 +246,6 @@ RUNS: list[Run] = [
             ),
         ),
         tokens_per_s=7174.3,
-        time_why=LORA_TIME_WHY,
     ),
 ]
 

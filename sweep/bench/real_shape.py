@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from sweep.cli.rates import rows
 from sweep.launch.launch import launch
 from sweep.planning.arch import llama_config, load_arch
 from sweep.settings.compose import ConfigError, compose
@@ -67,20 +68,9 @@ def build(name: str, out: Path) -> Path:
     return out
 
 
-def rows(path: Path, seq: int, n: int = 16) -> Path:
-    """JSONL rows whose prompt is about `seq` characters (tokens, with the char tokenizer)."""
-    words = "the quick brown fox jumps over the lazy dog "
-    lines = []
-    for i in range(n):
-        prompt = (f"{i}: " + words * (seq // len(words) + 1))[: max(8, seq - 24)]
-        lines.append(json.dumps({"prompt": prompt, "answer": str(i)}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def run(name: str, seq: int, work: Path, steps: int = 3) -> list[dict[str, object]]:
     model_dir = build(name, work / "model")
-    data = rows(work / "rows.jsonl", seq)
+    data = rows(work / "rows.jsonl", seq, 16)
     common = [
         "model=hf",
         f"model.name_or_path={model_dir}",

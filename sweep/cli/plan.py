@@ -181,6 +181,9 @@ def render(name: str, arch: Arch, s: Settings, table: pd.DataFrame) -> str:
     return "\n".join([head, "", shown.to_markdown(index=False, floatfmt=".2f"), "", foot])
 
 
+COLALIGN = ("left", "left", "right", "left", "left", "right", "right")
+
+
 def render_cost(
     arch: Arch, s: Settings, table: pd.DataFrame, tokens: int, note: str, gpus: list[GpuClass]
 ) -> str:
@@ -201,6 +204,7 @@ def render_cost(
         s.gradient_checkpointing,
     )
     sources = list(dict.fromkeys(out["source"]))
+    basis = dict(zip(out["source"], out["basis"], strict=True))
     shown = pd.DataFrame(
         {
             "approach": out["approach"],
@@ -210,19 +214,29 @@ def render_cost(
             "MFU": [
                 f"{v:.0%} [{sources.index(src) + 1}]" for v, src in zip(out["mfu"], out["source"])
             ],
-            "hours/epoch": [f"{v:.1f}" for v in out["hours_per_epoch"]],
+            "time/epoch": [cost.fmt_hours(v) for v in out["hours_per_epoch"]],
             "$/epoch": [f"{v:,.0f}" if v >= 10 else f"{v:.2f}" for v in out["usd_per_epoch"]],
         }
     )
     prices = "; ".join(f"{g.name} ${g.usd_per_hour:.2f}/h ({g.price_source})" for g in tiers)
-    refs = "\n".join(f"[{i + 1}] {src}" for i, src in enumerate(sources))
+    refs = "\n".join(f"[{i + 1}] {basis[src] or 'from'}: {src}" for i, src in enumerate(sources))
     head = (
         f"Cost per epoch: {note}; batch {s.batch_size} x {s.seq_len} tokens, full sequences "
-        "(padding adds its share). Predicted: step = FLOPs/token x tokens / (MFU x dense peak) "
-        "+ fixed; a tier where it does not fit (fits: no) needs several GPUs or a smaller batch."
+        "(padding adds its share). Predicted: step = FLOPs / (MFU x dense peak) + optimizer "
+        "and 4-bit bytes / (their efficiency x memory bandwidth) + layers x per-layer latency "
+        "(sweep/planning/cost.py); a tier where it does not fit (fits: no) needs several GPUs "
+        "or a smaller batch."
     )
     return "\n".join(
-        [head, "", shown.to_markdown(index=False), "", "MFU sources:", refs, f"Prices: {prices}"]
+        [
+            head,
+            "",
+            shown.to_markdown(index=False, disable_numparse=True, colalign=COLALIGN),
+            "",
+            "Rates (measured here, fitted to published runs, or assumed from another GPU):",
+            refs,
+            f"Prices: {prices}",
+        ]
     )
 
 

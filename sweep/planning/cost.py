@@ -2,17 +2,24 @@
 
     python -m sweep plan llama2_7b data=10M      # make plan MODEL=llama2_7b DATA=10M
 
-A training step's time is its model FLOPs over what the device delivers, plus a fixed cost:
+A training step's time is five parts, each scaling with its own work (`step_parts`):
 
-    step_s = FLOPs per token (sweep.planning.arch.train_flops_per_token) x tokens per step
-             / (MFU x the device's dense peak) + fixed_s
+    compute    FLOPs per token (sweep.planning.arch, plus what checkpointing and the chunked
+               loss compute again) x tokens / (mfu x the dense peak), slowed by a step's few
+               tokens: at `half_tokens` tokens per step the matmuls run at half their rate
+    optimizer  the bytes the optimizer step reads and writes (weights, gradients, states of
+               every trainable parameter) / (opt_eff x the memory bandwidth)
+    dequant    QLoRA: the 4-bit weights read and their 16-bit copies written, once per forward,
+               backward and checkpoint recompute / (dequant_eff x the memory bandwidth)
+    layers     decoder layers x layer_s (kernel launches and the Python around each block)
+    dispatch   dispatch_s per step (the training loop's own work: collate, callbacks, logging)
 
-MFU (model FLOPs utilisation: the share of the dense peak a step turns into model FLOPs) and
-fixed_s come per device, approach and precision from conf/calibration.yaml, each entry with
-its source, overlaid by what `make probe` measured on this machine (.cache/calibration.yaml:
-first match wins, the probe's first). An epoch is the data's tokens, in full sequences of
-seq_len (packed; padding would add its share of compute). Hours per epoch = steps x step_s /
-3600; dollars = hours x the tier's price per GPU-hour (report.gpus, with its source).
+mfu, half_tokens, opt_eff, dequant_eff, layer_s and dispatch_s come per device, approach and precision from
+conf/calibration.yaml, each entry with its source, overlaid by what `make probe` measured on
+this machine (.cache/calibration.yaml: first match wins, the probe's first). The dense peak and
+the bandwidth are the GPU class's (report.gpus, with sources) or, for a CPU, measured by the
+probe. An epoch is the data's tokens in full sequences of seq_len (packed). Hours per epoch =
+steps x step_s / 3600; dollars = hours x the tier's price per GPU-hour.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pandas as pd
 import yaml
 
 from sweep.planning.arch import Arch, linear_params, train_flops_per_token, trainable_tensors
+from sweep.planning.assumptions import DTYPE_BYTES
 from sweep.planning.recipe import Recipe
 from sweep.settings.compose import CONF_DIR
 from sweep.settings.errors import ConfigError
@@ -39,11 +47,16 @@ _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
 
 @dataclass(frozen=True)
 class Rate:
-    """How fast a device runs one approach: MFU, a fixed cost per step, and where they come from."""
+    """How fast a device runs one approach (the efficiencies of `step_parts`) and whence."""
 
     mfu: float
-    fixed_s: float
-    source: str
+    half_tokens: float = 0.0  # tokens per step at which the matmuls reach half the mfu
+    opt_eff: float = 1.0  # share of the memory bandwidth the optimizer step achieves
+    dequant_eff: float = 1.0  # and 4-bit dequantization
+    layer_s: float = 0.0  # per decoder layer per step
+    dispatch_s: float = 0.0  # per step
+    source: str = ""
+    basis: str = ""  # measured (make probe, here), fitted (published runs), assumed (another's)
 
 
 def device_key(name: str) -> str:
@@ -96,7 +109,9 @@ def rate(entries: list[dict[str, Any]], device: str, approach: str, precision: s
             and e["approach"] in (approach, "*")
             and e.get("precision", "*") in (precision, "*")
         ):
-            return Rate(float(e["mfu"]), float(e.get("fixed_s", 0.0)), str(e["source"]))
+            fields = ("half_tokens", "opt_eff", "dequant_eff", "layer_s", "dispatch_s")
+            return Rate(float(e["mfu"]), **{k: float(e[k]) for k in fields if k in e},
+                        source=str(e["source"]), basis=str(e.get("basis", "")))  # fmt: skip
     raise ConfigError(
         f"no calibration for {device} / {approach} / {precision} in {SHIPPED.name}; "
         "add an entry (device: '*' matches any) or run make probe"
@@ -108,12 +123,19 @@ def peak_tflops(gpu: GpuClass, precision: str) -> float:
     return gpu.fp32_tflops if precision == "fp32" else gpu.bf16_tflops
 
 
+def trainable_bytes(rec: Recipe) -> int:
+    return DTYPE_BYTES[rec.trainable_dtype]
+
+
 def step_flops_per_token(
     arch: Arch, rec: Recipe, seq_len: int, checkpointing: bool = False, logits_share: float = 1.0
 ) -> float:
-    """FLOPs a step computes per token: the model's (sweep.planning.arch), plus under gradient
-    checkpointing the blocks' forward again (recomputed in the backward; lm_head excepted)."""
+    """FLOPs a step computes per token: the model's (sweep.planning.arch), plus what it computes
+    twice: under gradient checkpointing the blocks' forward (recomputed in the backward; lm_head
+    excepted), under the chunked loss the output layer's forward (each tile again in backward)."""
     flops = train_flops_per_token(arch, rec, seq_len, logits_share)
+    if rec.loss == "chunked":
+        flops += 2 * arch.vocab * arch.hidden * logits_share
     if checkpointing:
         adapters = 0 if rec.kind == "full" else sum(trainable_tensors(arch, rec))
         flops += (
@@ -122,9 +144,104 @@ def step_flops_per_token(
     return flops
 
 
-def step_seconds(flops_per_token: float, tokens: float, peak: float, r: Rate) -> float:
-    """One training step of `tokens` tokens on a device of `peak` dense TFLOP/s."""
-    return flops_per_token * tokens / (r.mfu * peak * 1e12) + r.fixed_s
+def optimizer_traffic(arch: Arch, rec: Recipe) -> float:
+    """Bytes an optimizer step moves: per trainable parameter its weight read and written and
+    its gradient read (its dtype), and AdamW's two states read and written (the weight's dtype;
+    one byte each for the 8-bit ones)."""
+    n = sum(trainable_tensors(arch, rec))
+    weight = trainable_bytes(rec)
+    state = 1 if rec.optimizer.endswith("8bit") else weight
+    return n * (3 * weight + 4 * state)
+
+
+def dequant_traffic(arch: Arch, rec: Recipe, checkpointing: bool = False) -> float:
+    """QLoRA: the 4-bit linears read (half a byte each) and written out in the compute dtype,
+    in the forward, the backward (for the input gradient) and a checkpoint's recompute."""
+    if rec.kind != "qlora":
+        return 0.0
+    compute = 2 if rec.precision.startswith(("bf16", "fp16")) else 4
+    passes = 3 if checkpointing else 2
+    return passes * linear_params(arch) * (0.5 + compute)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one training step does, whatever the device: its tokens and FLOPs, the bytes its
+    optimizer step and its 4-bit dequantization move, its decoder layers, its precision."""
+
+    tokens: float
+    flops: float
+    optimizer_bytes: float
+    dequant_bytes: float
+    layers: int
+    precision: str
+
+
+def work_of(
+    arch: Arch,
+    rec: Recipe,
+    tokens: float,
+    seq_len: int,
+    checkpointing: bool = False,
+    logits_share: float = 1.0,
+) -> Work:
+    """The work of one step of `tokens` tokens of this recipe on this architecture."""
+    flops = step_flops_per_token(arch, rec, seq_len, checkpointing, logits_share) * tokens
+    return Work(tokens, flops, optimizer_traffic(arch, rec),
+                dequant_traffic(arch, rec, checkpointing), arch.layers, rec.precision)  # fmt: skip
+
+
+def step_parts(work: Work, device: GpuClass, r: Rate) -> dict[str, float]:
+    """One training step on `device` (its dense peak and bandwidth), part by part, in seconds;
+    a part whose device figure is unknown (0) is NaN."""
+    peak = peak_tflops(device, work.precision) * 1e12
+    bandwidth = device.mem_gbps * 1e9
+    deq = work.dequant_bytes
+    few = 1 + r.half_tokens / work.tokens if work.tokens else 1.0
+    return {
+        "compute_s": work.flops / (r.mfu * peak) * few if peak else math.nan,
+        "optimizer_s": work.optimizer_bytes / (r.opt_eff * bandwidth) if bandwidth else math.nan,
+        "dequant_s": deq / (r.dequant_eff * bandwidth) if deq and bandwidth else 0.0,
+        "layers_s": work.layers * r.layer_s,
+        "dispatch_s": r.dispatch_s,
+    }
+
+
+def step_seconds(parts: dict[str, float]) -> float:
+    """The step: the sum of its parts."""
+    return sum(parts.values())
+
+
+def step_time(
+    arch: Arch,
+    rec: Recipe,
+    tokens: float,
+    seq_len: int,
+    device: GpuClass,
+    r: Rate,
+    checkpointing: bool = False,
+) -> float:
+    """Seconds for one step of `tokens` tokens of this recipe on `device` at rate `r`."""
+    return step_seconds(step_parts(work_of(arch, rec, tokens, seq_len, checkpointing), device, r))
+
+
+def _two_figures(x: float) -> str:
+    digits = 1 - math.floor(math.log10(abs(x)))
+    return f"{round(x, digits):,.{max(digits, 0)}f}"
+
+
+def fmt_hours(hours: float) -> str:
+    """A duration for people: two significant figures, in minutes under an hour and seconds
+    under a minute; never "0" ("-" when unknown)."""
+    if not math.isfinite(hours) or hours < 0:
+        return "-"
+    if hours == 0:
+        return "0 s"
+    if hours >= 1:
+        return f"{_two_figures(hours)} h"
+    if hours * 60 >= 1:
+        return f"{_two_figures(hours * 60)} min"
+    return f"{_two_figures(hours * 3600)} s"
 
 
 def parse_tokens(spec: str | int | float) -> int | None:
@@ -154,6 +271,7 @@ class EpochCost:
     hours: float
     usd: float
     source: str
+    basis: str = ""
 
 
 def epoch_cost(
@@ -170,10 +288,8 @@ def epoch_cost(
     """Hours and dollars for `tokens` tokens of training in batches of batch x seq_len."""
     r = rate(entries, device_key(gpu.name), rec.kind, rec.precision)
     per_step = batch * seq_len
-    peak = peak_tflops(gpu, rec.precision)
-    flops = step_flops_per_token(arch, rec, seq_len, checkpointing)
-    step = step_seconds(flops, per_step, peak, r)
-    hours = math.ceil(tokens / per_step) * step / 3600 if peak else math.nan
+    step = step_time(arch, rec, per_step, seq_len, gpu, r, checkpointing)
+    hours = math.ceil(tokens / per_step) * step / 3600
     return EpochCost(
         tier=gpu.name,
         fits=peak_gib <= gpu.memory_gib,
@@ -182,6 +298,7 @@ def epoch_cost(
         hours=hours,
         usd=hours * gpu.usd_per_hour,
         source=r.source,
+        basis=r.basis,
     )
 
 
@@ -211,6 +328,7 @@ def epoch_table(
                     "hours_per_epoch": c.hours,
                     "usd_per_epoch": c.usd,
                     "source": c.source,
+                    "basis": c.basis,
                 }
             )
     return pd.DataFrame(out)

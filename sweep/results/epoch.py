@@ -5,11 +5,13 @@
 An epoch is `report.epoch_tokens` training tokens. On the trial's own device the hours come from
 its measured tokens/s (and dollars from its GPU class's price; a CPU has none). On the tiers
 (`report.tiers`, default the seed's four) the figures are labelled by what they rest on:
-- projected: a GPU run's measured tokens/s scaled by the tiers' dense-peak ratio; it fits where
-  its measured peak is under the tier's memory.
+- projected: a GPU run's measured time scaled by the time model's step on the tier over its
+  step on the run's GPU; it fits where its measured peak is under the tier's memory.
 - predicted: a CPU run says nothing about a GPU's speed, so the planner predicts the trial's
   recipe as it would run on a bf16 GPU (precision auto): peak memory (sweep.planning.plan) and step time
   (sweep.planning.cost, with the calibration in conf/calibration.yaml or this machine's probe).
+Hours print with two significant figures (minutes under an hour); a line says which rates each
+tier's figures rest on: measured here, fitted to published runs, or assumed.
 """
 
 from __future__ import annotations
@@ -43,13 +45,20 @@ def trial_cost_usd(row: Any, gpus: list[GpuClass]) -> float:
 
 
 def gpu_config(record: dict[str, Any]) -> Config | None:
-    """The trial's config as it would run on a bf16 GPU (precision auto); None if unreadable."""
+    """The trial's config as it would run on a bf16 GPU (precision auto), at the sequence
+    length it trained at (max_seq_len 0 resolved from the data); None if unreadable."""
     try:
         text = json.dumps(dict(record["run"]["config"]), sort_keys=True)
     except (KeyError, TypeError, ValueError):
         return None
     cfg = _gpu_config(text)
-    return None if cfg is None else copy.deepcopy(cfg)
+    if cfg is None:
+        return None
+    cfg = copy.deepcopy(cfg)
+    width = ((record.get("train") or {}).get("metrics") or {}).get("max_seq_len")
+    if not cfg.train.max_seq_len and _num(width):  # 0 (sized from the data): what it was
+        cfg.train = replace(cfg.train, max_seq_len=int(width))
+    return cfg
 
 
 @functools.lru_cache(maxsize=256)
@@ -79,23 +88,50 @@ def _num(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
+def _step_on(
+    record: dict[str, Any], tier: GpuClass, entries: list[dict[str, Any]]
+) -> tuple[float, float]:
+    """(the time model's step seconds, its tokens) for the trial's recipe on a bf16 `tier`, at
+    the trial's own tokens per step; NaN where the record lacks them."""
+    cfg = gpu_config(record)
+    m = record["train"]["metrics"]
+    if cfg is None or not _num(m.get("train_tokens_per_s")) or not _num(m.get("s_per_step")):
+        return math.nan, math.nan
+    rec = recipe.of(cfg, cuda=True)
+    per_step = m["train_tokens_per_s"] * m["s_per_step"]
+    seq = plan.trial_settings(cfg, True).seq_len
+    r = cost.rate(entries, cost.device_key(tier.name), rec.kind, rec.precision)
+    arch = arch_for_model(cfg.model)
+    step = cost.step_time(arch, rec, per_step, seq, tier, r, cfg.train.gradient_checkpointing)
+    return step, per_step
+
+
 def _predicted(
     record: dict[str, Any], tier: GpuClass, tokens: int, entries: list[dict[str, Any]]
 ) -> tuple[float, bool | None]:
     """(hours, fits) of a CPU trial's recipe on a GPU tier, from the planner and time model."""
+    step, per_step = _step_on(record, tier, entries)
     cfg = gpu_config(record)
-    m = record["train"]["metrics"]
-    if cfg is None or not _num(m.get("train_tokens_per_s")) or not _num(m.get("s_per_step")):
+    if cfg is None or not _num(step):
         return math.nan, None
-    rec = recipe.of(cfg, cuda=True)
-    arch = arch_for_model(cfg.model)
-    per_step = m["train_tokens_per_s"] * m["s_per_step"]  # the trial's own tokens per step
-    seq = plan.trial_settings(cfg, True).seq_len
-    r = cost.rate(entries, cost.device_key(tier.name), rec.kind, rec.precision)
-    flops = cost.step_flops_per_token(arch, rec, seq, cfg.train.gradient_checkpointing)
-    step = cost.step_seconds(flops, per_step, cost.peak_tflops(tier, rec.precision), r)
     peak = plan.predict_trial(cfg, cuda=True).total_gib
     return math.ceil(tokens / per_step) * step / 3600, peak <= tier.memory_gib
+
+
+def _speedup(
+    record: dict[str, Any], own: GpuClass, tier: GpuClass, entries: list[dict[str, Any]]
+) -> float:
+    """How much faster `tier` runs the trial than the GPU it ran on: the time model's step on
+    each (compute, optimizer, dequantization and per-layer parts each at its device's figure);
+    the dense-peak ratio where the model cannot price the recipe."""
+    try:
+        ratio = _step_on(record, own, entries)[0] / _step_on(record, tier, entries)[0]
+    except (ConfigError, ZeroDivisionError):
+        ratio = math.nan
+    if _num(ratio) and ratio > 0:
+        return ratio
+    precision = record["run"].get("precision", "bf16-mixed")
+    return cost.peak_tflops(tier, precision) / (cost.peak_tflops(own, precision) or math.nan)
 
 
 def rows(
@@ -122,7 +158,7 @@ def rows(
         own = cost.device_class(meta.get("device_name"), gpus) if on_gpu else None
         cells = {
             "approach": row.label,
-            "this device": f"{meta.get('device_name', '?')}: {hours:.1f} h"
+            "this device": f"{meta.get('device_name', '?')}: {cost.fmt_hours(hours)}"
             + (f", ${hours * own.usd_per_hour:,.2f}" if own else ""),
         }
         for tier in tiers:
@@ -140,14 +176,13 @@ def _tier_cell(
     tokens: int,
     entries: list[dict[str, Any]],
 ) -> str:
-    """One tier's "h, $ kind": a GPU run projected by the dense-peak ratio (fits: its measured
-    peak), a CPU run predicted by the planner and time model."""
+    """One tier's "time, $ kind": a GPU run projected by the time model's ratio of the two
+    devices (fits: its measured peak), a CPU run predicted by the planner and time model."""
     if (rec.get("meta") or {}).get("device") == "cuda":
         if own is None:
             return "- (the run's GPU is not in report.gpus)"
-        precision = rec["run"].get("precision", "bf16-mixed")
-        ratio = cost.peak_tflops(tier, precision) / (cost.peak_tflops(own, precision) or math.nan)
-        h, fits, kind = hours / ratio, row.peak_memory_gib <= tier.memory_gib, "projected"
+        h = hours / _speedup(rec, own, tier, entries)
+        fits, kind = row.peak_memory_gib <= tier.memory_gib, "projected"
     else:
         try:
             h, fits = _predicted(rec, tier, tokens, entries)
@@ -155,7 +190,21 @@ def _tier_cell(
             h, fits = math.nan, None
         kind = "predicted"
     fit = " (does not fit)" if fits is False else ""
-    return f"{fmt_num(h, '{:.1f}')} h, ${fmt_num(h * tier.usd_per_hour, '{:,.2f}')} {kind}{fit}"
+    usd = fmt_num(h * tier.usd_per_hour, "{:,.2f}")
+    return f"{cost.fmt_hours(h)}, ${usd} {kind}{fit}"
+
+
+def rates_line(tiers: list[GpuClass], entries: list[dict[str, Any]]) -> str:
+    """Which time-model rates each tier's figures rest on: measured (make probe here), fitted
+    (to published runs on that GPU) or assumed (another GPU's), with the source."""
+    seen: dict[str, list[str]] = {}
+    for tier in tiers:
+        try:
+            r = cost.rate(entries, cost.device_key(tier.name), "lora", "bf16-mixed")
+        except ConfigError:
+            continue
+        seen.setdefault(f"{r.basis or 'from'} ({r.source.split(', ')[0]})", []).append(tier.name)
+    return "; ".join(f"{', '.join(names)}: {what}" for what, names in seen.items())
 
 
 def section(
@@ -185,11 +234,15 @@ def section(
         "",
         "**this device**: the epoch at the trial's measured training tokens/s (a GPU's price "
         "from its class in `report.gpus`; a CPU has none). **projected**: a GPU run's measured "
-        "tokens/s scaled by the dense-peak ratio of the two GPUs; it fits where its measured "
+        "time scaled by the time model's step on each GPU (its compute at the dense peak, "
+        "its optimizer and 4-bit traffic at the memory bandwidth); it fits where its measured "
         "peak is under the tier's memory. **predicted**: a CPU run's recipe as it would run on "
-        "a bf16 GPU, from the planner (memory) and the time model (`make plan`, sweep.planning.cost; "
-        "its rates in conf/calibration.yaml or this machine's `make probe`): a CPU says nothing "
-        "measured about a GPU. Trial costs leave out the untuned base model's evaluation.",
+        "a bf16 GPU, from the planner (memory) and the time model (`make plan`, "
+        "sweep.planning.cost): a CPU says nothing measured about a GPU. Trial costs leave out "
+        "the untuned base model's evaluation.",
+        "",
+        f"Time-model rates (conf/calibration.yaml, or `make probe`'s for this machine): "
+        f"{rates_line(tiers, entries)}.",
         "",
         f"Prices per GPU-hour: {prices}.",
         "",

@@ -117,6 +117,7 @@ METRICS: dict[str, Metric] = {
     "epochs_covered": _m("count", None, "passes over the train split the steps made"),
     "tokens_seen": _m("count", None, "non-padding tokens trained on"),
     "max_seq_len": _m("count", None, "tokens per example, at most (train.max_seq_len=0: p99)"),
+    "logits_share": _m("fraction", None, "share of a batch's positions the output layer ran on"),
     "truncated_examples": _m("count", LOWER, "train examples cut to max_seq_len"),
     "trainable_params": _m("count", LOWER, "parameters with gradients"),
     "total_params": _m("count", None, "parameters of the model (4-bit counted unpacked)"),

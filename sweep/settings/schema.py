@@ -177,6 +177,8 @@ class GpuClass:
     bf16_tflops: float = 0.0  # dense 16-bit tensor peak (for MFU); 0: unknown
     fp32_tflops: float = 0.0  # dense fp32 peak, no TF32
     price_source: str = ""  # where usd_per_hour comes from, and when
+    mem_gbps: float = 0.0  # memory bandwidth, GB/s (the optimizer step's and dequantization's)
+    specs_source: str = ""  # where the peaks and the bandwidth come from
 
 
 @dataclass

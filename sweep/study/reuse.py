@@ -12,7 +12,7 @@ from pathlib import Path
 from sweep.launch.memory import WorkerMemory
 from sweep.results import record
 from sweep.results.record import TrialResult
-from sweep.settings.compose import as_dict, config_hash
+from sweep.settings.compose import config_hash, to_config
 from sweep.settings.schema import Config
 from sweep.study.points import slug
 from sweep.trial import checkpoint
@@ -52,12 +52,13 @@ def resumable(root: Path, label: str, cfg: Config) -> Path | None:
         if not checkpoint.exists(trial_dir / "trainer"):
             continue
         try:
-            if json.loads((trial_dir / "config.json").read_text()) != as_dict(cfg):
+            before = to_config(json.loads((trial_dir / "config.json").read_text()))
+            if config_hash(before) != config_hash(cfg):  # what it trains: reports aside
                 continue
             ended = trial_dir / "result.json"
             if ended.exists() and record.load(ended).status in REUSABLE:
                 continue
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # ConfigError too: a config this version no longer takes
             continue
         return trial_dir
     return None

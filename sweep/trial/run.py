@@ -292,6 +292,7 @@ def record_training(cfg: Config, stats: Any, result: TrialResult) -> None:
     metrics.update(stats.metrics())
     width = int((stats.ledger.get("batch_shape") or [cfg.train.max_seq_len])[-1])
     share = int(stats.ledger.get("logits_width") or width) / width
+    metrics["logits_share"] = share
     span = derived.attention_span(stats.ledger, cfg.train.max_seq_len)
     metrics.update(derived.utilisation(cfg, metrics["train_tokens_per_s"], span, share))
     result.train["loss_curve"] = stats.losses

@@ -1,0 +1,304 @@
+"""This machine's rates for the time model (sweep.planning.cost), each measured on its own:
+
+- the dense peak (a CPU's: a large matmul; a GPU's: report.gpus) and the memory bandwidth (a
+  CPU's: a copy of a large array);
+- what an optimizer step achieves of the bandwidth (opt_eff: fused AdamW over 64M parameters
+  whose gradients are fresh, as a backward leaves them) and 4-bit dequantization (dequant_eff);
+- the latency of a step with next to no work (layer_s per decoder layer, dispatch_s the rest):
+  harness trials of a width-64 Llama at about 8 tokens a step, with 1 and with 4 layers;
+- from two short harness trials at two batch sizes on a random-weight model of the model's own
+  shape (the time is the real model's): the MFU (the slope of step time over tokens) and
+  half_tokens (what the step takes at zero tokens beyond the parts above, as the tokens of
+  compute the matmuls lose to a step's small shapes).
+
+    python -c "from sweep.cli import rates; print(rates.this_device())"
+
+`make probe` (sweep.cli.probe) and `make bench-plan` (sweep.bench.step_time) measure with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from sweep.planning import cost, recipe
+from sweep.planning.arch import (
+    TINY_VOCAB,
+    Arch,
+    arch_for_model,
+    llama_config,
+    train_flops_per_token,
+)
+from sweep.settings.compose import compose
+from sweep.settings.errors import ConfigError
+from sweep.settings.schema import GpuClass
+from sweep.study.points import merge_overrides, slug
+from sweep.trial import models
+
+APPROACHES = {
+    "full": ["method=full"],
+    "lora": ["method=lora", "method.r=16"],
+    "qlora": ["method=qlora", "method.r=16"],
+}
+STEPS = 12  # per trial: 3 warm-up steps, 9 measured
+LATENCY_LAYERS = (1, 4)  # depths of the width-64 latency trials
+SEQ = 64  # tokens per example of the trials' rows (the default grid's shape)
+MATMUL_N = 2048
+
+
+def _best_of(run: callable, seconds: float) -> float:  # type: ignore[valid-type]
+    """The shortest time of `run` over about `seconds` (noise only ever adds time)."""
+    run()  # warm-up: threads and buffers
+    best, end = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        run()
+        _sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_tflops(seconds: float = 2.0, n: int = MATMUL_N) -> float:
+    """This CPU's fp32 matmul rate (TFLOP/s): the denominator of a CPU's MFU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / _best_of(lambda: a @ b, seconds) / 1e12
+
+
+def memory_gbps(seconds: float = 1.0, mib: int = 512) -> float:
+    """This device's memory bandwidth (GB/s): a copy of a large array, read and written."""
+    dev = models.device()
+    src = torch.empty(mib * 2**20 // 4, device=dev)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / _best_of(lambda: dst.copy_(src), seconds) / 1e9
+
+
+def optimizer_eff(gbps: float, n: int = 2**26, seconds: float = 1.0) -> float:
+    """The share of the bandwidth torch's fused AdamW (the harness's default) achieves on `n`
+    fp32 parameters, its traffic (cost.optimizer_traffic: 28 bytes each) over the time of an
+    optimizer step as training has it: the gradients freshly made (a backward's), the step,
+    the gradients dropped. Far larger than a CPU's caches."""
+    dev = models.device()
+    params = [torch.nn.Parameter(torch.zeros(n // 8, device=dev)) for _ in range(8)]
+    opt = torch.optim.AdamW(params, lr=1e-6, fused=True)
+
+    def step() -> None:
+        for p in params:
+            p.grad = torch.full_like(p, 1e-3)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return 28 * n / _best_of(step, seconds) / (gbps * 1e9)
+
+
+def dequant_eff(gbps: float, precision: str, seconds: float = 1.0, n: int = 4096) -> float:
+    """The share of the bandwidth bitsandbytes' NF4 dequantization achieves: the 4-bit weight
+    read and its copy in the compute dtype written (cost.dequant_traffic) over its time."""
+    import bitsandbytes.functional as F
+
+    compute = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    w = torch.randn(2 * n, n, device=models.device(), dtype=compute)  # beyond a CPU's caches
+    packed, state = F.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+    size = 2 if compute == torch.bfloat16 else 4
+    return w.numel() * (0.5 + size) / _best_of(lambda: F.dequantize_4bit(packed, state),
+                                            seconds) / (gbps * 1e9)  # fmt: skip
+
+
+def latency_overrides(work: Path) -> dict[int, list[str]]:
+    """Per depth in LATENCY_LAYERS, overrides training a width-64 random-weight Llama on rows
+    of about 8 tokens, one a step: next to no work, so the step is its latency."""
+    data = rows(work / "rows-latency.jsonl", 8)
+    out = {}
+    for layers in LATENCY_LAYERS:
+        arch = Arch(TINY_VOCAB, 64, 128, layers, 4, 4, True)
+        model = random_model(arch, work / f"model-latency-{layers}")
+        out[layers] = [*model, "dataset=file", f"dataset.path={data}", "train.max_seq_len=0"]
+    return out
+
+
+def latency_of(few: Point, many: Point) -> tuple[float, float]:
+    """(layer_s, dispatch_s) from the latency trials at two depths: what each layer adds, and
+    what the step has besides its layers (the loop's own work, the loss, the optimizer)."""
+    layer_s = max(0.0, (many.step_s - few.step_s) / (many.work.layers - few.work.layers))
+    return layer_s, max(0.0, few.step_s - few.work.layers * layer_s)
+
+
+def measure(
+    device: GpuClass, precision: str, latency: dict[str, tuple[Point, Point]]
+) -> dict[str, cost.Rate]:
+    """Each approach's rates but the MFU and half_tokens (`fit`'s): the optimizer's and 4-bit
+    dequantization's share of the bandwidth, and the latency trials' layer_s and dispatch_s."""
+    opt = optimizer_eff(device.mem_gbps)
+    deq = dequant_eff(device.mem_gbps, precision)
+    out = {}
+    for approach, (few, many) in latency.items():
+        layer_s, dispatch_s = latency_of(few, many)
+        out[approach] = cost.Rate(0.0, 0.0, opt, deq if approach == "qlora" else 1.0, layer_s,
+                                  dispatch_s)  # fmt: skip
+    return out
+
+
+def this_device() -> GpuClass:
+    """This machine's device as a tier: the GPU's class in report.gpus (by name, from NVML
+    without starting CUDA), or the CPU with its measured fp32 matmul rate and bandwidth."""
+    from sweep.planning.plan import load_gpus
+    from sweep.study import live
+
+    tags = live.device_tags()
+    name = tags["device_name"]
+    if tags["device"] == "cpu":
+        peak = matmul_tflops()
+        return GpuClass(name=f"cpu {name}", bf16_tflops=peak, fp32_tflops=peak,
+                        mem_gbps=memory_gbps(), specs_source="make probe: measured")  # fmt: skip
+    g = cost.device_class(name, load_gpus())
+    if g is not None:
+        return GpuClass(**{**g.__dict__, "name": name})
+    raise ConfigError(f"GPU {name!r} is not in report.gpus; add it with its dense peak TFLOP/s")
+
+
+def random_model(arch: Arch, out: Path) -> list[str]:
+    """A random-weight model of `arch` with the character tokenizer, saved under `out` once;
+    the overrides that train it."""
+    if not (out / "config.json").is_file():
+        from transformers import LlamaForCausalLM
+
+        tok = models.char_tokenizer()
+        config = llama_config(arch, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(out)
+        tok.save_pretrained(out)
+    name = slug(f"random-{out.name}")
+    return ["model=hf", f"model.name_or_path={out}", f"model.name={name}"]
+
+
+def rows(path: Path, seq: int, n: int = 64) -> Path:
+    """JSONL rows whose prompt is about `seq` characters (tokens, with the char tokenizer)."""
+    words = "the quick brown fox jumps over the lazy dog "
+    lines = []
+    for i in range(n):
+        prompt = (f"{i}: " + words * (seq // len(words) + 1))[: max(8, seq - 24)]
+        lines.append(json.dumps({"prompt": prompt, "answer": str(i)}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def shape_overrides(arch: Arch, work: Path, name: str) -> list[str]:
+    """Overrides training a random-weight model of `arch` on rows of SEQ tokens: the model is
+    saved under work/model-<name> once."""
+    data = rows(work / "rows.jsonl", SEQ)
+    model = random_model(arch, work / f"model-{name}")
+    return [*model, "dataset=file", f"dataset.path={data}", f"train.max_seq_len={SEQ}"]
+
+
+@dataclass
+class Point:
+    """One probe trial: its approach, batch, what a step took and held, and its work."""
+
+    approach: str
+    batch: int
+    precision: str
+    tokens: float  # non-padding tokens per step
+    step_s: float  # median measured step
+    flops_per_token: float
+    peak_gib: float
+    planned_gib: float
+    work: cost.Work  # what its step does (FLOPs at its tokens, traffic, layers)
+
+
+def run_point(
+    overrides: list[str], approach: str, batch: int, work: Path, rounds: int = 1
+) -> Point:
+    """Short harness trials (`rounds` of them): the quickest one's median step, tokens per
+    step, FLOPs, memory and the recipe's optimizer and dequantization traffic."""
+    runs = [_run_point(overrides, approach, batch, work) for _ in range(rounds)]
+    return min(runs, key=lambda p: p.step_s)
+
+
+def _run_point(overrides: list[str], approach: str, batch: int, work: Path) -> Point:
+    from sweep.launch.launch import launch
+
+    cfg = compose(merge_overrides(
+        APPROACHES[approach],
+        overrides,  # after the approach: method.r=4 sets the rank
+        [f"train.batch_size={batch}", f"train.steps={STEPS}", "train.measure_warmup_steps=3",
+         "eval.size=2", "eval.base=false", "eval.max_new_tokens=2", "eval.retention_size=0"],
+    ))  # fmt: skip
+    digest = hashlib.sha1("\0".join(overrides).encode()).hexdigest()[:10]
+    result = launch(cfg, work / f"{approach}-b{batch}-{digest}", 0)
+    m = result.metrics
+    if result.status != "ok":
+        raise RuntimeError(
+            f"probe {approach} batch {batch}: {result.status} {result.train.get('error')}"
+        )
+    rec, arch = recipe.of(cfg), arch_for_model(cfg.model)
+    tokens = m["train_tokens_per_s"] * m["s_per_step"]
+    share, seq, ckpt = (
+        m.get("logits_share", 1.0),
+        m["max_seq_len"],
+        cfg.train.gradient_checkpointing,
+    )
+    flops_per_token = m["train_tflops"] * 1e12 / m["train_tokens_per_s"]  # as measured: its span
+    again = cost.step_flops_per_token(arch, rec, seq, ckpt, share) - train_flops_per_token(
+        arch, rec, seq, share
+    )  # computed twice: checkpointing's forward, the chunked loss's output layer
+    traffic = cost.work_of(arch, rec, tokens, seq, ckpt, share)
+    return Point(
+        approach=approach,
+        batch=batch,
+        precision=rec.precision,
+        tokens=tokens,
+        step_s=m["s_per_step_median"],
+        flops_per_token=flops_per_token,
+        peak_gib=m["peak_memory_gib"],
+        planned_gib=m.get("plan_total_gib", math.nan),
+        work=replace(traffic, flops=(flops_per_token + again) * tokens),
+    )
+
+
+def slope_fit(small: Point, large: Point, peak_tflops: float) -> tuple[float, float]:
+    """(MFU, the step's time at zero tokens) from two batch sizes. When noise makes the slope
+    useless (not positive), the larger batch alone, with nothing at zero tokens."""
+    slope = (large.step_s - small.step_s) / (large.tokens - small.tokens)
+    if slope > 0 and math.isfinite(slope):
+        intercept = max(0.0, small.step_s - slope * small.tokens)
+    else:
+        slope, intercept = large.step_s / large.tokens, 0.0
+    flops = (small.work.flops / small.tokens + large.work.flops / large.tokens) / 2
+    return flops / (slope * peak_tflops * 1e12), intercept
+
+
+def predict(p: Point, device: GpuClass, r: cost.Rate) -> float:
+    """The step time the time model gives for a probe trial's work."""
+    return cost.step_seconds(cost.step_parts(p.work, device, r))
+
+
+def fit(
+    points: dict[str, tuple[Point, Point]],
+    device: GpuClass,
+    measured: dict[str, cost.Rate],
+    source: str,
+) -> dict[tuple[str, str], cost.Rate]:
+    """Each approach's rate: `measured` (its efficiencies and latencies from the micro-benchmarks)
+    with the MFU from its two batches' slope, and half_tokens from what the step takes at zero
+    tokens beyond the optimizer, dequantization and latency parts (never below 0)."""
+    rates = {}
+    for approach, (small, large) in points.items():
+        peak = cost.peak_tflops(device, small.precision)
+        mfu, intercept = slope_fit(small, large, peak)
+        r = replace(measured[approach], mfu=mfu, source=source)
+        parts = cost.step_parts(replace(small.work, tokens=0), device, r)
+        rest = intercept - sum(v for k, v in parts.items() if k != "compute_s")
+        per_token = small.work.flops / small.tokens / (mfu * peak * 1e12)
+        rates[(approach, small.precision)] = replace(r, half_tokens=max(0.0, rest / per_token))
+    return rates
