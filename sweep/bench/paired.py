@@ -74,7 +74,7 @@ def harness_trial(
     run = live.start_run(parent, work.name, record.run_info(cfg)) if parent else None
     h = launch(cfg, work, 0, env=env, live_run=run)
     if run:
-        tracking.log_trial(parent, h, work)  # closes the live run, as the sweep does
+        tracking.log_trial(parent, h, work, run)  # closes the live run, as the sweep does
     if h.status != "ok":
         raise RuntimeError(f"harness trial: {h.status} {h.train.get('error')}")
     return {**h.metrics, "step_clock": h.train.get("step_clock") or []}

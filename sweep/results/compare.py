@@ -66,14 +66,15 @@ def select(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | N
             groups.setdefault((run.get("label"), run.get("seed")), []).append(rec)
     chosen, key_used = [], None
     for group in groups.values():
-        best = group[0]
+        newest_first = group[::-1]  # records come oldest first; a tie goes to the newest
+        best = newest_first[0]  # a point trained again (outputs cleared, same store): the re-run
         if len(group) > 1:
             key = next(
                 (k for k in SELECT_KEYS if all(not math.isnan(_metric(r, k)) for r in group)), None
             )
             key_used = key_used or key
             if key is not None:
-                best = min(group, key=lambda r, k=key: _metric(r, k))
+                best = min(newest_first, key=lambda r, k=key: _metric(r, k))
         best["selected"] = True
         chosen.append(best)
     return chosen, key_used

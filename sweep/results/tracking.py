@@ -225,16 +225,21 @@ def trial_params(run: dict[str, Any]) -> dict[str, str]:
     return {k: str(run.get(k)) for k in PARAM_KEYS if k in run}
 
 
-def log_trial(parent_id: str, result: TrialResult, trial_dir: Path) -> str:
+def log_trial(parent_id: str, result: TrialResult, trial_dir: Path, run_id: str | None = None) -> str:
     """A finished nested run for one trial: params, metrics, loss curve, record and adapter.
 
-    One run per trial directory (tag TRIAL_TAG): a trial already logged is not logged again,
-    and a run left RUNNING by an interrupted logging is replaced."""
+    `run_id`: the trial's live run (sweep.study.live), logged into and closed. Without it, one
+    run per trial directory (tag TRIAL_TAG): a trial already logged is not logged again, and a
+    run left RUNNING by an interrupted logging is replaced. (A trial folder's name comes back
+    when outputs are cleared and the store kept, so the live run's id decides where it can.)"""
     c = client()
-    runs = [r for r in child_runs(c, parent_id) if r.data.tags.get(TRIAL_TAG) == trial_dir.name]
-    done = [r for r in runs if r.info.status != "RUNNING"]
-    if done:
-        return done[0].info.run_id
+    if run_id is not None:
+        runs = [c.get_run(run_id)]
+    else:
+        runs = [r for r in child_runs(c, parent_id) if r.data.tags.get(TRIAL_TAG) == trial_dir.name]
+        done = [r for r in runs if r.info.status != "RUNNING"]
+        if done:
+            return done[0].info.run_id
     lives = [r for r in runs if r.data.tags.get(LIVE_TAG) == "true"][:1]
     for r in runs:  # an interrupted logging's half run: start it again
         if r not in lives:

@@ -57,8 +57,10 @@ def reopen_run(parent_id: str, trial_dir_name: str) -> str | None:
     from sweep.results import storage, tracking
 
     c = tracking.client()
-    for run in tracking.child_runs(c, parent_id):
+    for run in sorted(tracking.child_runs(c, parent_id), key=lambda r: -r.info.start_time):
         tags = run.data.tags
+        if run.info.status == "FINISHED":  # a finished trial of the same folder name, outputs
+            continue  # cleared since: not this one
         if tags.get(tracking.TRIAL_TAG) == trial_dir_name and tags.get(tracking.LIVE_TAG) == "true":
             rid = run.info.run_id
             c.update_run(rid, status="RUNNING")

@@ -255,6 +255,7 @@ class Sweep:
         )
         trial.set_user_attr("worker", storage.worker_info())
         skipped = None if reused else predicted_oom(cfg, self.max_memory_gib)
+        run_id = None
         if reused is not None:
             result = reused[1]
         elif skipped is not None:
@@ -288,7 +289,7 @@ class Sweep:
             ) from None
         try:
             tracking.retrying(
-                lambda: tracking.log_trial(self.parent, result, trial_dir),
+                lambda: tracking.log_trial(self.parent, result, trial_dir, run_id),
                 f"logging {trial_dir.name}",
             )
         except tracking.TrackingUnavailable as exc:

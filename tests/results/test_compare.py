@@ -161,6 +161,18 @@ def test_a_search_reports_each_approach_at_the_setting_chosen_on_the_selection_s
     assert sum(r["selected"] for r in recs) == 2
 
 
+def test_a_point_trained_again_reports_its_newest_trial():
+    """Outputs cleared and the sweep run again into the same store: the re-run's numbers, not
+    the first run's (records come oldest first; equal losses tie to the newest)."""
+    full = _full()
+    old = rec("lora r=16", "lora", full, 15.0, 90.0, eval_loss=0.3)
+    new = rec("lora r=16", "lora", full, 15.0, 60.0, eval_loss=0.3)
+    unscored = [rec("full", "full", full, 40.0, 120.0), rec("full", "full", full, 40.0, 100.0)]
+    chosen, _ = compare.select([old, new, *unscored])
+    assert new in chosen and old not in chosen
+    assert unscored[1] in chosen and unscored[0] not in chosen
+
+
 def test_an_indistinguishable_row_shows_the_difference_its_own_pair_could_detect(tmp_path):
     """≈ has a size: the resolution from this pair's n and discordant share (19 of 400)."""
     from sweep.results import stats

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -63,7 +64,7 @@ def test_interrupted_after_a_record_is_written(tmp_path, monkeypatch, capsys, ru
     record (no second training), logs it once (replacing a half-logged run) and closes all."""
     real, calls = tracking.log_trial, []
 
-    def half_logged(parent, result, trial_dir):
+    def half_logged(parent, result, trial_dir, run_id=None):
         calls.append(trial_dir.name)
         if len(calls) == 2:
             if run_created:
@@ -72,7 +73,7 @@ def test_interrupted_after_a_record_is_written(tmp_path, monkeypatch, capsys, ru
                 tags = {"mlflow.parentRunId": parent, tracking.TRIAL_TAG: trial_dir.name}
                 c.create_run(exp_id, run_name=result.run["label"], tags=tags)
             raise KeyboardInterrupt
-        return real(parent, result, trial_dir)
+        return real(parent, result, trial_dir, run_id)
 
     monkeypatch.setattr(tracking, "log_trial", half_logged)
     with pytest.raises(KeyboardInterrupt):
@@ -82,6 +83,29 @@ def test_interrupted_after_a_record_is_written(tmp_path, monkeypatch, capsys, ru
     assert run_sweep(ARGS) == 0
     assert "record reused" in capsys.readouterr().out
     _as_one_uninterrupted_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_outputs_cleared_and_the_store_kept_a_rerun_logs_and_reports_its_own_trials(tmp_path):
+    """The trial folders' names come back (0000-..., numbered by a new Optuna study) while the
+    store still holds the first run's: each new trial is logged into its own run, closed, and
+    the report shows the re-run's numbers."""
+    import shutil
+
+    assert run_sweep(ARGS) == 0
+    first = {r.info.run_id for r in _runs()}
+    shutil.rmtree(tmp_path / "outputs")
+    assert run_sweep(ARGS) == 0
+    runs = _runs()
+    assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    new = [r for r in runs if r.info.run_id not in first and r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(r.info.run_name for r in new) == POINTS  # each logged into its live run
+    newest = {r.data.tags[tracking.TRIAL_TAG]: r for r in new}
+    table = pd.read_csv(tmp_path / "reports" / "faults" / "results.csv")
+    for label in POINTS:  # the report's selected row is the re-run's trial
+        row = table[(table["label"] == label) & table["selected"]].iloc[0]
+        run = next(r for r in newest.values() if r.info.run_name == label)
+        assert row["total_s"] == pytest.approx(run.data.metrics["total_s"])
 
 
 @pytest.mark.slow
@@ -119,11 +143,11 @@ def test_a_busy_tracking_store_defers_logging_and_the_sweep_goes_on(tmp_path, mo
     monkeypatch.setattr(tracking, "RETRY_WAITS_S", (0.01, 0.01))
     real, calls = tracking.log_trial, []
 
-    def locked_once(parent, result, trial_dir):
+    def locked_once(parent, result, trial_dir, run_id=None):
         calls.append(trial_dir.name)
         if calls.count(calls[0]) <= 3:  # the first trial: all three attempts fail
             raise MlflowException("(sqlite3.OperationalError) database is locked")
-        return real(parent, result, trial_dir)
+        return real(parent, result, trial_dir, run_id)
 
     monkeypatch.setattr(tracking, "log_trial", locked_once)
     assert run_sweep(ARGS) == 0
