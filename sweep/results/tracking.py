@@ -225,7 +225,9 @@ def trial_params(run: dict[str, Any]) -> dict[str, str]:
     return {k: str(run.get(k)) for k in PARAM_KEYS if k in run}
 
 
-def log_trial(parent_id: str, result: TrialResult, trial_dir: Path, run_id: str | None = None) -> str:
+def log_trial(
+    parent_id: str, result: TrialResult, trial_dir: Path, run_id: str | None = None
+) -> str:
     """A finished nested run for one trial: params, metrics, loss curve, record and adapter.
 
     `run_id`: the trial's live run (sweep.study.live), logged into and closed. Without it, one
