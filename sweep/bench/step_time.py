@@ -3,10 +3,10 @@
     python -m sweep.bench.step_time          # part of make bench-plan
 
 `make probe`'s fit (sweep.cli.rates.fit) on a random-weight model of SmolLM2-135M's shape:
-full FT, LoRA r=16 and QLoRA r=16 at batches 4 and 16 (MFU and half_tokens), with the
-optimizer's and 4-bit dequantization's share of the bandwidth from micro-benchmarks and the
-per-layer and per-step latency from trials with next to no work (a width-64 Llama at about
-8 tokens a step, 1 and 4 layers; sweep/cli/rates.py).
+full FT, LoRA r=16 and QLoRA r=16 at batches 2, 4 and 16 (MFU and half_tokens, least squares),
+with the optimizer's and 4-bit dequantization's share of the bandwidth from micro-benchmarks
+and the per-layer and per-step latency from trials with next to no compute (a width-64 Llama,
+1 and 4 layers, 1 and 16 rows of 64 tokens a step; sweep/cli/rates.py).
 Without refitting, it then predicts points it never saw: the default grid (full FT, LoRA at
 ranks 4, 16 and 64, QLoRA r=16) at the grid's batch of 8, and the three approaches on two other
 sizes: tiny_llama (2 layers, 0.4M parameters) and a random-weight model of Qwen2.5-0.5B's shape
@@ -35,7 +35,7 @@ from sweep.planning import cost
 from sweep.planning.arch import arch_for_model
 from sweep.settings.compose import compose
 
-CALIBRATE_AT = (4, 16)
+CALIBRATE_AT = (2, 4, 16)
 GRID = {  # the default grid's points, per approach
     "full": [[]],
     "lora": [["method.r=4"], ["method.r=16"], ["method.r=64"]],
@@ -54,8 +54,9 @@ def jobs(overrides: list[str], work: Path) -> tuple[list[Job], list[Job], list[J
     """The fit's trials (latency ones included), the grid's and the other sizes'."""
     deep, short = probe.shape(overrides, work), rates.latency_overrides(work)
     fit = [(f"fit {a} b{b}", deep, a, b) for a in rates.APPROACHES for b in CALIBRATE_AT]
-    fit += [(f"latency {a} {n}", [*overrides, *short[n]], a, 1)
-            for a in rates.APPROACHES for n in rates.LATENCY_LAYERS]  # fmt: skip
+    fit += [(f"latency {a} {n} b{b}", [*overrides, *short[n]], a, b)
+            for a in rates.APPROACHES for n in rates.LATENCY_LAYERS
+            for b in rates.LATENCY_BATCHES]  # fmt: skip
     grid = [
         (f"grid {a} {' '.join(x)}", [*deep, *x], a, BATCH) for a, xs in GRID.items() for x in xs
     ]
@@ -84,16 +85,16 @@ def check(overrides: list[str], work: Path) -> pd.DataFrame:
     precision = compose(overrides).train.precision
     fit_jobs, grid_jobs, size_jobs = jobs(overrides, work)
     best = measure([*fit_jobs, *grid_jobs, *size_jobs], work)
-    few, many = rates.LATENCY_LAYERS
     latency = {
-        a: (best[f"latency {a} {few}"], best[f"latency {a} {many}"]) for a in rates.APPROACHES
-    }
+        a: [best[f"latency {a} {n} b{b}"] for n in rates.LATENCY_LAYERS
+            for b in rates.LATENCY_BATCHES]
+        for a in rates.APPROACHES
+    }  # fmt: skip
     measured = rates.measure(device, precision, latency)
-    small, large = CALIBRATE_AT
-    deep = {a: (best[f"fit {a} b{small}"], best[f"fit {a} b{large}"]) for a in rates.APPROACHES}
+    deep = {a: [best[f"fit {a} b{b}"] for b in CALIBRATE_AT] for a in rates.APPROACHES}
     fits = rates.fit(deep, device, measured, "make bench-plan")
     before = {
-        a: rates.slope_fit(*pts, cost.peak_tflops(device, precision)) for a, pts in deep.items()
+        a: rates.slope_fit(pts, cost.peak_tflops(device, precision)) for a, pts in deep.items()
     }
     rows = []
     for key, *_ in [*grid_jobs, *size_jobs]:
@@ -127,7 +128,8 @@ def calibration_lines(table: pd.DataFrame, stamp: str) -> list[str]:
         out.append(
             f'  - {{device: cpu, approach: {a}, basis: fitted, precision: "*", {fields}, '
             f'source: "make bench-plan {stamp}, {table.attrs["device"].name}, random-weight '
-            f'SmolLM2-135M shape, fp32, batches 4 and 16; micro-benchmarks"}}'
+            f"SmolLM2-135M shape, fp32, batches {'/'.join(map(str, CALIBRATE_AT))}; "
+            'micro-benchmarks"}'
         )
     return out
 
@@ -140,7 +142,8 @@ def section(table: pd.DataFrame, stamp: str = "") -> str:
     worst_before = float((table["before: measured / predicted"] - 1).abs().max())
     fitted = "; ".join(
         f"{a}: MFU {r.mfu:.1%}, half of it at {r.half_tokens:.0f} tokens a step, latency "
-        f"{r.layer_s * 1e3:.2f} ms per layer and {r.dispatch_s * 1e3:.1f} ms per step"
+        f"{r.layer_s * 1e3:.2f} ms per layer, {r.layer_token_s * 1e6:.1f} us per layer and "
+        f"token, {r.dispatch_s * 1e3:.1f} ms per step"
         for (a, _), r in table.attrs["fits"].items()
     )
     r = next(iter(table.attrs["fits"].values()))
@@ -154,7 +157,7 @@ def section(table: pd.DataFrame, stamp: str = "") -> str:
             f"(matmul probe), memory {device.mem_gbps:.3g} GB/s (copy probe); fused AdamW "
             f"reaches {r.opt_eff:.0%} of it (fresh gradients, 64M parameters) and NF4 "
             f"dequantization {deq:.0%}. Fitted on a random-weight SmolLM2-135M shape at batches "
-            f"{' and '.join(map(str, CALIBRATE_AT))} ({fitted}); predicted without refitting at "
+            f"{', '.join(map(str, CALIBRATE_AT))} ({fitted}); predicted without refitting at "
             f"the default grid's batch {BATCH} and on two other sizes. Before: the old model, "
             f"MFU from the same slope plus the step at zero tokens as one constant per "
             f"approach ({old}).",

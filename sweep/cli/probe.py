@@ -34,7 +34,7 @@ from sweep.settings.errors import ConfigError
 from sweep.settings.schema import GpuClass, default_cache_dir
 
 PROBE_BATCHES = (2, 8)
-FIELDS = ("mfu", "half_tokens", "opt_eff", "dequant_eff", "layer_s", "dispatch_s")
+FIELDS = ("mfu", "half_tokens", "opt_eff", "dequant_eff", "layer_s", "layer_token_s", "dispatch_s")
 
 
 def save(device: str, fits: dict[tuple[str, str], cost.Rate], note: str, cache_dir: str) -> Path:
@@ -78,17 +78,16 @@ def probe(
     work.mkdir(parents=True, exist_ok=True)
     over, short = shape(overrides, work), rates.latency_overrides(work)
     before = cost.load_calibration(cache_dir)
-    points: dict[str, tuple[Point, Point]] = {}
-    latency: dict[str, tuple[Point, Point]] = {}
+    points: dict[str, tuple[Point, ...]] = {}
+    latency: dict[str, list[Point]] = {}
     for approach in rates.APPROACHES:
         print(f"[probe] {approach}: batches {batches} and the latency trials", flush=True)
-        points[approach] = tuple(  # type: ignore[assignment]
-            rates.run_point(over, approach, b, work, rounds) for b in batches
-        )
-        latency[approach] = tuple(  # type: ignore[assignment]
-            rates.run_point([*overrides, *short[n]], approach, 1, work, rounds)
+        points[approach] = tuple(rates.run_point(over, approach, b, work, rounds) for b in batches)
+        latency[approach] = [
+            rates.run_point([*overrides, *short[n]], approach, b, work, rounds)
             for n in rates.LATENCY_LAYERS
-        )
+            for b in rates.LATENCY_BATCHES
+        ]
     measured = rates.measure(device, compose(overrides).train.precision, latency)
     r = next(iter(measured.values()))
     print(f"[probe] {device.name}: dense peak {cost.peak_tflops(device, 'fp32'):.3g} TFLOP/s fp32, "
@@ -139,8 +138,8 @@ def main(args: list[str]) -> int:
     for (a, p), r in table.attrs["fits"].items():
         print(f"{a} ({p}): MFU {r.mfu:.1%} (half of it at {r.half_tokens:.0f} tokens a step), "
               f"optimizer {r.opt_eff:.0%} and dequantization {r.dequant_eff:.0%} of the "
-              f"bandwidth, {r.layer_s * 1e3:.2f} ms per layer, {r.dispatch_s * 1e3:.1f} ms per "
-              "step")  # fmt: skip
+              f"bandwidth, {r.layer_s * 1e3:.2f} ms per layer and {r.layer_token_s * 1e6:.2f} us "
+              f"per layer and token, {r.dispatch_s * 1e3:.1f} ms per step")  # fmt: skip
     print("time ratio: measured / predicted before this probe; planned peak: sweep.planning.plan "
           "(GPU context left out on CPU, where the measured peak is the training phase's RSS)")  # fmt: skip
     return 0

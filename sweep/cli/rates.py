@@ -4,12 +4,14 @@
   CPU's: a copy of a large array);
 - what an optimizer step achieves of the bandwidth (opt_eff: fused AdamW over 64M parameters
   whose gradients are fresh, as a backward leaves them) and 4-bit dequantization (dequant_eff);
-- the latency of a step with next to no work (layer_s per decoder layer, dispatch_s the rest):
-  harness trials of a width-64 Llama at about 8 tokens a step, with 1 and with 4 layers;
-- from two short harness trials at two batch sizes on a random-weight model of the model's own
-  shape (the time is the real model's): the MFU (the slope of step time over tokens) and
-  half_tokens (what the step takes at zero tokens beyond the parts above, as the tokens of
-  compute the matmuls lose to a step's small shapes).
+- the latency of a step with next to no compute: harness trials of a width-64 Llama with 1 and
+  with 4 layers, at 1 and at 16 rows of 64 tokens a step: what each layer adds at no tokens
+  (layer_s) and per token (layer_token_s: its small kernels, which a wide model's FLOPs do not
+  count), and what the step has besides its layers (dispatch_s);
+- from short harness trials at two or more batch sizes on a random-weight model of the model's
+  own shape (the time is the real model's): the MFU (the least-squares slope of step time over
+  tokens) and half_tokens (what the step takes at zero tokens beyond the parts above, as the
+  tokens of compute the matmuls lose to a step's small shapes).
 
     python -c "from sweep.cli import rates; print(rates.this_device())"
 
@@ -22,6 +24,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +51,7 @@ APPROACHES = {
 }
 STEPS = 12  # per trial: 3 warm-up steps, 9 measured
 LATENCY_LAYERS = (1, 4)  # depths of the width-64 latency trials
+LATENCY_BATCHES = (1, 16)  # and their rows per step
 SEQ = 64  # tokens per example of the trials' rows (the default grid's shape)
 MATMUL_N = 2048
 
@@ -116,35 +120,44 @@ def dequant_eff(gbps: float, precision: str, seconds: float = 1.0, n: int = 4096
 
 def latency_overrides(work: Path) -> dict[int, list[str]]:
     """Per depth in LATENCY_LAYERS, overrides training a width-64 random-weight Llama on rows
-    of about 8 tokens, one a step: next to no work, so the step is its latency."""
-    data = rows(work / "rows-latency.jsonl", 8)
+    of SEQ tokens: next to no compute, so the step is its latency (batches: LATENCY_BATCHES)."""
+    data = rows(work / "rows.jsonl", SEQ)
     out = {}
     for layers in LATENCY_LAYERS:
         arch = Arch(TINY_VOCAB, 64, 128, layers, 4, 4, True)
         model = random_model(arch, work / f"model-latency-{layers}")
-        out[layers] = [*model, "dataset=file", f"dataset.path={data}", "train.max_seq_len=0"]
+        out[layers] = [*model, "dataset=file", f"dataset.path={data}", f"train.max_seq_len={SEQ}"]
     return out
 
 
-def latency_of(few: Point, many: Point) -> tuple[float, float]:
-    """(layer_s, dispatch_s) from the latency trials at two depths: what each layer adds, and
-    what the step has besides its layers (the loop's own work, the loss, the optimizer)."""
-    layer_s = max(0.0, (many.step_s - few.step_s) / (many.work.layers - few.work.layers))
-    return layer_s, max(0.0, few.step_s - few.work.layers * layer_s)
+def latency_of(trials: Sequence[Point]) -> tuple[float, float, float]:
+    """(layer_s, layer_token_s, dispatch_s) from latency trials at two depths and one or more
+    batches: what each layer adds at no tokens and per token (a line through the per-layer
+    costs of the batches), and what the step has besides its layers (the loop's own work, the
+    loss, the optimizer; the batches' mean). Noise never makes a part negative."""
+    per_layer, dispatch = [], []
+    for batch in sorted({p.batch for p in trials}):
+        few, many = sorted((p for p in trials if p.batch == batch), key=lambda p: p.work.layers)
+        layer = max(0.0, (many.step_s - few.step_s) / (many.work.layers - few.work.layers))
+        per_layer.append(((few.tokens + many.tokens) / 2, layer))
+        dispatch.append(max(0.0, few.step_s - few.work.layers * layer))
+    (t0, l0), (t1, l1) = per_layer[0], per_layer[-1]
+    per_token = max(0.0, (l1 - l0) / (t1 - t0)) if t1 > t0 else 0.0
+    return max(0.0, l0 - per_token * t0), per_token, sum(dispatch) / len(dispatch)
 
 
 def measure(
-    device: GpuClass, precision: str, latency: dict[str, tuple[Point, Point]]
+    device: GpuClass, precision: str, latency: dict[str, Sequence[Point]]
 ) -> dict[str, cost.Rate]:
     """Each approach's rates but the MFU and half_tokens (`fit`'s): the optimizer's and 4-bit
-    dequantization's share of the bandwidth, and the latency trials' layer_s and dispatch_s."""
+    dequantization's share of the bandwidth, and the latency trials' layer and step parts."""
     opt = optimizer_eff(device.mem_gbps)
     deq = dequant_eff(device.mem_gbps, precision)
     out = {}
-    for approach, (few, many) in latency.items():
-        layer_s, dispatch_s = latency_of(few, many)
+    for approach, trials in latency.items():
+        layer_s, layer_token_s, dispatch_s = latency_of(trials)
         out[approach] = cost.Rate(0.0, 0.0, opt, deq if approach == "qlora" else 1.0, layer_s,
-                                  dispatch_s)  # fmt: skip
+                                  layer_token_s, dispatch_s)  # fmt: skip
     return out
 
 
@@ -266,15 +279,20 @@ def _run_point(overrides: list[str], approach: str, batch: int, work: Path) -> P
     )
 
 
-def slope_fit(small: Point, large: Point, peak_tflops: float) -> tuple[float, float]:
-    """(MFU, the step's time at zero tokens) from two batch sizes. When noise makes the slope
-    useless (not positive), the larger batch alone, with nothing at zero tokens."""
-    slope = (large.step_s - small.step_s) / (large.tokens - small.tokens)
+def slope_fit(points: Sequence[Point], peak_tflops: float) -> tuple[float, float]:
+    """(MFU, the step's time at zero tokens) from two or more batch sizes: the least-squares
+    line of step time over tokens. When noise makes the slope useless (not positive), the
+    largest batch alone, with nothing at zero tokens."""
+    tokens = [p.tokens for p in points]
+    mean_t, mean_s = sum(tokens) / len(points), sum(p.step_s for p in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t in tokens)
+    slope = sum((p.tokens - mean_t) * (p.step_s - mean_s) for p in points) / spread
     if slope > 0 and math.isfinite(slope):
-        intercept = max(0.0, small.step_s - slope * small.tokens)
+        intercept = max(0.0, mean_s - slope * mean_t)
     else:
+        large = max(points, key=lambda p: p.tokens)
         slope, intercept = large.step_s / large.tokens, 0.0
-    flops = (small.work.flops / small.tokens + large.work.flops / large.tokens) / 2
+    flops = sum(p.work.flops / p.tokens for p in points) / len(points)
     return flops / (slope * peak_tflops * 1e12), intercept
 
 
@@ -284,18 +302,24 @@ def predict(p: Point, device: GpuClass, r: cost.Rate) -> float:
 
 
 def fit(
-    points: dict[str, tuple[Point, Point]],
+    points: dict[str, Sequence[Point]],
     device: GpuClass,
     measured: dict[str, cost.Rate],
     source: str,
 ) -> dict[tuple[str, str], cost.Rate]:
     """Each approach's rate: `measured` (its efficiencies and latencies from the micro-benchmarks)
-    with the MFU from its two batches' slope, and half_tokens from what the step takes at zero
-    tokens beyond the optimizer, dequantization and latency parts (never below 0)."""
+    with the MFU from its batches' slope, and half_tokens from what the step takes at zero
+    tokens beyond the optimizer, dequantization and latency parts (never below 0). The slope
+    less the layers' per-token latency is the compute's."""
     rates = {}
-    for approach, (small, large) in points.items():
+    for approach, batches in points.items():
+        small = batches[0]
         peak = cost.peak_tflops(device, small.precision)
-        mfu, intercept = slope_fit(small, large, peak)
+        mfu, intercept = slope_fit(batches, peak)
+        per_token = sum(p.work.flops / p.tokens for p in batches) / len(batches) / (peak * 1e12)
+        layers = small.work.layers * measured[approach].layer_token_s  # per token, not compute
+        if per_token / mfu > layers:
+            mfu = per_token / (per_token / mfu - layers)
         r = replace(measured[approach], mfu=mfu, source=source)
         parts = cost.step_parts(replace(small.work, tokens=0), device, r)
         rest = intercept - sum(v for k, v in parts.items() if k != "compute_s")

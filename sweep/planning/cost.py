@@ -11,10 +11,12 @@ A training step's time is five parts, each scaling with its own work (`step_part
                every trainable parameter) / (opt_eff x the memory bandwidth)
     dequant    QLoRA: the 4-bit weights read and their 16-bit copies written, once per forward,
                backward and checkpoint recompute / (dequant_eff x the memory bandwidth)
-    layers     decoder layers x layer_s (kernel launches and the Python around each block)
+    layers     decoder layers x (layer_s + layer_token_s x tokens): the kernel launches and
+               Python around each block, and its small kernels' time per token
     dispatch   dispatch_s per step (the training loop's own work: collate, callbacks, logging)
 
-mfu, half_tokens, opt_eff, dequant_eff, layer_s and dispatch_s come per device, approach and precision from
+mfu, half_tokens, opt_eff, dequant_eff, layer_s, layer_token_s and dispatch_s come per device,
+approach and precision from
 conf/calibration.yaml, each entry with its source, overlaid by what `make probe` measured on
 this machine (.cache/calibration.yaml: first match wins, the probe's first). The dense peak and
 the bandwidth are the GPU class's (report.gpus, with sources) or, for a CPU, measured by the
@@ -54,6 +56,7 @@ class Rate:
     opt_eff: float = 1.0  # share of the memory bandwidth the optimizer step achieves
     dequant_eff: float = 1.0  # and 4-bit dequantization
     layer_s: float = 0.0  # per decoder layer per step
+    layer_token_s: float = 0.0  # per decoder layer per token of the step
     dispatch_s: float = 0.0  # per step
     source: str = ""
     basis: str = ""  # measured (make probe, here), fitted (published runs), assumed (another's)
@@ -109,7 +112,8 @@ def rate(entries: list[dict[str, Any]], device: str, approach: str, precision: s
             and e["approach"] in (approach, "*")
             and e.get("precision", "*") in (precision, "*")
         ):
-            fields = ("half_tokens", "opt_eff", "dequant_eff", "layer_s", "dispatch_s")
+            fields = ("half_tokens", "opt_eff", "dequant_eff", "layer_s", "layer_token_s",
+                      "dispatch_s")  # fmt: skip
             return Rate(float(e["mfu"]), **{k: float(e[k]) for k in fields if k in e},
                         source=str(e["source"]), basis=str(e.get("basis", "")))  # fmt: skip
     raise ConfigError(
@@ -202,7 +206,7 @@ def step_parts(work: Work, device: GpuClass, r: Rate) -> dict[str, float]:
         "compute_s": work.flops / (r.mfu * peak) * few if peak else math.nan,
         "optimizer_s": work.optimizer_bytes / (r.opt_eff * bandwidth) if bandwidth else math.nan,
         "dequant_s": deq / (r.dequant_eff * bandwidth) if deq and bandwidth else 0.0,
-        "layers_s": work.layers * r.layer_s,
+        "layers_s": work.layers * (r.layer_s + r.layer_token_s * work.tokens),
         "dispatch_s": r.dispatch_s,
     }
 

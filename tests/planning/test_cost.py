@@ -34,16 +34,17 @@ def test_what_is_not_a_token_count_is_none(spec):
 
 def test_a_step_is_the_sum_of_its_parts_each_over_its_own_rate():
     r = cost.Rate(mfu=0.5, half_tokens=100.0, opt_eff=0.25, dequant_eff=0.1, layer_s=0.002,
-                  dispatch_s=0.01)  # fmt: skip
+                  layer_token_s=1e-6, dispatch_s=0.01)  # fmt: skip
     gpu = GpuClass(name="g", bf16_tflops=100.0, mem_gbps=1000.0)
     work = cost.Work(tokens=900.0, flops=0.9e14, optimizer_bytes=5e11, dequant_bytes=1e11,
                      layers=10, precision="bf16-mixed")  # fmt: skip
     parts = cost.step_parts(work, gpu, r)
     # 0.9e14 FLOPs at 50% of 100 TFLOP/s is 1.8 s, and 900 tokens run the matmuls at 900 / (900
-    # + 100) of that rate: 2 s; 500 GB at 25% of 1 TB/s: 2 s; 100 GB at 10%: 1 s
+    # + 100) of that rate: 2 s; 500 GB at 25% of 1 TB/s: 2 s; 100 GB at 10%: 1 s; 10 layers of
+    # 2 ms and 1 us a token: 0.029 s
     assert parts == pytest.approx({"compute_s": 2.0, "optimizer_s": 2.0, "dequant_s": 1.0,
-                                   "layers_s": 0.02, "dispatch_s": 0.01})  # fmt: skip
-    assert cost.step_seconds(parts) == pytest.approx(5.03)
+                                   "layers_s": 0.029, "dispatch_s": 0.01})  # fmt: skip
+    assert cost.step_seconds(parts) == pytest.approx(5.039)
     unknown = cost.step_parts(work, GpuClass(name="g", bf16_tflops=100.0), r)
     assert math.isnan(unknown["optimizer_s"])  # no bandwidth: no figure, not zero
 
@@ -261,7 +262,8 @@ def test_the_fit_recovers_the_mfu_and_half_tokens_and_predicts_other_sizes():
     from sweep.cli import rates
 
     device = GpuClass(name="cpu t", fp32_tflops=1.0, bf16_tflops=1.0, mem_gbps=10.0)
-    true = cost.Rate(0.25, half_tokens=40.0, opt_eff=0.5, layer_s=0.01, dispatch_s=0.05)
+    true = cost.Rate(0.25, half_tokens=40.0, opt_eff=0.5, layer_s=0.01, layer_token_s=2e-5,
+                     dispatch_s=0.05)  # fmt: skip
 
     def point(approach, batch, layers, opt_bytes):
         work = cost.Work(64.0 * batch, 1e9 * 64 * batch, opt_bytes, 0.0, layers, "fp32")
@@ -269,8 +271,9 @@ def test_the_fit_recovers_the_mfu_and_half_tokens_and_predicts_other_sizes():
         return _point(approach, batch, layers, step, 64.0 * batch, opt_bytes)
 
     sizes = {"full": 5e9, "lora": 1e7}
-    points = {a: (point(a, 2, 30, b), point(a, 8, 30, b)) for a, b in sizes.items()}
-    measured = {a: cost.Rate(0.0, opt_eff=0.5, layer_s=0.01, dispatch_s=0.05) for a in sizes}
+    points = {a: [point(a, n, 30, b) for n in (2, 4, 16)] for a, b in sizes.items()}
+    latency = {"opt_eff": 0.5, "layer_s": 0.01, "layer_token_s": 2e-5, "dispatch_s": 0.05}
+    measured = {a: cost.Rate(0.0, **latency) for a in sizes}
     fits = rates.fit(points, device, measured, "t")
     for approach, opt_bytes in sizes.items():
         r = fits[(approach, "fp32")]
@@ -279,13 +282,18 @@ def test_the_fit_recovers_the_mfu_and_half_tokens_and_predicts_other_sizes():
         assert rates.predict(other, device, r) == pytest.approx(other.step_s)
 
 
-def test_latency_is_what_each_layer_adds_and_what_the_step_has_besides():
+def test_latency_is_what_each_layer_adds_per_step_and_token_and_what_the_step_has_besides():
     from sweep.cli import rates
 
     one, four = _point("lora", 1, 1, 0.012, 8.0), _point("lora", 1, 4, 0.018, 8.0)
-    assert rates.latency_of(one, four) == pytest.approx((0.002, 0.010))
+    assert rates.latency_of([one, four]) == pytest.approx((0.002, 0.0, 0.010))
+    # at 16 rows of 64 tokens each layer costs 3 ms more: 1024 - 8 tokens later
+    wide = [_point("lora", 16, 1, 0.015, 1024.0), _point("lora", 16, 4, 0.030, 1024.0)]
+    layer_s, per_token, dispatch = rates.latency_of([one, four, *wide])
+    assert per_token == pytest.approx(0.003 / 1016)
+    assert layer_s == pytest.approx(0.002 - 8 * 0.003 / 1016) and dispatch == pytest.approx(0.010)
     quicker = _point("lora", 1, 4, 0.011, 8.0)  # noise: the deeper trial ran quicker
-    assert rates.latency_of(one, quicker) == (0.0, 0.012)
+    assert rates.latency_of([one, quicker]) == (0.0, 0.0, 0.012)
 
 
 def test_a_slope_lost_to_noise_falls_back_to_the_larger_batch_alone():
@@ -293,7 +301,7 @@ def test_a_slope_lost_to_noise_falls_back_to_the_larger_batch_alone():
 
     small = _point("lora", 2, 4, 0.6, 128.0)
     large = _point("lora", 8, 4, 0.5, 512.0)  # the small batch was slower: no usable slope
-    mfu, intercept = rates.slope_fit(small, large, peak_tflops=1.0)
+    mfu, intercept = rates.slope_fit([small, large], peak_tflops=1.0)
     assert mfu == pytest.approx(1e9 * 512 / 0.5 / 1e12) and intercept == 0.0
 
 
@@ -301,6 +309,7 @@ def test_make_probe_measures_here_and_writes_this_machines_calibration(tmp_path,
     from sweep.cli import probe, rates
 
     monkeypatch.setattr(rates, "APPROACHES", {"lora": ["method=lora", "method.r=4"]})
+    monkeypatch.setattr(rates, "LATENCY_BATCHES", (1, 2))
     device = GpuClass(name="cpu test", fp32_tflops=0.05, bf16_tflops=0.05, mem_gbps=5.0)
     table = probe.probe(["model=tiny_llama"], tmp_path / "work", str(tmp_path), (2, 4), device)
     assert list(table.batch) == [2, 4] and (table["measured s/step"] > 0).all()
@@ -328,6 +337,8 @@ def test_bench_plan_predicts_points_of_other_batches_and_sizes_from_one_fit(tmp_
     monkeypatch.setattr(step_time, "GRID", {"lora": [["method.r=8"]]})
     monkeypatch.setattr(step_time, "SIZES", {"tiny_llama": 2})
     monkeypatch.setattr(step_time, "ROUNDS", 1)
+    monkeypatch.setattr(step_time, "CALIBRATE_AT", (2, 4))
+    monkeypatch.setattr(rates, "LATENCY_BATCHES", (1,))
     device = GpuClass("cpu t", 0, 0, 0.05, 0.05, mem_gbps=5.0)
     monkeypatch.setattr(rates, "this_device", lambda: device)
     table = step_time.check(["model=tiny_llama"], tmp_path)
@@ -338,3 +349,6 @@ def test_bench_plan_predicts_points_of_other_batches_and_sizes_from_one_fit(tmp_
     text = step_time.section(table, "now")
     assert "Worst step-time error" in text and "cpu t" in text
     assert '{device: cpu, approach: lora, basis: fitted, precision: "*", mfu:' in text
+    (line,) = [x for x in text.splitlines() if x.startswith("  - {device: cpu")]
+    entry = yaml.safe_load(line.strip()[2:])  # pastes into conf/calibration.yaml as it is
+    assert entry["layer_token_s"] >= 0 and entry["source"].startswith("make bench-plan")
