@@ -55,19 +55,25 @@ def _metric(rec: dict[str, Any], key: str) -> float:
 
 
 def select(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
-    """The ok trials the headline reports: per (approach, seed) the one trial of a grid point,
-    or the best of a search by the selection split's loss. Returns (chosen, the key chosen on,
+    """The ok trials the headline reports: per (approach, seed) the one trial of a grid point
+    (the newest, where the same config was trained again), or the best of a search by the
+    selection split's loss. Returns (chosen, the key chosen on,
     None when nothing had to be chosen). Every record gets `selected` = True/False."""
     groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    newest: dict[tuple[Any, ...], dict[str, Any]] = {}  # a config trained again: its last run
     for rec in records:
         rec["selected"] = False
         if rec.get("train", {}).get("status") == "ok":
             run = rec.get("run", {})
-            groups.setdefault((run.get("label"), run.get("seed")), []).append(rec)
+            same = run.get("config_hash") or id(rec)
+            newest[(run.get("label"), run.get("seed"), same)] = rec
+    for rec in newest.values():
+        run = rec["run"]
+        groups.setdefault((run.get("label"), run.get("seed")), []).append(rec)
     chosen, key_used = [], None
     for group in groups.values():
         newest_first = group[::-1]  # records come oldest first; a tie goes to the newest
-        best = newest_first[0]  # a point trained again (outputs cleared, same store): the re-run
+        best = newest_first[0]
         if len(group) > 1:
             key = next(
                 (k for k in SELECT_KEYS if all(not math.isnan(_metric(r, k)) for r in group)), None

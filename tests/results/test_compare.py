@@ -171,6 +171,13 @@ def test_a_point_trained_again_reports_its_newest_trial():
     chosen, _ = compare.select([old, new, *unscored])
     assert new in chosen and old not in chosen
     assert unscored[1] in chosen and unscored[0] not in chosen
+    # the same config trained again: the newest, even where the first had the lower loss
+    first = rec("lora r=4", "lora", full, 15.0, 90.0, eval_loss=0.2)
+    again = rec("lora r=4", "lora", full, 15.0, 60.0, eval_loss=0.4)
+    for r in (first, again):
+        r["run"]["config_hash"] = "abc"
+    chosen, _ = compare.select([first, again])
+    assert chosen == [again]
 
 
 def test_an_indistinguishable_row_shows_the_difference_its_own_pair_could_detect(tmp_path):
