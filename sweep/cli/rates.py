@@ -318,8 +318,8 @@ def fit(
         mfu, intercept = slope_fit(batches, peak)
         per_token = sum(p.work.flops / p.tokens for p in batches) / len(batches) / (peak * 1e12)
         layers = small.work.layers * measured[approach].layer_token_s  # per token, not compute
-        if per_token / mfu > layers:
-            mfu = per_token / (per_token / mfu - layers)
+        compute = per_token / mfu - layers  # the slope's compute part, s per token
+        mfu = min(1.0, per_token / compute) if compute > 0 else 1.0  # all latency: no less
         r = replace(measured[approach], mfu=mfu, source=source)
         parts = cost.step_parts(replace(small.work, tokens=0), device, r)
         rest = intercept - sum(v for k, v in parts.items() if k != "compute_s")

@@ -282,6 +282,19 @@ def test_the_fit_recovers_the_mfu_and_half_tokens_and_predicts_other_sizes():
         assert rates.predict(other, device, r) == pytest.approx(other.step_s)
 
 
+def test_a_step_that_is_all_latency_fits_no_mfu_above_one():
+    from sweep.cli import rates
+
+    device = GpuClass(name="cpu t", fp32_tflops=1.0, bf16_tflops=1.0, mem_gbps=10.0)
+    # 1 MFLOP a token, but each of 2 layers costs 10 us a token: the slope is the layers'
+    points = [_point("full", b, 2, 0.005 + 2e-5 * 64 * b, 64.0 * b) for b in (2, 8)]
+    for p in points:
+        p.work = cost.Work(p.tokens, 1e6 * p.tokens, 0.0, 0.0, 2, "fp32")
+    measured = {"full": cost.Rate(0.0, layer_token_s=1e-5)}
+    (r,) = rates.fit({"full": points}, device, measured, "t").values()
+    assert r.mfu == 1.0
+
+
 def test_latency_is_what_each_layer_adds_per_step_and_token_and_what_the_step_has_besides():
     from sweep.cli import rates
 
