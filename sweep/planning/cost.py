@@ -112,14 +112,38 @@ def rate(entries: list[dict[str, Any]], device: str, approach: str, precision: s
             and e["approach"] in (approach, "*")
             and e.get("precision", "*") in (precision, "*")
         ):
-            fields = ("half_tokens", "opt_eff", "dequant_eff", "layer_s", "layer_token_s",
-                      "dispatch_s")  # fmt: skip
-            return Rate(float(e["mfu"]), **{k: float(e[k]) for k in fields if k in e},
-                        source=str(e["source"]), basis=str(e.get("basis", "")))  # fmt: skip
+            return _entry_rate(e)
     raise ConfigError(
         f"no calibration for {device} / {approach} / {precision} in {SHIPPED.name}; "
         "add an entry (device: '*' matches any) or run make probe"
     )
+
+
+_SHARES = ("mfu", "opt_eff", "dequant_eff")  # shares of a peak figure: > 0 (a figure quoted
+# low, or bytes counted high, can put one over 1)
+_AMOUNTS = ("half_tokens", "layer_s", "layer_token_s", "dispatch_s")  # >= 0
+
+
+def _entry_rate(e: dict[str, Any]) -> Rate:
+    """A calibration entry as a Rate; one line naming the entry and the field when a value is
+    not a number in its range (a hand-edited .cache/calibration.yaml)."""
+    where = f"calibration entry {e.get('device')}/{e.get('approach')}"
+    values = {}
+    for k in (*_SHARES, *_AMOUNTS):
+        if k not in e:
+            continue
+        try:
+            values[k] = float(e[k])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {k}={e[k]!r} is not a number") from None
+        ok = values[k] > 0 if k in _SHARES else values[k] >= 0
+        if not ok or not math.isfinite(values[k]):
+            allowed = f"{k} > 0" if k in _SHARES else f"{k} >= 0"
+            raise ConfigError(f"{where}: {k}={e[k]!r} is not allowed; expected {allowed}")
+    if "mfu" not in values:
+        raise ConfigError(f"{where}: no mfu (the share of the dense peak a step reaches)")
+    mfu = values.pop("mfu")
+    return Rate(mfu, **values, source=str(e.get("source", "")), basis=str(e.get("basis", "")))
 
 
 def peak_tflops(gpu: GpuClass, precision: str) -> float:

@@ -90,28 +90,27 @@ def _num(v: Any) -> bool:
 
 def _step_on(
     record: dict[str, Any], tier: GpuClass, entries: list[dict[str, Any]]
-) -> tuple[float, float]:
-    """(the time model's step seconds, its tokens) for the trial's recipe on a bf16 `tier`, at
-    the trial's own tokens per step; NaN where the record lacks them."""
+) -> tuple[float, float, Config | None]:
+    """(the time model's step seconds, its tokens, the GPU config) for the trial's recipe on a
+    bf16 `tier`, at the trial's own tokens per step; NaN where the record lacks them."""
     cfg = gpu_config(record)
     m = record["train"]["metrics"]
     if cfg is None or not _num(m.get("train_tokens_per_s")) or not _num(m.get("s_per_step")):
-        return math.nan, math.nan
+        return math.nan, math.nan, cfg
     rec = recipe.of(cfg, cuda=True)
     per_step = m["train_tokens_per_s"] * m["s_per_step"]
     seq = plan.trial_settings(cfg, True).seq_len
     r = cost.rate(entries, cost.device_key(tier.name), rec.kind, rec.precision)
     arch = arch_for_model(cfg.model)
     step = cost.step_time(arch, rec, per_step, seq, tier, r, cfg.train.gradient_checkpointing)
-    return step, per_step
+    return step, per_step, cfg
 
 
 def _predicted(
     record: dict[str, Any], tier: GpuClass, tokens: int, entries: list[dict[str, Any]]
 ) -> tuple[float, bool | None]:
     """(hours, fits) of a CPU trial's recipe on a GPU tier, from the planner and time model."""
-    step, per_step = _step_on(record, tier, entries)
-    cfg = gpu_config(record)
+    step, per_step, cfg = _step_on(record, tier, entries)
     if cfg is None or not _num(step):
         return math.nan, None
     peak = plan.predict_trial(cfg, cuda=True).total_gib

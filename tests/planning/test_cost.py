@@ -282,6 +282,19 @@ def test_the_fit_recovers_the_mfu_and_half_tokens_and_predicts_other_sizes():
         assert rates.predict(other, device, r) == pytest.approx(other.step_s)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("mfu", "fast", "mfu='fast' is not a number"), ("mfu", 0, "expected mfu > 0"),
+     ("opt_eff", -1, "expected opt_eff > 0"), ("layer_s", -0.1, "expected layer_s >= 0")],
+)  # fmt: skip
+def test_a_hand_edited_calibration_entry_out_of_range_is_one_line(tmp_path, field, value, message):
+    entry = {"device": "cpu", "approach": "lora", "mfu": 0.5, "source": "mine", field: value}
+    (tmp_path / cost.LOCAL_NAME).write_text(yaml.safe_dump({"entries": [entry]}))
+    with pytest.raises(ConfigError, match="calibration entry cpu/lora: ") as err:
+        cost.rate(cost.load_calibration(tmp_path), "cpu x", "lora", "fp32")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_step_that_is_all_latency_fits_no_mfu_above_one():
     from sweep.cli import rates
 
