@@ -7,7 +7,9 @@ One process, one Trainer; `model_init(trial)` loads the base (4-bit for QLoRA) a
 with PEFT for the trial's grid point; the objective is accuracy from batched greedy generation
 on the same held-out examples, scored by the task's own scorer, written the way a user writes
 it (tokenizer left padding, `model.generate`). Same examples, order source, steps, batch size,
-learning rates and precision as the harness; no tracking, no records, no report.
+learning rates and precision as the harness; no tracking, no records, no report. On CPU it
+keeps freed memory for reuse as a harness trial does (sweep.trial.process), so the bench weighs
+the harness's own work, not an allocator setting.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sweep.planning import budget
 from sweep.settings.compose import compose
 from sweep.settings.schema import Config
 from sweep.study.points import grid_points, trial_overrides
-from sweep.trial import batches, data, evaluate, methods, models
+from sweep.trial import batches, data, evaluate, methods, models, process
 
 
 class GenerationEvalTrainer(Trainer):
@@ -162,4 +164,6 @@ def run(overrides: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if not torch.cuda.is_available():  # the allocator policy a harness trial has (process.isolate)
+        process.keep_freed_memory()
     print(json.dumps(run(sys.argv[1:])), flush=True)

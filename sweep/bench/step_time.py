@@ -155,7 +155,7 @@ def section(table: pd.DataFrame, stamp: str = "") -> str:
             "",
             f"{device.name}: dense peak {cost.peak_tflops(device, 'fp32'):.3g} TFLOP/s fp32 "
             f"(matmul probe), memory {device.mem_gbps:.3g} GB/s (copy probe); fused AdamW "
-            f"reaches {r.opt_eff:.0%} of it (fresh gradients, 64M parameters) and NF4 "
+            f"reaches {r.opt_eff:.0%} of it (64M parameters, gradients made anew each step) and NF4 "
             f"dequantization {deq:.0%}. Fitted on a random-weight SmolLM2-135M shape at batches "
             f"{', '.join(map(str, CALIBRATE_AT))} ({fitted}); predicted without refitting at "
             f"the default grid's batch {BATCH} and on two other sizes. Before: the old model, "

@@ -3,7 +3,7 @@
 - the dense peak (a CPU's: a large matmul; a GPU's: report.gpus) and the memory bandwidth (a
   CPU's: a copy of a large array);
 - what an optimizer step achieves of the bandwidth (opt_eff: fused AdamW over 64M parameters
-  whose gradients are fresh, as a backward leaves them) and 4-bit dequantization (dequant_eff);
+  whose gradients are made anew, as a backward makes them) and 4-bit dequantization (dequant_eff);
 - the latency of a step with next to no compute: harness trials of a width-64 Llama with 1 and
   with 4 layers, at 1 and at 16 rows of 64 tokens a step: what each layer adds at no tokens
   (layer_s) and per token (layer_token_s: its small kernels, which a wide model's FLOPs do not
@@ -42,7 +42,7 @@ from sweep.settings.compose import compose
 from sweep.settings.errors import ConfigError
 from sweep.settings.schema import GpuClass
 from sweep.study.points import merge_overrides, slug
-from sweep.trial import models
+from sweep.trial import models, process
 
 APPROACHES = {
     "full": ["method=full"],
@@ -150,7 +150,10 @@ def measure(
     device: GpuClass, precision: str, latency: dict[str, Sequence[Point]]
 ) -> dict[str, cost.Rate]:
     """Each approach's rates but the MFU and half_tokens (`fit`'s): the optimizer's and 4-bit
-    dequantization's share of the bandwidth, and the latency trials' layer and step parts."""
+    dequantization's share of the bandwidth, and the latency trials' layer and step parts. The
+    micro-benchmarks run under a trial's allocator policy (freed memory kept for reuse, on CPU)."""
+    if not torch.cuda.is_available():
+        process.keep_freed_memory()
     opt = optimizer_eff(device.mem_gbps)
     deq = dequant_eff(device.mem_gbps, precision)
     out = {}
