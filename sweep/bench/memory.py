@@ -9,7 +9,7 @@ Four sections of reports/bench/plan.md:
 2. the planner and time model against published runs (sweep/bench/published.py);
 3. each memory saver off and on, ledger and planner (sweep/bench/savers.py; --no-savers);
 4. the time model against measured step times here, across three model sizes
-   (sweep/bench/step_time.py; --no-time leaves it out: it trains 64 short trials, ~20 min).
+   (sweep/bench/step_time.py; --no-time leaves it out: it trains 64 short trials three times, ~30 min).
 
 Runs a two-step trial per approach (full, LoRA r=4/16/64, QLoRA r=16) and sequence length, reads
 the ledger (parameters, gradients, optimizer state, saved activations, measured on the first
@@ -88,7 +88,8 @@ def time_section() -> tuple[str, bool]:
     import time
 
     with tempfile.TemporaryDirectory() as tmp:
-        steps = step_time.check([], Path(tmp))
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        steps = step_time.check([], Path(tmp), saved=OUT.parent / step_time.SAVED)
     ok = bool((steps["measured / predicted"] - 1).abs().max() <= step_time.BAND)
     return step_time.section(steps, time.strftime("%Y-%m-%d %H:%M")), ok
 

@@ -2,8 +2,11 @@
 
     python -m sweep.bench.step_time          # part of make bench-plan
 
+    python -m sweep.bench.step_time --from reports/bench/step_time.json   # refit a saved run
+
 `make probe`'s fit (sweep.cli.rates.fit) on a random-weight model of SmolLM2-135M's shape:
-full FT, LoRA r=16 and QLoRA r=16 at batches 2, 4 and 16 (MFU and half_tokens, least squares),
+full FT, LoRA r=16 and QLoRA r=16 at batches 2, 4 and 16 (MFU and half_tokens, least squares;
+LoRA's and QLoRA's trials together, as they run the same matmuls),
 with the optimizer's and 4-bit dequantization's share of the bandwidth from micro-benchmarks
 and the per-layer and per-step latency from trials with next to no compute (a width-64 Llama,
 1 and 4 layers, 1 and 16 rows of 64 tokens a step; sweep/cli/rates.py).
@@ -23,9 +26,12 @@ then the list reversed), and each point's quickest run counts.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,6 +40,7 @@ from sweep.cli.rates import Point
 from sweep.planning import cost
 from sweep.planning.arch import arch_for_model
 from sweep.settings.compose import compose
+from sweep.settings.schema import GpuClass
 
 CALIBRATE_AT = (2, 4, 16)
 GRID = {  # the default grid's points, per approach
@@ -45,7 +52,8 @@ BATCH = 8  # conf/train/default.yaml
 SIZES = {"tiny_llama": 8, "qwen2_5_0_5b": 2}  # other model shapes, each at its batch
 BAND = 0.25
 HEADING = "## Time model vs measured step time"
-ROUNDS = 2  # ABBA rounds; each point's quickest run counts (noise only ever adds time)
+ROUNDS = 3  # ABBA rounds; each point's quickest run counts (noise only ever adds time)
+SAVED = "step_time.json"  # beside plan.md: the run's trials, for `--from` (refit without rerunning)
 
 Job = tuple[str, list[str], str, int]  # (key, overrides, approach, batch)
 
@@ -79,25 +87,51 @@ def measure(todo: list[Job], work: Path) -> dict[str, Point]:
     return best
 
 
-def check(overrides: list[str], work: Path) -> pd.DataFrame:
-    """Fit on the SmolLM2 shape, predict the grid and the other sizes, measured beside."""
+def check(overrides: list[str], work: Path, saved: Path | None = None) -> pd.DataFrame:
+    """Fit on the SmolLM2 shape, predict the grid and the other sizes, measured beside; the
+    trials and micro-benchmarks are written to `saved` (JSON) for `refit`."""
     device = rates.this_device()
     precision = compose(overrides).train.precision
     fit_jobs, grid_jobs, size_jobs = jobs(overrides, work)
     best = measure([*fit_jobs, *grid_jobs, *size_jobs], work)
+    run = {
+        "device": asdict(device),
+        "precision": precision,
+        "shares": rates.micro(device, precision),
+        "predict": [key for key, *_ in [*grid_jobs, *size_jobs]],
+        "points": best,
+    }
+    if saved is not None:
+        points = {key: asdict(p) for key, p in best.items()}
+        saved.write_text(json.dumps({**run, "points": points}, indent=1) + "\n")
+    return table(run)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A run `check` saved: its points as Points again."""
+    run = json.loads(path.read_text())
+    run["points"] = {
+        k: rates.Point(**{**p, "work": cost.Work(**p["work"])}) for k, p in run["points"].items()
+    }
+    return run
+
+
+def table(run: dict[str, Any]) -> pd.DataFrame:
+    """The fit and its predictions from one run's trials (`check`'s, or `load`ed)."""
+    device, precision, best = GpuClass(**run["device"]), run["precision"], run["points"]
     latency = {
         a: [best[f"latency {a} {n} b{b}"] for n in rates.LATENCY_LAYERS
             for b in rates.LATENCY_BATCHES]
         for a in rates.APPROACHES
     }  # fmt: skip
-    measured = rates.measure(device, precision, latency)
+    measured = rates.measure(device, precision, latency, run["shares"])
     deep = {a: [best[f"fit {a} b{b}"] for b in CALIBRATE_AT] for a in rates.APPROACHES}
     fits = rates.fit(deep, device, measured, "make bench-plan")
     before = {
         a: rates.slope_fit(pts, cost.peak_tflops(device, precision)) for a, pts in deep.items()
     }
     rows = []
-    for key, *_ in [*grid_jobs, *size_jobs]:
+    for key in run["predict"]:
         p = best[key]
         predicted = rates.predict(p, device, fits[(p.approach, p.precision)])
         mfu, fixed = before[p.approach]
@@ -115,9 +149,9 @@ def check(overrides: list[str], work: Path) -> pd.DataFrame:
                 "before: measured / predicted": p.step_s / old,
             }
         )
-    table = pd.DataFrame(rows)
-    table.attrs.update(device=device, fits=fits, before=before)
-    return table
+    out = pd.DataFrame(rows)
+    out.attrs.update(device=device, fits=fits, before=before)
+    return out
 
 
 def calibration_lines(table: pd.DataFrame, stamp: str) -> list[str]:
@@ -178,13 +212,17 @@ def section(table: pd.DataFrame, stamp: str = "") -> str:
 
 
 def main(argv: list[str]) -> int:
-    """python -m sweep.bench.step_time [overrides]: print the section (make bench-plan writes it)."""
+    """python -m sweep.bench.step_time [overrides]: print the section (make bench-plan writes it).
+    python -m sweep.bench.step_time --from reports/bench/step_time.json: refit a saved run."""
     import time
 
-    with tempfile.TemporaryDirectory() as tmp:
-        table = check(argv, Path(tmp))
-    print(section(table, time.strftime("%Y-%m-%d %H:%M")))
-    return 0 if (table["measured / predicted"] - 1).abs().max() <= BAND else 1
+    if argv[:1] == ["--from"] and len(argv) == 2:
+        table_ = table(load(Path(argv[1])))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            table_ = check(argv, Path(tmp))
+    print(section(table_, time.strftime("%Y-%m-%d %H:%M")))
+    return 0 if (table_["measured / predicted"] - 1).abs().max() <= BAND else 1
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ It measures this device's dense peak and memory bandwidth (a CPU's by a matmul a
 GPU's come from report.gpus), what fused AdamW and 4-bit dequantization achieve of the
 bandwidth and what a step with next to no work takes (per layer and per step), then runs short
 harness trials (fresh processes, the same Trainer as a sweep) of full FT, LoRA r=16 and QLoRA
-r=16 on a random-weight model of the model's shape at two batch sizes (the slope: MFU; the
-rest of the step at zero tokens: half_tokens), as sweep/cli/rates.py fits them. Printed: the
-step time predicted before
-(conf/calibration.yaml, or an earlier probe) against the measured one, and the planner's peak
-memory against the measured. The rates go to .cache/calibration.yaml, which `make plan` and
-the report read before the shipped table.
+r=16 on a random-weight model of the model's shape at two batch sizes (their compute's line
+over tokens: MFU and half_tokens), as sweep/cli/rates.py fits them. Printed: the step time
+predicted before (conf/calibration.yaml, or an earlier probe) against the measured one, and the
+planner's peak memory against the measured. The rates go to .cache/calibration.yaml, which
+`make plan` and the report read before the shipped table.
 """
 
 from __future__ import annotations

@@ -3,15 +3,16 @@
 - the dense peak (a CPU's: a large matmul; a GPU's: report.gpus) and the memory bandwidth (a
   CPU's: a copy of a large array);
 - what an optimizer step achieves of the bandwidth (opt_eff: fused AdamW over 64M parameters
-  whose gradients are made anew, as a backward makes them) and 4-bit dequantization (dequant_eff);
+  whose gradients are made anew, as a backward makes them) and 4-bit dequantization
+  (dequant_eff), under a trial's allocator policy;
 - the latency of a step with next to no compute: harness trials of a width-64 Llama with 1 and
   with 4 layers, at 1 and at 16 rows of 64 tokens a step: what each layer adds at no tokens
   (layer_s) and per token (layer_token_s: its small kernels, which a wide model's FLOPs do not
   count), and what the step has besides its layers (dispatch_s);
 - from short harness trials at two or more batch sizes on a random-weight model of the model's
-  own shape (the time is the real model's): the MFU (the least-squares slope of step time over
-  tokens) and half_tokens (what the step takes at zero tokens beyond the parts above, as the
-  tokens of compute the matmuls lose to a step's small shapes).
+  own shape (the time is the real model's): each step less the parts above is its compute, and
+  the least-squares line of it over tokens gives the MFU and half_tokens (the tokens of compute
+  the matmuls lose to a step's small shapes); LoRA's and QLoRA's trials make one fit.
 
     python -c "from sweep.cli import rates; print(rates.this_device())"
 
@@ -146,21 +147,31 @@ def latency_of(trials: Sequence[Point]) -> tuple[float, float, float]:
     return max(0.0, l0 - per_token * t0), per_token, sum(dispatch) / len(dispatch)
 
 
-def measure(
-    device: GpuClass, precision: str, latency: dict[str, Sequence[Point]]
-) -> dict[str, cost.Rate]:
-    """Each approach's rates but the MFU and half_tokens (`fit`'s): the optimizer's and 4-bit
-    dequantization's share of the bandwidth, and the latency trials' layer and step parts. The
-    micro-benchmarks run under a trial's allocator policy (freed memory kept for reuse, on CPU)."""
+def micro(device: GpuClass, precision: str) -> dict[str, float]:
+    """The optimizer's and 4-bit dequantization's share of the bandwidth (opt_eff, dequant_eff),
+    under a trial's allocator policy (on CPU, freed memory kept for reuse)."""
     if not torch.cuda.is_available():
         process.keep_freed_memory()
-    opt = optimizer_eff(device.mem_gbps)
-    deq = dequant_eff(device.mem_gbps, precision)
+    return {"opt_eff": optimizer_eff(device.mem_gbps),
+            "dequant_eff": dequant_eff(device.mem_gbps, precision)}  # fmt: skip
+
+
+def measure(
+    device: GpuClass,
+    precision: str,
+    latency: dict[str, Sequence[Point]],
+    shares: dict[str, float] | None = None,
+) -> dict[str, cost.Rate]:
+    """Each approach's rates but the MFU and half_tokens (`fit`'s): the optimizer's and 4-bit
+    dequantization's share of the bandwidth (`shares`, else measured now by `micro`), and the
+    latency trials' layer and step parts."""
+    shares = shares or micro(device, precision)
     out = {}
     for approach, trials in latency.items():
         layer_s, layer_token_s, dispatch_s = latency_of(trials)
-        out[approach] = cost.Rate(0.0, 0.0, opt, deq if approach == "qlora" else 1.0, layer_s,
-                                  layer_token_s, dispatch_s)  # fmt: skip
+        deq = shares["dequant_eff"] if approach == "qlora" else 1.0
+        out[approach] = cost.Rate(0.0, 0.0, shares["opt_eff"], deq, layer_s, layer_token_s,
+                                  dispatch_s)  # fmt: skip
     return out
 
 
@@ -304,6 +315,9 @@ def predict(p: Point, device: GpuClass, r: cost.Rate) -> float:
     return cost.step_seconds(cost.step_parts(p.work, device, r))
 
 
+SHARED_COMPUTE = {"qlora": "lora"}  # QLoRA's matmuls are LoRA's, on dequantized weights
+
+
 def fit(
     points: dict[str, Sequence[Point]],
     device: GpuClass,
@@ -311,21 +325,43 @@ def fit(
     source: str,
 ) -> dict[tuple[str, str], cost.Rate]:
     """Each approach's rate: `measured` (its efficiencies and latencies from the micro-benchmarks)
-    with the MFU from its batches' slope, and half_tokens from what the step takes at zero
-    tokens beyond the optimizer, dequantization and latency parts (never below 0). The slope
-    less the layers' per-token latency is the compute's."""
+    with the MFU and half_tokens of its compute (`compute_fit`). QLoRA shares LoRA's compute
+    fit (the same matmuls; its own parts are dequantization and latency), so that noise in
+    either set of trials cannot price QLoRA's step below LoRA's."""
+    groups: dict[str, list[str]] = {}
+    for approach in points:
+        groups.setdefault(SHARED_COMPUTE.get(approach, approach), []).append(approach)
     rates = {}
-    for approach, batches in points.items():
-        small = batches[0]
-        peak = cost.peak_tflops(device, small.precision)
-        mfu, intercept = slope_fit(batches, peak)
-        per_token = sum(p.work.flops / p.tokens for p in batches) / len(batches) / (peak * 1e12)
-        layers = small.work.layers * measured[approach].layer_token_s  # per token, not compute
-        compute = per_token / mfu - layers  # the slope's compute part, s per token
-        mfu = min(1.0, per_token / compute) if compute > 0 else 1.0  # all latency: no less
-        r = replace(measured[approach], mfu=mfu, source=source)
-        parts = cost.step_parts(replace(small.work, tokens=0), device, r)
-        rest = intercept - sum(v for k, v in parts.items() if k != "compute_s")
-        per_token = small.work.flops / small.tokens / (mfu * peak * 1e12)
-        rates[(approach, small.precision)] = replace(r, half_tokens=max(0.0, rest / per_token))
+    for group in groups.values():
+        pooled = [(p, measured[a]) for a in group for p in points[a]]
+        mfu, half_tokens = compute_fit(pooled, device)
+        for a in group:
+            r = replace(measured[a], mfu=mfu, half_tokens=half_tokens, source=source)
+            rates[(a, points[a][0].precision)] = r
     return rates
+
+
+def compute_fit(points: Sequence[tuple[Point, cost.Rate]], device: GpuClass) -> tuple[float, float]:
+    """(MFU, half_tokens) by least squares from trials at two or more batches: each trial's
+    step less its other parts (optimizer, dequantization, layers, dispatch, at its rate) is its
+    compute, FLOPs / (MFU x peak) x (1 + half_tokens / tokens), linear in 1 / MFU and
+    half_tokens / MFU. An MFU above 1 (a step that is all latency) is 1; half_tokens >= 0."""
+    peak = cost.peak_tflops(device, points[0][0].precision) * 1e12
+    rows = []
+    for p, r in points:
+        other = cost.step_parts(p.work, device, replace(r, mfu=1.0))  # its compute unused
+        compute = p.step_s - sum(v for k, v in other.items() if k != "compute_s")
+        rows.append((p.work.flops / peak, p.work.flops / peak / p.tokens, compute))
+    a = torch.tensor(rows, dtype=torch.float64)
+    x, y = a[:, :2], a[:, 2:]
+    inv, lost = torch.linalg.lstsq(x, y).solution.flatten().tolist()  # 1/MFU, half_tokens/MFU
+    if inv < 1:  # faster than the peak, or no slope at all: the step is latency; MFU 1
+        inv, lost = 1.0, _through_origin(x[:, 1], y[:, 0] - x[:, 0])
+    elif lost < 0:  # noise: no usable few-tokens term
+        inv, lost = max(1.0, _through_origin(x[:, 0], y[:, 0])), 0.0
+    return 1 / inv, max(0.0, lost) / inv
+
+
+def _through_origin(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The least-squares k of y = k x."""
+    return float((x * y).sum() / (x * x).sum())

@@ -1,7 +1,9 @@
 """The time and cost model (sweep.planning.cost), make plan DATA=, and the report's cost per epoch."""
 
 import math
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -282,6 +284,33 @@ def test_the_fit_recovers_the_mfu_and_half_tokens_and_predicts_other_sizes():
         assert rates.predict(other, device, r) == pytest.approx(other.step_s)
 
 
+def test_qlora_shares_loras_compute_fit_so_noise_cannot_price_it_below_lora():
+    from sweep.cli import rates
+
+    device = GpuClass(name="cpu t", fp32_tflops=1.0, bf16_tflops=1.0, mem_gbps=10.0)
+    lora = cost.Rate(0.25, half_tokens=40.0, layer_s=0.01)
+    qlora = replace(lora, dequant_eff=0.5, layer_s=0.02)
+
+    def point(approach, batch, r, slower=1.0, layers=30):
+        deq = 2e8 if approach == "qlora" else 0.0  # its dequantization: 0.04 s at 0.5 x 10 GB/s
+        work = cost.Work(64.0 * batch, 1e9 * 64 * batch, 0.0, deq, layers, "fp32")
+        step = cost.step_seconds(cost.step_parts(work, device, r)) * slower
+        return replace(_point(approach, batch, layers, step, 64.0 * batch), work=work)
+
+    points = {
+        "lora": [point("lora", n, lora) for n in (2, 4, 16)],
+        "qlora": [point("qlora", n, qlora, s) for n, s in ((2, 1.0), (4, 1.0), (16, 0.85))],
+    }  # noise: QLoRA's largest batch ran 15% quick
+    measured = {"lora": replace(lora, mfu=0.0, half_tokens=0.0),
+                "qlora": replace(qlora, mfu=0.0, half_tokens=0.0)}  # fmt: skip
+    fits = rates.fit(points, device, measured, "t")
+    a, b = fits[("lora", "fp32")], fits[("qlora", "fp32")]
+    assert (a.mfu, a.half_tokens) == (b.mfu, b.half_tokens)  # one compute fit for both
+    assert (b.dequant_eff, b.layer_s) == (0.5, 0.02)  # QLoRA's own parts kept
+    other_lora, other_qlora = point("lora", 2, lora, layers=24), point("qlora", 2, qlora, layers=24)
+    assert rates.predict(other_qlora, device, b) > rates.predict(other_lora, device, a)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("mfu", "fast", "mfu='fast' is not a number"), ("mfu", 0, "expected mfu > 0"),
@@ -367,8 +396,12 @@ def test_bench_plan_predicts_points_of_other_batches_and_sizes_from_one_fit(tmp_
     monkeypatch.setattr(rates, "LATENCY_BATCHES", (1,))
     device = GpuClass("cpu t", 0, 0, 0.05, 0.05, mem_gbps=5.0)
     monkeypatch.setattr(rates, "this_device", lambda: device)
-    table = step_time.check(["model=tiny_llama"], tmp_path)
+    saved = tmp_path / "step_time.json"
+    table = step_time.check(["model=tiny_llama"], tmp_path, saved)
     assert list(table.point) == ["lora r=8", "tiny_llama lora"]  # no fit or latency trial
+    refit = step_time.table(step_time.load(saved))  # the saved run refitted, no trial rerun
+    pd.testing.assert_frame_equal(refit, table)
+    assert refit.attrs["fits"] == table.attrs["fits"]
     assert list(table.batch) == [step_time.BATCH, 2]
     assert (table["predicted s/step"] > 0).all() and (table["before: predicted"] > 0).all()
     assert set(table.attrs["fits"]) == {("lora", "fp32")}
