@@ -20,10 +20,12 @@ KEEP_BYTES = 2**31 - 1  # mallopt takes an int: buffers up to 2 GiB are kept for
 def isolate(memory_limit_gib: float) -> None:
     """In a trial process: die with the process that started it, and obey the memory limit
     (sweep.memory_limit_gib; exceeding it is recorded as oom): on a GPU a cap on the CUDA
-    allocator (a smaller card, simulated), on CPU the process's address space. On CPU, freed
-    memory is kept for reuse (`keep_freed_memory`)."""
+    allocator (a smaller card, simulated), on CPU the process's address space. On CPU without
+    a limit, freed memory is kept for reuse (`keep_freed_memory`); under one, glibc's default
+    stands, so that reaching it fails as out-of-memory (with the heap kept, a trial at the limit
+    was seen to die of a segfault instead)."""
     gpu = hardware.gpu_present()
-    if not gpu:
+    if not gpu and memory_limit_gib <= 0:
         keep_freed_memory()
     try:
         import ctypes

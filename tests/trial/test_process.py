@@ -21,7 +21,7 @@ def step():
     held = [torch.ones(n) for n in (16 * 2**20, 9 * 2**20, 12 * 2**20)]
     del held
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(*[step() for _ in range(10)])
+print(*[step() for _ in range(30)])
 """
 PAGES = (16 + 9 + 12) * 2**20 * 4 // 4096  # the pages each step writes
 
@@ -39,4 +39,6 @@ def test_a_trial_on_cpu_reuses_freed_memory_instead_of_faulting_it_in_again() ->
     kept = faults_per_step("process.isolate(0.0)")  # what a trial process does first
     assert min(default) > PAGES // 2  # glibc maps buffers this large afresh every step
     assert kept[0] > PAGES // 2  # the first step takes its memory from the kernel
-    assert max(kept[-3:]) < PAGES // 20  # later steps reuse it
+    later = sorted(kept[-10:])  # the heap grows for a few steps (torch's aligned allocations)
+    assert later[5] < PAGES // 20  # then the steps reuse it
+    assert sum(later) < sum(default[-10:]) // 5
