@@ -40,6 +40,7 @@ from sweep.cli.rates import Point
 from sweep.planning import cost
 from sweep.planning.arch import arch_for_model
 from sweep.settings.compose import compose
+from sweep.settings.errors import ConfigError
 from sweep.settings.schema import GpuClass
 
 CALIBRATE_AT = (2, 4, 16)
@@ -108,8 +109,16 @@ def check(overrides: list[str], work: Path, saved: Path | None = None) -> pd.Dat
 
 
 def load(path: Path) -> dict[str, Any]:
-    """A run `check` saved: its points as Points again."""
-    run = json.loads(path.read_text())
+    """A run `check` saved: its points as Points again; ConfigError (one line) if it is not one."""
+    try:
+        run = json.loads(path.read_text())
+        run["points"] = {k: dict(p) for k, p in run["points"].items()}
+        GpuClass(**run["device"]), run["precision"], run["shares"], run["predict"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f"--from {path}: not a step-time run saved by make bench-plan "
+            f"({type(e).__name__}: {e}); expected reports/bench/{SAVED}"
+        ) from None
     run["points"] = {
         k: rates.Point(**{**p, "work": cost.Work(**p["work"])}) for k, p in run["points"].items()
     }
@@ -217,7 +226,11 @@ def main(argv: list[str]) -> int:
     import time
 
     if argv[:1] == ["--from"] and len(argv) == 2:
-        table_ = table(load(Path(argv[1])))
+        try:
+            table_ = table(load(Path(argv[1])))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         with tempfile.TemporaryDirectory() as tmp:
             table_ = check(argv, Path(tmp))

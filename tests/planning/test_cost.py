@@ -411,3 +411,14 @@ def test_bench_plan_predicts_points_of_other_batches_and_sizes_from_one_fit(tmp_
     (line,) = [x for x in text.splitlines() if x.startswith("  - {device: cpu")]
     entry = yaml.safe_load(line.strip()[2:])  # pastes into conf/calibration.yaml as it is
     assert entry["layer_token_s"] >= 0 and entry["source"].startswith("make bench-plan")
+
+
+def test_refitting_a_file_that_is_not_a_saved_run_is_one_line(tmp_path, capsys):
+    from sweep.bench import step_time
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"points": {}}')
+    for path in (tmp_path / "missing.json", bad):
+        assert step_time.main(["--from", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --from {path}: not a step-time run") and "\n" not in err
