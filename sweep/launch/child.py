@@ -76,10 +76,12 @@ def trial_child(
     """What a sweep runs in each trial process: the trial in `<trial_dir>` (sweep.trial.run.run_dir).
     Every value arrives as an argument, pickled through the fork server's pipe: the storage URL
     (it may hold a password) never reaches a command line or the environment."""
-    enter(cwd, env, memory_limit_gib)
-    from sweep.trial.run import run_dir
-
     try:
+        enter(cwd, env, memory_limit_gib)
+        from sweep.trial.run import run_dir
+
         sys.exit(run_dir(trial_dir, launched, pruning, live_run))
+    except MemoryError:  # before the trial could record it (its own MemoryError is recorded)
+        sys.exit(process.OOM_EXIT)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep says what
         sys.exit(130)  # happened in one line; a traceback from here would only bury it

@@ -22,9 +22,10 @@ from sweep.launch import parallel
 from sweep.launch.child import trial_child, trial_context
 from sweep.results import record
 from sweep.results.record import TrialResult
+from sweep.settings import hardware
 from sweep.settings.compose import as_dict
 from sweep.settings.schema import Config
-from sweep.trial import ranks
+from sweep.trial import process, ranks
 
 
 def launch(
@@ -52,15 +53,37 @@ def launch(
         return result
     if code is None:
         error, status = f"timed out after {timeout_s} s (sweep.timeout_s)", "failed"
-    elif code == -9:
-        error, status = "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
     else:
-        error, status = f"trial process exited with code {code} and left no record", "failed"
+        error, status = without_record(code, memory_limit_gib)
         if trial_cfg.train.gpus > 1 and parallel.last_error(trial_dir):
             error += f": {parallel.last_error(trial_dir)} (all ranks: {trial_dir}/launch.log)"
     result = record.failed(record.run_info(trial_cfg), status, error, trial_cfg.report.gpus)
     record.save(result, result_file)
     return result
+
+
+# Deaths that, under an address-space limit, are the limit: CPython and native code (C++, Rust)
+# that cannot allocate may crash (seen: a segfault in CPython's MemoryError handling) or abort
+CRASHES_AT_LIMIT = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT)
+
+
+def without_record(code: int, memory_limit_gib: float) -> tuple[str, str]:
+    """(error, status) of a trial process that exited with `code` and left no record: out of
+    memory when the kernel killed it, when it ran out before it could record (OOM_EXIT), or
+    when it crashed under a CPU trial's address-space limit (sweep.memory_limit_gib)."""
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL (the kernel's out-of-memory killer, or a user)", "oom"
+    limit = memory_limit_gib > 0 and not hardware.gpu_present()
+    at_limit = f" under the {memory_limit_gib:g} GiB address-space limit (sweep.memory_limit_gib)"
+    if code == process.OOM_EXIT:
+        return "ran out of memory before it could record a result" + at_limit * limit, "oom"
+    if limit and -code in CRASHES_AT_LIMIT:
+        name = signal.Signals(-code).name
+        return (
+            f"trial process died of {name}{at_limit}: out of memory where it could not raise",
+            "oom",
+        )
+    return f"trial process exited with code {code} and left no record", "failed"
 
 
 # How to stop each trial process running now (sweep.study: SIGTERM reaches the sweep)

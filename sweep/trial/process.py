@@ -15,6 +15,7 @@ from sweep.settings import hardware
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 KEEP_BYTES = 2**31 - 1  # mallopt takes an int: buffers up to 2 GiB are kept for reuse
+OOM_EXIT = 75  # a trial process's exit code when it ran out of memory before it could record
 
 
 def isolate(memory_limit_gib: float) -> None:

@@ -195,8 +195,9 @@ def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
     args = [
         "sweep=smoke",
         "experiment=faults",
-        "sweep.memory_limit_gib=2.5",
-        # LoRA with an absurd batch under a 2.5 GiB host memory limit: out of memory
+        "sweep.memory_limit_gib=3",
+        # LoRA with an absurd batch under a 3 GiB address-space limit (the trial process maps
+        # about 2.3 GiB of libraries before it trains): out of memory
         "sweep.grid.lora.method.r=[4]",
         "+sweep.grid.lora.train.batch_size=[2048]",
         "+sweep.grid.lora.train.max_seq_len=[512]",
@@ -220,6 +221,20 @@ def test_oom_and_divergence_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert records["qlora"].status == "ok"
     text = (tmp_path / "reports" / "faults" / "report.md").read_text()
     assert "| oom " in text and "| diverged " in text
+
+
+@pytest.mark.slow
+def test_a_limit_below_what_the_trial_process_holds_is_recorded_oom(tmp_path):
+    args = ["sweep=smoke", "experiment=tight", "sweep.memory_limit_gib=0.3", "~sweep.grid.full"]
+    args += ["~sweep.grid.qlora", "sweep.grid.lora.method.r=[4]"]
+    assert run_sweep(args) == 0  # the sweep goes on
+    (trial,) = (tmp_path / "outputs" / "tight" / "trials").iterdir()
+    rec = load(trial / "result.json")
+    # where the first allocation fails varies: in the trial (its MemoryError recorded), before it
+    # could record (exit OOM_EXIT), or in a crash (a signal): each is oom, none a retried failure
+    assert rec.status == "oom", rec.train["error"]
+    error = rec.train["error"]
+    assert error.startswith("MemoryError") or "0.3 GiB address-space limit" in error
 
 
 @pytest.mark.slow
