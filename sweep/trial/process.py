@@ -23,11 +23,13 @@ def isolate(memory_limit_gib: float) -> None:
     (sweep.memory_limit_gib; exceeding it is recorded as oom): on a GPU a cap on the CUDA
     allocator (a smaller card, simulated), on CPU the process's address space. On CPU without
     a limit, freed memory is kept for reuse (`keep_freed_memory`); under one, glibc's default
-    stands, so that reaching it fails as out-of-memory (with the heap kept, a trial at the limit
-    was seen to die of a segfault instead)."""
+    stands, so that the limit counts what the trial holds rather than what its heap kept. At the
+    limit CPython itself may crash instead of raising MemoryError: the sweep records such a death
+    as oom (sweep.launch.launch.without_record)."""
     gpu = hardware.gpu_present()
     if not gpu and memory_limit_gib <= 0:
         keep_freed_memory()
+    no_monitor_thread()
     try:
         import ctypes
 
@@ -50,6 +52,15 @@ def isolate(memory_limit_gib: float) -> None:
     if getattr(server, "_forkserver_alive_fd", None) is not None:
         os.close(server._forkserver_alive_fd)
         server._forkserver_alive_fd = None
+
+
+def no_monitor_thread() -> None:
+    """No tqdm monitor thread (it only nudges progress bars that stall): starting a thread at an
+    address-space limit can hang for good (CPython's new thread fails to allocate before it
+    signals that it started, and Thread.start waits without a timeout; seen at 2.47 GiB)."""
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
 
 
 def keep_freed_memory() -> bool:

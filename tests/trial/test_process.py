@@ -42,3 +42,22 @@ def test_a_trial_on_cpu_reuses_freed_memory_instead_of_faulting_it_in_again() ->
     later = sorted(kept[-10:])  # the heap grows for a few steps (torch's aligned allocations)
     assert later[5] < PAGES // 20  # then the steps reuse it
     assert sum(later) < sum(default[-10:]) // 5
+
+
+def test_a_trial_process_starts_no_progress_monitor_thread() -> None:
+    # a thread started at an address-space limit can hang its process for good
+    code = """
+import threading, tqdm
+from sweep.trial import process
+{setup}
+for _ in tqdm.tqdm(range(3), disable=False):
+    pass
+print(threading.active_count(), tqdm.tqdm.monitor is not None)
+"""
+
+    def run(setup: str) -> list[str]:
+        cmd = [sys.executable, "-c", code.format(setup=setup)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+
+    assert run("") == ["2", "True"]  # tqdm's default: a monitor thread beside the main one
+    assert run("process.isolate(0.0)") == ["1", "False"]
