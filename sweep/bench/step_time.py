@@ -112,16 +112,19 @@ def load(path: Path) -> dict[str, Any]:
     """A run `check` saved: its points as Points again; ConfigError (one line) if it is not one."""
     try:
         run = json.loads(path.read_text())
-        run["points"] = {k: dict(p) for k, p in run["points"].items()}
-        GpuClass(**run["device"]), run["precision"], run["shares"], run["predict"]
+        missing = {"device", "precision", "shares", "predict"} - set(run)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+        GpuClass(**run["device"])
+        run["points"] = {
+            k: rates.Point(**{**p, "work": cost.Work(**p["work"])})
+            for k, p in run["points"].items()
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
             f"--from {path}: not a step-time run saved by make bench-plan "
             f"({type(e).__name__}: {e}); expected reports/bench/{SAVED}"
         ) from None
-    run["points"] = {
-        k: rates.Point(**{**p, "work": cost.Work(**p["work"])}) for k, p in run["points"].items()
-    }
     return run
 
 
@@ -227,15 +230,15 @@ def main(argv: list[str]) -> int:
 
     if argv[:1] == ["--from"] and len(argv) == 2:
         try:
-            table_ = table(load(Path(argv[1])))
+            steps = table(load(Path(argv[1])))
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            table_ = check(argv, Path(tmp))
-    print(section(table_, time.strftime("%Y-%m-%d %H:%M")))
-    return 0 if (table_["measured / predicted"] - 1).abs().max() <= BAND else 1
+            steps = check(argv, Path(tmp))
+    print(section(steps, time.strftime("%Y-%m-%d %H:%M")))
+    return 0 if (steps["measured / predicted"] - 1).abs().max() <= BAND else 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ python -m sweep.trial outputs/default/trials/0003   # a rank of a multi-GPU tria
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing.forkserver
 import os
 import resource
@@ -30,12 +31,9 @@ def isolate(memory_limit_gib: float) -> None:
     if not gpu and memory_limit_gib <= 0:
         keep_freed_memory()
     no_monitor_thread()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    libc = _libc()
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if memory_limit_gib > 0:
         limit = int(memory_limit_gib * 1024**3)
         if gpu:  # an address-space limit would break CUDA, which maps a lot of it
@@ -70,11 +68,17 @@ def keep_freed_memory() -> bool:
     fault per 4 KiB for each large tensor it makes (gradients, activations, the embedding's
     dense gradient): measured here, a third of a Qwen2.5-0.5B-shaped full-FT step at 2 rows and
     a quarter at 8, a cost that grows with the vocabulary rather than with the step's work."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: its allocator's own policy stands
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):  # not glibc: its allocator's policy stands
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) & bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) & bool(
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)
+    )
+
+
+def _libc() -> ctypes.CDLL | None:
+    """glibc, where this process has it."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
